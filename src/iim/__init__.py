@@ -1,0 +1,20 @@
+"""iim: few-shot OOD detection with CLIP via Intra-Image Mining (IIM) and Symmetric MCM (S-MCM).
+
+Pipeline (one module per stage):
+    data/      benchmarks, few-shot splits, image datasets
+    models     open_clip model factory (+ the project's own tiny/demo architectures)
+    features   frozen image features: global embedding + MaskCLIP value-path patch tokens
+    extract    stage one: run the image encoder once, write the Zarr feature cache
+    cache      the cache format (manifest + one Zarr group per split)
+    text       prompt encoder (shared-prefix, exact CLIP text features)
+    train      stage two: IIM prompt learning from the cache
+    score      OOD scores (MCM, GL-MCM, R-MCM, S-MCM) and sweeps from the cache
+    metrics    FPR95, AUROC, AUPR
+    cli        the `iim` command line
+"""
+
+__version__ = "0.1.0"
+
+from . import models as _models  # noqa: E402  registers the project's open_clip architectures
+
+_models.register_model_configs()

@@ -1,0 +1,23 @@
+"""The feature cache: what stage one writes and every later stage reads.
+
+    <cache>/manifest.json        model, weights, image size, feature version, benchmark, classnames, ...
+    <cache>/zarr.json            the root Zarr (v3) group
+    <cache>/<split>/             one Zarr group per split: train_k{K}_s{S}, test, ood_{name}
+        global  float16 [N, V, D]       CLIP image embedding, unnormalised
+        local   float16 [N, V, HW, D]   MaskCLIP value-path patch features, unnormalised
+        label   int64   [N]             class index, -1 for OOD
+        path    string  [N]             image path relative to the split's source folder
+        attrs:  complete, rows_written, kind, views, source, skipped, ...
+
+Reading:
+
+    cache = open_cache("cache/imagenet")
+    test = cache.split("test")                   # refuses a missing or incomplete split
+    for chunk in test.iter_chunks(rows=512):     # bounded memory
+        chunk.global_feats, chunk.local_feats, chunk.labels
+"""
+from .store import (Cache, Chunk, Split, SplitWriter, create_cache, manifest_key, open_cache,
+                    train_split_name, ood_split_name)
+
+__all__ = ["Cache", "Chunk", "Split", "SplitWriter", "create_cache", "open_cache", "manifest_key",
+           "train_split_name", "ood_split_name"]

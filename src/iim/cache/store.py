@@ -1,0 +1,328 @@
+"""Zarr-backed feature cache: atomic manifest, chunked resumable split writes, bounded-memory reads."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import zarr
+
+from ..errors import IIMError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# Fields that must agree for two extractions to share a cache (mixing features is never allowed).
+KEY_FIELDS = ("model", "weights", "image_size", "feature_version", "benchmark", "classnames")
+CHUNK_BYTES = 16 << 20   # target size of one chunk of `local`
+
+
+def train_split_name(shots: int, seed: int) -> str:
+    return f"train_k{shots}_s{seed}"
+
+
+def ood_split_name(name: str) -> str:
+    return f"ood_{name}"
+
+
+def manifest_key(manifest: dict) -> dict:
+    return {k: manifest.get(k) for k in KEY_FIELDS}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Chunk:
+    """Rows ``start .. start + len(labels)`` of a split (valid rows only), as torch tensors."""
+    start: int
+    global_feats: torch.Tensor   # float16 [b, D] (one view) or [b, V, D]
+    local_feats: torch.Tensor    # float16 [b, HW, D] or [b, V, HW, D]
+    labels: torch.Tensor         # int64 [b]
+    index: np.ndarray            # positions of these rows in the split (0..n-1)
+
+
+class Split:
+    """Read access to one complete split. Rows of images skipped as unreadable are invisible here."""
+
+    def __init__(self, group: zarr.Group, name: str):
+        self.group, self.name = group, name
+        self.attrs = dict(group.attrs)
+        self._global, self._local = group["global"], group["local"]
+        n_phys = self._global.shape[0]
+        bad = set(self.attrs.get("skipped_rows", []))
+        self._rows = np.array([i for i in range(n_phys) if i not in bad], dtype=np.int64)
+        self._contiguous = not bad
+
+    # ---- shape -------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self._rows)
+
+    @property
+    def views(self) -> int:
+        return self._global.shape[1]
+
+    @property
+    def hw(self) -> int:
+        return self._local.shape[2]
+
+    @property
+    def dim(self) -> int:
+        return self._global.shape[2]
+
+    @property
+    def chunk_rows(self) -> int:
+        return self._local.chunks[0]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return f"Split({self.name!r}, n={self.n}, views={self.views}, hw={self.hw}, dim={self.dim})"
+
+    # ---- metadata ----------------------------------------------------------------------
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.group["label"][:], dtype=np.int64)[self._rows]
+
+    @property
+    def paths(self) -> list[str]:
+        return [str(p) for p in np.asarray(self.group["path"][:])[self._rows]]
+
+    # ---- features ----------------------------------------------------------------------
+    def read(self, start: int = 0, stop: int | None = None, *, view: int | None = None):
+        """Rows ``start:stop`` as numpy float16 ``(global [n, V, D], local [n, V, HW, D])``;
+        with ``view`` given, that view only: ``(global [n, D], local [n, HW, D])``."""
+        stop = self.n if stop is None else min(stop, self.n)
+        rows = self._rows[start:stop]
+        if len(rows) == 0:
+            return (np.zeros((0, self.dim), np.float16) if view is not None else
+                    np.zeros((0, self.views, self.dim), np.float16),
+                    np.zeros((0, self.hw, self.dim), np.float16) if view is not None else
+                    np.zeros((0, self.views, self.hw, self.dim), np.float16))
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        vsel = slice(None) if view is None else view
+        g = self._global[lo:hi, vsel]
+        l = self._local[lo:hi, vsel]
+        if not self._contiguous:
+            g, l = g[rows - lo], l[rows - lo]
+        return g, l
+
+    def iter_chunks(self, rows: int | None = None, *, view: int | None = 0) -> Iterator[Chunk]:
+        """Stream the split in chunks of ``rows`` images (default: the storage chunk), memory bounded by
+        the chunk size. ``view=0`` (default) gives ``[b, D]`` / ``[b, HW, D]``; ``view=None`` all views."""
+        rows = rows or self.chunk_rows
+        labels = self.labels
+        for start in range(0, self.n, rows):
+            g, l = self.read(start, start + rows, view=view)
+            stop = start + len(g)
+            yield Chunk(start, torch.from_numpy(np.ascontiguousarray(g)),
+                        torch.from_numpy(np.ascontiguousarray(l)),
+                        torch.from_numpy(labels[start:stop]), np.arange(start, stop))
+
+
+class SplitWriter:
+    """Writes one split in whole chunks; ``rows_written`` (a group attribute, updated atomically after
+    each chunk) is where a killed extraction resumes. ``complete`` is set by :meth:`finish` only."""
+
+    def __init__(self, group: zarr.Group):
+        self.group = group
+        self._global, self._local = group["global"], group["local"]
+        self.chunk_rows = self._local.chunks[0]
+        self.n = self._global.shape[0]
+        self.rows_written = int(group.attrs.get("rows_written", 0))
+        self._buf_g: list[np.ndarray] = []
+        self._buf_l: list[np.ndarray] = []
+        self._skipped = list(group.attrs.get("skipped_rows", []))
+        self._skipped_paths = list(group.attrs.get("skipped_paths", []))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete", False))
+
+    def _buffered(self) -> int:
+        return sum(len(b) for b in self._buf_g)
+
+    def append(self, global_feats: np.ndarray, local_feats: np.ndarray) -> None:
+        """Append the next rows (``[b, V, D]``, ``[b, V, HW, D]``); full chunks are flushed to disk."""
+        self._buf_g.append(np.asarray(global_feats, dtype=np.float16))
+        self._buf_l.append(np.asarray(local_feats, dtype=np.float16))
+        if self._buffered() >= self.chunk_rows:
+            self._flush(final=False)
+
+    def mark_skipped(self, row: int, path: str) -> None:
+        """Record an unreadable image; its (zero-filled) row is hidden from readers."""
+        if row not in self._skipped:
+            self._skipped.append(row)
+            self._skipped_paths.append(path)
+
+    def _flush(self, final: bool) -> None:
+        if not self._buf_g:
+            return
+        g = np.concatenate(self._buf_g)
+        l = np.concatenate(self._buf_l)
+        take = len(g) if final else (len(g) // self.chunk_rows) * self.chunk_rows
+        lo, hi = self.rows_written, self.rows_written + take
+        if hi > self.n:
+            raise IIMError(f"split {self.group.name}: more rows written than the split holds ({hi} > {self.n})")
+        self._global[lo:hi] = g[:take]
+        self._local[lo:hi] = l[:take]
+        self.rows_written = hi
+        # the attribute update is an atomic file replace (zarr's LocalStore), done after the data
+        self.group.attrs.update(rows_written=hi, skipped_rows=self._skipped, skipped_paths=self._skipped_paths)
+        self._buf_g, self._buf_l = ([g[take:]], [l[take:]]) if take < len(g) else ([], [])
+
+    def finish(self) -> None:
+        self._flush(final=True)
+        if self.rows_written != self.n:
+            raise IIMError(f"split {self.group.name}: {self.rows_written} of {self.n} rows written; not complete")
+        self.group.attrs.update(complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+
+
+class Cache:
+    """A feature-cache folder: ``manifest.json`` plus one Zarr group per split."""
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root = Path(root)
+        self.manifest = manifest
+        self._zroot = zarr.open_group(str(self.root), mode="a")
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.root)!r}, model={self.manifest.get('model')!r}, splits={self.splits()})"
+
+    @property
+    def classnames(self) -> list[str]:
+        return list(self.manifest.get("classnames") or [])
+
+    def split_names(self, complete_only: bool = False) -> list[str]:
+        with warnings.catch_warnings():   # zarr notes manifest.json is not a Zarr node; that is by design
+            warnings.simplefilter("ignore")
+            names = sorted(name for name, _ in self._zroot.groups())
+        if complete_only:
+            names = [n for n in names if self._zroot[n].attrs.get("complete", False)]
+        return names
+
+    def splits(self) -> list[str]:
+        """Names of the complete splits."""
+        return self.split_names(complete_only=True)
+
+    def train_splits(self) -> list[str]:
+        return [n for n in self.splits() if n.startswith("train_")]
+
+    def ood_splits(self) -> list[str]:
+        return [n for n in self.splits() if n.startswith("ood_")]
+
+    def has_split(self, name: str) -> bool:
+        return name in self.split_names()
+
+    def is_complete(self, name: str) -> bool:
+        return self.has_split(name) and bool(self._zroot[name].attrs.get("complete", False))
+
+    def split(self, name: str) -> Split:
+        """Open a complete split for reading; a missing or incomplete split is a clear error."""
+        if not self.has_split(name):
+            have = ", ".join(self.splits()) or "none"
+            raise IIMError(f"cache {self.root} has no split {name!r} (complete splits: {have})")
+        if not self.is_complete(name):
+            raise IIMError(f"split {name!r} in {self.root} is incomplete (extraction was interrupted); "
+                           f"run the same 'iim extract' command again to resume it")
+        return Split(self._zroot[name], name)
+
+    def writer(self, name: str, *, n: int, views: int, hw: int, dim: int, labels, paths,
+               attrs: dict | None = None) -> SplitWriter:
+        """Create a split (or reopen an interrupted one with the same rows) for writing."""
+        labels = np.asarray(labels, dtype=np.int64)
+        paths = [str(p) for p in paths]
+        if len(labels) != n or len(paths) != n:
+            raise IIMError(f"split {name}: {n} rows but {len(labels)} labels and {len(paths)} paths")
+        if self.has_split(name):
+            grp = self._zroot[name]
+            same = (grp["global"].shape == (n, views, dim) and grp["local"].shape == (n, views, hw, dim)
+                    and list(np.asarray(grp["path"][:]).astype(str)) == paths
+                    and np.array_equal(grp["label"][:], labels))
+            if not same:
+                raise IIMError(f"split {name!r} in {self.root} was started with other images or shapes; "
+                               f"delete {self.root / name} to extract it again")
+            return SplitWriter(grp)
+        row_bytes = max(1, views * hw * dim * 2)
+        chunk_rows = int(max(1, min(n, CHUNK_BYTES // row_bytes)))
+        grp = self._zroot.create_group(name)
+        grp.create_array("global", shape=(n, views, dim), chunks=(chunk_rows, views, dim), dtype="float16",
+                         fill_value=0)
+        grp.create_array("local", shape=(n, views, hw, dim), chunks=(chunk_rows, views, hw, dim),
+                         dtype="float16", fill_value=0)
+        grp.create_array("label", shape=(n,), chunks=(max(1, n),), dtype="int64", fill_value=-1)
+        grp.create_array("path", shape=(n,), chunks=(max(1, n),), dtype=str)
+        if n:
+            grp["label"][:] = labels
+            grp["path"][:] = np.array(paths, dtype=object)
+        grp.attrs.update(dict(attrs or {}), complete=False, rows_written=0, views=views, n=n,
+                         skipped_rows=[], skipped_paths=[],
+                         created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        return SplitWriter(grp)
+
+    def update_manifest(self, **fields) -> None:
+        self.manifest.update(fields)
+        atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+
+
+def _read_manifest(root: Path) -> dict:
+    try:
+        return json.loads((root / MANIFEST).read_text())
+    except json.JSONDecodeError as e:
+        raise IIMError(f"{root / MANIFEST} is not valid JSON ({e})") from None
+
+
+def open_cache(root) -> Cache:
+    """Open an existing cache for reading; a folder without a manifest is a clear error."""
+    root = Path(root)
+    if not (root / MANIFEST).is_file():
+        if not root.exists():
+            raise IIMError(f"no cache at {root} (run 'iim extract' first)")
+        raise IIMError(f"{root} is not an iim feature cache (no {MANIFEST})")
+    return Cache(root, _read_manifest(root))
+
+
+def create_cache(root, manifest: dict) -> Cache:
+    """Open the cache at ``root`` for writing, creating it if needed.
+
+    An existing cache must have been made with the same model, weights, image size, feature definition,
+    benchmark and classes (:data:`KEY_FIELDS`); anything else is refused so that features never mix.
+    """
+    root = Path(root)
+    manifest = dict(manifest, format_version=FORMAT_VERSION)
+    if (root / MANIFEST).is_file():
+        old = _read_manifest(root)
+        new_key, old_key = manifest_key(manifest), manifest_key(old)
+        diff = [k for k in KEY_FIELDS if new_key[k] != old_key[k]]
+        if diff:
+            k = diff[0]
+            shown = lambda v: (f"{len(v)} classes" if k == "classnames" else repr(v))  # noqa: E731
+            raise IIMError(f"cache {root} was made with {k}={shown(old_key[k])}, not {shown(new_key[k])}; "
+                           f"use another --out folder (caches are never mixed)")
+        return Cache(root, old)
+    if root.exists() and any(root.iterdir()):
+        raise IIMError(f"{root} exists and is not an iim feature cache; choose another --out folder")
+    root.mkdir(parents=True, exist_ok=True)
+    zarr.open_group(str(root), mode="a")
+    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return Cache(root, manifest)

@@ -1,0 +1,105 @@
+"""The ``iim`` command line: ``iim extract | train | score | sweep | cache | demo``.
+
+Each stage keeps its own click command next to its code (``iim/<stage>/cli.py``); this file only
+assembles them, turns :class:`~iim.errors.IIMError` into a one-line ``Error: ...`` (exit 2), and
+provides the ``iim-extract`` / ``iim-train`` / ``iim-score`` / ``iim-sweep`` shortcuts.
+"""
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from .errors import IIMError
+
+# subcommand -> "module:attribute" of its click command, imported only when used
+COMMANDS = {
+    "extract": "iim.extract.cli:extract",
+    "train": "iim.train.cli:train",
+    "score": "iim.score.cli:score",
+    "sweep": "iim.score.cli:sweep",
+    "cache": "iim.cache.cli:cache",
+    "demo": "iim.demo.cli:demo",
+}
+
+
+def _not_built(name: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True},
+                   help=f"({name}: not built yet)")
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def cmd(args):
+        raise click.ClickException(f"'iim {name}' is not built yet")
+    return cmd
+
+
+def load_command(name: str) -> click.Command:
+    module, attr = COMMANDS[name].split(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):   # the stage's module does not exist yet
+            return _not_built(name)
+        raise
+    except AttributeError:
+        return _not_built(name)
+
+
+class _Group(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        return load_command(name) if name in COMMANDS else None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="iim")
+def iim():
+    """Few-shot OOD detection with CLIP: Intra-Image Mining + S-MCM on a frozen-feature cache.
+
+    \b
+    Stage one:  iim extract --benchmark imagenet --shots 16 --seed 1
+    Stage two:  iim train --cache cache/imagenet
+                iim score --alpha 1.0 --k 50
+    """
+
+
+def _run(command: click.Command, **kw):
+    try:
+        return command.main(standalone_mode=False, **kw)
+    except IIMError as e:
+        click.echo(f"Error: {e}", err=True)
+        raise SystemExit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        raise SystemExit(130)
+    except click.ClickException as e:
+        e.show()
+        raise SystemExit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        raise SystemExit(130)
+
+
+def _exit(result):
+    raise SystemExit(result if isinstance(result, int) else 0)
+
+
+def main():
+    _exit(_run(iim, prog_name="iim"))
+
+
+def extract_main():
+    _exit(_run(load_command("extract"), prog_name="iim-extract"))
+
+
+def train_main():
+    _exit(_run(load_command("train"), prog_name="iim-train"))
+
+
+def score_main():
+    _exit(_run(load_command("score"), prog_name="iim-score"))
+
+
+def sweep_main():
+    _exit(_run(load_command("sweep"), prog_name="iim-sweep"))

@@ -1,0 +1,104 @@
+"""Model factory: any open_clip CLIP, by name and pretrained tag, a local checkpoint, or random weights.
+
+    model, preprocess = create_model("ViT-B-16", "openai")          # open_clip tag (needs the weights)
+    model, preprocess = create_model("ViT-B-16", "/ckpt/vit.bin")    # local checkpoint file
+    model, preprocess = create_model("iim-test-tiny", "none")        # random weights, fixed seed
+
+The project's own architectures (``iim-test-tiny`` for tests and smoke runs) are open_clip JSON configs
+in ``model_configs/``, registered with open_clip when ``iim`` is imported.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+
+from .errors import IIMError
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+RANDOM_WEIGHTS = "none"   # --pretrained none: random weights from a fixed seed
+RANDOM_SEED = 0
+_registered = False
+
+
+def register_model_configs() -> None:
+    """Make the JSON configs in ``model_configs/`` known to open_clip (idempotent)."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(CONFIG_DIR)
+        _registered = True
+
+
+def is_local_checkpoint(pretrained: str) -> bool:
+    return pretrained not in (None, "", RANDOM_WEIGHTS) and Path(pretrained).expanduser().is_file()
+
+
+def weights_id(pretrained: str) -> str:
+    """What identifies the weights in a manifest: the tag, or ``sha256:<hex>`` of a checkpoint file."""
+    if is_local_checkpoint(pretrained):
+        h = hashlib.sha256()
+        with open(Path(pretrained).expanduser(), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return "sha256:" + h.hexdigest()
+    return pretrained
+
+
+def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="cpu"):
+    """Build a frozen open_clip model in eval mode and its evaluation preprocess.
+
+    Returns ``(model, preprocess)``; ``model.visual.preprocess_cfg`` holds image size, mean and std.
+    Never falls back to random weights: a tag whose weights cannot be obtained is an :class:`IIMError`.
+    """
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise IIMError(f"unknown model {name!r}; open_clip knows e.g. ViT-B-16, ViT-L-14, iim-test-tiny")
+    if pretrained in (None, "", RANDOM_WEIGHTS):
+        root, level = logging.getLogger(), logging.getLogger().level
+        root.setLevel(logging.ERROR)  # silence open_clip's "initialized randomly" warning: it is asked for
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_SEED)
+                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        finally:
+            root.setLevel(level)
+    else:
+        path = Path(pretrained).expanduser()
+        if ("/" in pretrained or path.suffix) and not path.is_file():
+            raise IIMError(f"checkpoint file not found: {pretrained}")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=str(path) if path.is_file() else pretrained)
+        except Exception as e:  # open_clip raises RuntimeError / OSError / HF errors when offline
+            raise IIMError(
+                f"could not obtain weights {pretrained!r} for {name} ({type(e).__name__}); without "
+                f"network, pass a local checkpoint with --pretrained /path/to/weights "
+                f"(set HF_HUB_OFFLINE=1 to fail fast instead of retrying)"
+            ) from None
+    model = model.to(device).eval().requires_grad_(False)
+    return model, preprocess
+
+
+def train_transform(model, *, scale=(0.08, 1.0)):
+    """SPEC §1 train-time augmentation: RandomResizedCrop(image size, bicubic) + horizontal flip,
+    then the model's own normalisation."""
+    from torchvision import transforms as T
+
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.Lambda(lambda im: im.convert("RGB")),
+        T.ToTensor(),
+        T.Normalize(cfg["mean"], cfg["std"]),
+    ])
+
+
+def image_size(model) -> int:
+    size = model.visual.image_size
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
