@@ -79,6 +79,7 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
                 f"(set HF_HUB_OFFLINE=1 to fail fast instead of retrying)"
             ) from None
     model = model.to(device).eval().requires_grad_(False)
+    model.iim_model_name = name          # lets the text side pick the model's own tokenizer
     return model, preprocess
 
 

@@ -280,6 +280,19 @@ class Cache:
                          created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         return SplitWriter(grp)
 
+    def global_prototypes(self) -> torch.Tensor:
+        """The frozen ``"a photo of a {c}."`` prototypes stored at extraction, float32 ``[C, D]``."""
+        try:
+            arr = self._zroot["global_proto"]
+        except KeyError:
+            raise IIMError(f"cache {self.root} has no global prototypes (extract with a newer iim)") from None
+        return torch.from_numpy(np.asarray(arr[:], dtype=np.float32))
+
+    def write_global_prototypes(self, protos) -> None:
+        protos = np.asarray(protos, dtype=np.float32)
+        self._zroot.create_array("global_proto", shape=protos.shape, dtype="float32", overwrite=True,
+                                 chunks=protos.shape)[:] = protos
+
     def update_manifest(self, **fields) -> None:
         self.manifest.update(fields)
         atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
