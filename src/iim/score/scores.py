@@ -1,0 +1,126 @@
+"""Every evaluator for a batch of images, composed from the pure Eq. 2-4/12 functions in
+:mod:`iim.score.evaluators`.
+
+    scores = ood_scores(global_feats, local_feats, global_proto, id_proto, neg_proto, k=50, alpha=1.0)
+    scores["s_mcm"]          # [N], higher = more in-distribution
+
+Keys (:data:`SCORE_KEYS`): ``mcm, gl_mcm, r_mcm, r_mcm_star, s_mcm, s_mcm_star, i2t, i2t_star, t2i``;
+``r_mcm, s_mcm, i2t`` need negative prototypes and are absent without them (``neg_proto`` None or with
+0 rows: a run trained without negatives has R-MCM = R-MCM* and S-MCM = S-MCM*).
+
+Top-k bounds: i2t, i2t* and t2i take the top-k over all HW x C (patch, class) pairs, so ``k <= HW * C``;
+ID classification (:func:`id_predictions`) takes the top-k over the HW patches of each class and uses
+``min(k, HW)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..errors import IIMError
+from . import evaluators as ev
+
+SCORE_KEYS = ("mcm", "gl_mcm", "r_mcm", "r_mcm_star", "s_mcm", "s_mcm_star", "i2t", "i2t_star", "t2i")
+NEEDS_NEGATIVES = ("r_mcm", "s_mcm", "i2t")
+
+
+@dataclass
+class Similarities:
+    """The similarity logits ``cos / T`` of one batch; everything else is computed from these."""
+    global_logits: torch.Tensor          # [N, C]       global feature vs global prototypes
+    id_logits: torch.Tensor              # [N, HW, C]   patches vs local ID prototypes
+    neg_logits: torch.Tensor | None      # [N, HW, Cn]  patches vs negative prototypes, or None
+
+    @property
+    def hw(self) -> int:
+        return self.id_logits.shape[-2]
+
+    @property
+    def n_classes(self) -> int:
+        return self.id_logits.shape[-1]
+
+
+def similarities(global_feats, local_feats, global_proto, id_proto, neg_proto=None, *,
+                 T: float = 1.0) -> Similarities:
+    """Cosine logits of features (any float dtype; normalised here) against the three prototype sets."""
+    if global_feats.dim() != 2 or local_feats.dim() != 3 or len(global_feats) != len(local_feats):
+        raise IIMError(f"expected global_feats [N, D] and local_feats [N, HW, D], got "
+                       f"{list(global_feats.shape)} and {list(local_feats.shape)}")
+    dims = {global_feats.shape[-1], local_feats.shape[-1], global_proto.shape[-1], id_proto.shape[-1]}
+    if neg_proto is not None:
+        dims.add(neg_proto.shape[-1])
+    if len(dims) != 1:
+        raise IIMError(f"features and prototypes disagree in width D ({sorted(dims)})")
+    if global_proto.shape[0] != id_proto.shape[0]:
+        raise IIMError(f"{global_proto.shape[0]} global but {id_proto.shape[0]} local ID prototypes")
+    if T <= 0:
+        raise IIMError(f"temperature T must be positive, got {T}")
+    dev = local_feats.device
+    proto = lambda x: x.to(dev, torch.float32)  # noqa: E731
+    has_neg = neg_proto is not None and neg_proto.shape[0] > 0
+    return Similarities(
+        ev.similarity_logits(global_feats, proto(global_proto), T),
+        ev.similarity_logits(local_feats, proto(id_proto), T),
+        ev.similarity_logits(local_feats, proto(neg_proto), T) if has_neg else None,
+    )
+
+
+def check_k(k: int | Sequence[int], hw: int, n_classes: int) -> None:
+    """i2t / t2i take the top-k over HW x C pairs: every k must lie in 1..HW*C."""
+    ks = [k] if isinstance(k, int) else list(k)
+    bad = [x for x in ks if not 1 <= x <= hw * n_classes]
+    if bad:
+        raise IIMError(f"k={bad[0]} is out of range: the top-k runs over HW x C = {hw} x {n_classes} = "
+                       f"{hw * n_classes} (patch, class) pairs, so 1 <= k <= {hw * n_classes}")
+
+
+def evaluate(sims: Similarities, *, k: int | Sequence[int] = 50, alpha=1.0):
+    """Every evaluator from the similarities; returns ``(scores, p_star)``.
+
+    ``k`` an int and ``alpha`` a float: every score is ``[N]``. ``k`` a sequence (K values) and ``alpha``
+    a sequence (A values): MCM and GL-MCM are ``[N]``, the k-dependent scores ``[N, K]`` and S-MCM /
+    S-MCM* ``[N, K, A]``, all from one sorted top-k_max per quantity (see :mod:`iim.score.sweep`).
+    """
+    check_k(k, sims.hw, sims.n_classes)
+    grid = not isinstance(k, int)
+    m = ev.mcm(sims.global_logits)
+    p_star = ev.patch_class_probs(sims.id_logits)
+    out = {"mcm": m, "gl_mcm": ev.gl_mcm(m, p_star), "i2t_star": ev.i2t(p_star, k)}
+    if sims.neg_logits is not None:
+        out["i2t"] = ev.i2t(ev.patch_class_probs(sims.id_logits, sims.neg_logits), k)
+    out["t2i"] = ev.t2i(ev.patch_softmax(sims.id_logits), k)
+    if grid:   # [N] against [N, K] against [N, K, A]
+        alpha = torch.as_tensor(alpha, dtype=m.dtype, device=m.device).reshape(-1)
+        mk, up = m[:, None], (lambda x: x[..., None])
+    else:
+        mk, up = m, (lambda x: x)
+    for star in ("", "_star"):
+        if "i2t" + star in out:
+            i2t_k = out["i2t" + star]
+            out["r_mcm" + star] = ev.r_mcm(mk, i2t_k)
+            out["s_mcm" + star] = ev.s_mcm(up(mk), up(i2t_k), up(out["t2i"]), alpha)
+    return {key: out[key] for key in SCORE_KEYS if key in out}, p_star
+
+
+def id_predictions(sims: Similarities, p_star: torch.Tensor, k: int) -> torch.Tensor:
+    """SPEC §4 ID classification: argmax over classes of ``id_class_scores`` with ``min(k, HW)``."""
+    return ev.id_class_scores(sims.global_logits, p_star, min(k, sims.hw)).argmax(-1)
+
+
+@torch.no_grad()
+def ood_scores(global_feats, local_feats, global_proto, id_proto, neg_proto=None, *, k: int = 50,
+               alpha: float = 1.0, T: float = 1.0) -> dict[str, torch.Tensor]:
+    """Every OOD score of SPEC §4 for ``N`` images -> ``{key: Tensor[N]}``, higher = more ID.
+
+    Args:
+        global_feats: ``[N, D]`` global image embeddings (unnormalised is fine).
+        local_feats: ``[N, HW, D]`` patch features.
+        global_proto: ``[C, D]`` frozen "a photo of a {c}." prototypes (MCM term).
+        id_proto: ``[C, D]`` local ID prototypes (learned; the global ones for zero-shot).
+        neg_proto: ``[Cn, D]`` negative prototypes, or None.
+        k: top-k of i2t / t2i (``1 <= k <= HW * C``). alpha: weight of t2i in S-MCM. T: temperature.
+    """
+    sims = similarities(global_feats, local_feats, global_proto, id_proto, neg_proto, T=T)
+    return evaluate(sims, k=int(k), alpha=float(alpha))[0]
