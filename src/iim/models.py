@@ -94,10 +94,14 @@ def train_transform(model, *, scale=(0.08, 1.0)):
     return T.Compose([
         T.RandomResizedCrop(size, scale=scale, interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
-        T.Lambda(lambda im: im.convert("RGB")),
+        T.Lambda(_to_rgb),   # a named function, not a lambda: DataLoader workers may pickle this
         T.ToTensor(),
         T.Normalize(cfg["mean"], cfg["std"]),
     ])
+
+
+def _to_rgb(image):
+    return image.convert("RGB")
 
 
 def image_size(model) -> int:

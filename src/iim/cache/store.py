@@ -23,8 +23,9 @@ KEY_FIELDS = ("model", "weights", "image_size", "feature_version", "benchmark", 
 CHUNK_BYTES = 16 << 20   # target size of one chunk of `local`
 
 
-def train_split_name(shots: int, seed: int) -> str:
-    return f"train_k{shots}_s{seed}"
+def train_split_name(shots: int, seed: int, views: int = 1) -> str:
+    """``train_k{K}_s{S}``; a split of V > 1 augmented views is ``train_k{K}_s{S}_v{V}``."""
+    return f"train_k{shots}_s{seed}" + (f"_v{views}" if views != 1 else "")
 
 
 def ood_split_name(name: str) -> str:
@@ -40,6 +41,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)   # mkstemp creates 0600; a cache is usually shared with colleagues
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -247,9 +249,18 @@ class Cache:
                            f"run the same 'iim extract' command again to resume it")
         return Split(self._zroot[name], name)
 
+    def split_status(self, name: str) -> dict:
+        """Attributes and storage shapes of any split, complete or not (for ``iim cache info``)."""
+        if not self.has_split(name):
+            raise IIMError(f"cache {self.root} has no split {name!r}")
+        grp = self._zroot[name]
+        return dict(grp.attrs, global_shape=list(grp["global"].shape), local_shape=list(grp["local"].shape),
+                    chunk_rows=int(grp["local"].chunks[0]))
+
     def writer(self, name: str, *, n: int, views: int, hw: int, dim: int, labels, paths,
-               attrs: dict | None = None) -> SplitWriter:
-        """Create a split (or reopen an interrupted one with the same rows) for writing."""
+               attrs: dict | None = None, chunk_rows: int | None = None) -> SplitWriter:
+        """Create a split (or reopen an interrupted one with the same rows) for writing.
+        ``chunk_rows`` (rows per storage chunk) defaults to about :data:`CHUNK_BYTES` of ``local``."""
         labels = np.asarray(labels, dtype=np.int64)
         paths = [str(p) for p in paths]
         if len(labels) != n or len(paths) != n:
@@ -264,7 +275,7 @@ class Cache:
                                f"delete {self.root / name} to extract it again")
             return SplitWriter(grp)
         row_bytes = max(1, views * hw * dim * 2)
-        chunk_rows = int(max(1, min(n, CHUNK_BYTES // row_bytes)))
+        chunk_rows = int(max(1, min(n, chunk_rows or CHUNK_BYTES // row_bytes)))
         grp = self._zroot.create_group(name)
         grp.create_array("global", shape=(n, views, dim), chunks=(chunk_rows, views, dim), dtype="float16",
                          fill_value=0)

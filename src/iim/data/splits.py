@@ -1,0 +1,128 @@
+"""What each cache split holds: few-shot train splits (SPEC §6), the ID test split, one split per OOD set.
+
+Few-shot sampling is portable: for class folder ``d`` the files are listed and SORTED by relative path,
+``rng = random.Random(f"{seed}/{d}")`` draws one key ``rng.random()`` per file in that order, and the K
+files with the smallest keys are chosen (then kept in sorted order). ``random.random()`` is the one
+stream Python guarantees across versions and machines, so a split depends only on the files, the seed
+and the class folder name; never on the directory-listing order. Shots are nested: the K-shot files
+of a seed are among its 2K-shot files.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..cache.store import ood_split_name, train_split_name
+from ..errors import IIMError
+from .benchmarks import Benchmark
+from .folders import list_images
+
+Warn = Callable[[str], None]
+
+
+@dataclass
+class SplitPlan:
+    """The rows of one split: images ``root / files[i]`` with ``labels[i]`` (-1 for OOD)."""
+    name: str
+    kind: str                       # "train" | "test" | "ood"
+    root: Path
+    files: list[str]
+    labels: list[int]
+    views: int = 1
+    seed: int = 0                   # seeds the augmented views of train splits
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.files)
+
+
+def files_digest(files: list[str]) -> str:
+    """sha256 of the newline-joined relative paths: compare splits across machines at a glance."""
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()
+
+
+def few_shot(files: list[str], shots: int, seed: int, class_dir: str) -> list[str]:
+    """The ``shots`` files of one class for ``seed`` (see the module docstring), in sorted order."""
+    files = sorted(files)
+    if shots > len(files):
+        raise IIMError(f"class {class_dir!r} has {len(files)} images, fewer than --shots {shots}")
+    rng = random.Random(f"{seed}/{class_dir}")
+    keys = [rng.random() for _ in files]
+    chosen = sorted(range(len(files)), key=lambda i: (keys[i], i))[:shots]
+    return [files[i] for i in sorted(chosen)]
+
+
+def class_files(root: Path, class_dirs: list[str], what: str) -> list[list[str]]:
+    """Per class, its images as sorted paths relative to ``root`` (``"<class>/<file>"``).
+    A missing or empty class folder is an error naming it."""
+    out = []
+    for d in class_dirs:
+        folder = root / d
+        if not folder.is_dir():
+            if list_images(root, recursive=False):
+                raise IIMError(f"{what} {root} holds images directly, not in class folders; "
+                               f"sort them into <class>/<image> folders (for ImageNet val: wnid folders)")
+            raise IIMError(f"{what}: class folder {d!r} missing in {root}")
+        files = list_images(folder)
+        if not files:
+            raise IIMError(f"{what}: class folder {folder} holds no images")
+        out.append([f"{d}/{f}" for f in files])
+    return out
+
+
+def check_count(what: str, n: int, expected: int | None, warn: Warn | None) -> None:
+    if n == 0:
+        raise IIMError(f"{what} holds no images")
+    if expected is not None and n != expected and warn is not None:
+        warn(f"{what} has {n} images, expected {expected}")
+
+
+def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1) -> SplitPlan:
+    """K-shot support set ``train_k{K}_s{S}`` (``_v{V}`` appended for V > 1 augmented views)."""
+    if bench.train is None:
+        raise IIMError(f"benchmark {bench.name} has no train folder, so no few-shot split")
+    if shots < 1 or views < 1:
+        raise IIMError("--shots and --views must be at least 1")
+    root = bench.train.path()
+    files, labels = [], []
+    for label, (d, pool) in enumerate(zip(bench.class_dirs, class_files(root, bench.class_dirs,
+                                                                       bench.train.what))):
+        chosen = few_shot(pool, shots, seed, d)
+        files += chosen
+        labels += [label] * len(chosen)
+    attrs = dict(kind="train", shots=shots, seed=seed, source=str(root), files_sha256=files_digest(files),
+                 sampler="sorted listing, random.Random(f'{seed}/{class_dir}'), K smallest keys",
+                 augment="none (eval preprocess)" if views == 1 else
+                 "RandomResizedCrop(scale=(0.08, 1), bicubic) + horizontal flip, per-view seed")
+    return SplitPlan(train_split_name(shots, seed, views=views), "train", root, files, labels, views,
+                     seed, attrs)
+
+
+def plan_test(bench: Benchmark, *, warn: Warn | None = None) -> SplitPlan:
+    """Every image of every class folder of the test set, class by class, sorted."""
+    if bench.test is None:
+        raise IIMError(f"benchmark {bench.name} has no test folder")
+    root = bench.test.path()
+    per_class = class_files(root, bench.class_dirs, bench.test.what)
+    files = [f for fs in per_class for f in fs]
+    labels = [c for c, fs in enumerate(per_class) for _ in fs]
+    check_count(f"{bench.test.what} ({root})", len(files), bench.test.expected, warn)
+    return SplitPlan("test", "test", root, files, labels,
+                     attrs=dict(kind="test", source=str(root), files_sha256=files_digest(files)))
+
+
+def plan_ood(bench: Benchmark, name: str, *, warn: Warn | None = None) -> SplitPlan:
+    """Every image under the OOD set's folder (recursive, sorted), label -1."""
+    if name not in bench.ood:
+        have = ", ".join(bench.ood) or "none"
+        raise IIMError(f"benchmark {bench.name} has no OOD set {name!r} (it has: {have})")
+    folder = bench.ood[name]
+    root = folder.path()
+    files = list_images(root)
+    check_count(f"{folder.what} ({root})", len(files), folder.expected, warn)
+    return SplitPlan(ood_split_name(name), "ood", root, files, [-1] * len(files),
+                     attrs=dict(kind="ood", ood=name, source=str(root), files_sha256=files_digest(files)))

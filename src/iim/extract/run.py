@@ -1,0 +1,337 @@
+"""Stage one: run the frozen image encoder once over a benchmark and write the feature cache.
+
+    from iim.extract import extract
+    extract("imagenet", data_root="/data", shots=[16], seeds=[1, 2, 3])      # -> cache/imagenet
+
+Per split: a DataLoader (workers, pinned memory on CUDA) feeds batches to
+:func:`iim.features.encode_image` (autocast on CUDA); a writer thread with a bounded queue appends the
+float16 results to the split's Zarr arrays, so compression and disk writes overlap compute. Batches are
+aligned with storage chunks, so a killed run resumes at the last fully written chunk and reproduces the
+arrays of an uninterrupted run (same command). A complete split is skipped.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import open_clip
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, ood_split_name
+from ..data.benchmarks import Benchmark, load_benchmark
+from ..data.folders import ImageRows
+from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train
+from ..errors import IIMError
+from ..features import FEATURE_VERSION, check_supported, encode_image
+from ..models import create_model, image_size, train_transform, weights_id
+from ..text import global_prototypes
+
+SPLIT_KINDS = ("train", "test", "ood")
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
+
+
+def _stderr(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which splits
+# ---------------------------------------------------------------------------------------------------
+def plan_splits(bench: Benchmark, splits=None, *, shots=(), seeds=(1,), views: int = 1,
+                warn=_stderr) -> list[SplitPlan]:
+    """Plan every requested split before any image is encoded (bad input fails fast).
+
+    ``splits``: names among ``train``, ``test``, ``ood`` (all OOD sets) and ``ood_<name>`` (one set);
+    ``None`` means all the benchmark defines, with ``train`` only when ``shots`` are given.
+    ``train`` makes one split per (shots, seed) pair.
+    """
+    explicit = splits is not None
+    wanted = list(splits) if explicit else [k for k in SPLIT_KINDS
+                                            if k != "train" or shots]
+    plans: list[SplitPlan] = []
+    for token in wanted:
+        if token == "train":
+            if not shots:
+                raise IIMError("the train split needs --shots (e.g. --shots 16 or --shots 1,2,4,8,16)")
+            plans += [plan_train(bench, k, s, views=views) for k in shots for s in seeds]
+        elif token == "test":
+            plans.append(plan_test(bench, warn=warn))
+        elif token == "ood":
+            plans += [plan_ood(bench, name, warn=warn) for name in bench.ood]
+        elif token.startswith("ood_") or token.startswith("ood:"):
+            plans.append(plan_ood(bench, token[4:], warn=warn))
+        else:
+            oods = ", ".join(ood_split_name(n) for n in bench.ood)
+            raise IIMError(f"unknown split {token!r}; choose from train, test, ood" + (f", {oods}" if oods else ""))
+    names = [p.name for p in plans]
+    return [p for i, p in enumerate(plans) if p.name not in names[:i]]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing overlapped with compute
+# ---------------------------------------------------------------------------------------------------
+class AsyncWriter:
+    """Feeds a :class:`SplitWriter` from a background thread through a bounded queue."""
+
+    _STOP = object()
+
+    def __init__(self, writer: SplitWriter, depth: int = 4):
+        self.writer, self.error, self.aborted = writer, None, False
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.thread = threading.Thread(target=self._run, name="iim-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while (item := self.queue.get()) is not self._STOP:
+            if self.error is not None or self.aborted:
+                continue                                       # drain without writing
+            g, l, ready, skipped = item
+            try:
+                if ready is not None:
+                    ready.synchronize()                        # the device->host copy has landed
+                for row, path in skipped:
+                    self.writer.mark_skipped(row, path)
+                self.writer.append(g.numpy(), l.numpy())
+            except BaseException as e:  # re-raised in the main thread
+                self.error = e
+
+    def put(self, g: torch.Tensor, l: torch.Tensor, ready=None, skipped=()):
+        if self.error is not None:
+            raise self.error
+        self.queue.put((g, l, ready, list(skipped)))
+
+    def close(self) -> None:
+        """Wait until every queued batch is appended (full chunks are then on disk)."""
+        self.queue.put(self._STOP)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        """Stop after the batch in hand; queued batches are dropped, nothing is marked complete."""
+        self.aborted = True
+        self.queue.put(self._STOP)
+        self.thread.join()
+
+
+# ---------------------------------------------------------------------------------------------------
+# One split
+# ---------------------------------------------------------------------------------------------------
+def chunk_rows_for(row_bytes: int, batch: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """Rows per storage chunk: about ``chunk_bytes`` of ``local``, rounded to whole batches so that a
+    resumed run starts on the same batch boundaries as an uninterrupted one."""
+    return max(batch, (chunk_bytes // max(1, row_bytes)) // batch * batch)
+
+
+def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: torch.device,
+                  amp_dtype=None, batch_size: int = 128, workers: int = 4, skip_bad: bool = False,
+                  chunk_bytes: int = CHUNK_BYTES, progress: bool = True, log=_stderr) -> None:
+    """Encode the images of ``plan`` and write (or finish) its split in ``cache``."""
+    hw, dim = int(cache.manifest["num_patches"]), int(cache.manifest["embed_dim"])
+    views = plan.views
+    rows_per_batch = max(1, batch_size // views)      # --batch-size counts image views per forward
+    attrs = dict(plan.attrs, amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off")
+    writer = cache.writer(plan.name, n=plan.n, views=views, hw=hw, dim=dim, labels=plan.labels,
+                          paths=plan.files, attrs=attrs,
+                          chunk_rows=chunk_rows_for(views * hw * dim * 2, rows_per_batch, chunk_bytes))
+    start = writer.rows_written
+    if start:
+        log(f"{plan.name}: resuming at row {start} of {plan.n}")
+    dataset = ImageRows(plan.root, plan.files, preprocess, image_size=image_size(model), views=views,
+                        augment=train_transform(model) if views > 1 else None, seed=plan.seed)
+    batches = [list(range(i, min(i + rows_per_batch, plan.n))) for i in range(start, plan.n, rows_per_batch)]
+    cuda = device.type == "cuda"
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                         pin_memory=cuda, prefetch_factor=4 if workers else None)
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if cuda and amp_dtype else nullcontext()
+    batches_iter = iter(loader)                       # start the workers before the writer thread
+    sink = AsyncWriter(writer)
+    bar = tqdm(total=plan.n, initial=start, unit="img", desc=plan.name, dynamic_ncols=True, file=sys.stderr,
+               **({} if progress else {"disable": True}))   # otherwise $TQDM_DISABLE decides
+    t0 = time.perf_counter()
+    try:
+        for rows, images, errors in batches_iter:
+            bad = [i for i, e in enumerate(errors) if e]
+            if bad and not skip_bad:
+                i = bad[0]
+                raise IIMError(f"cannot read image {plan.root / plan.files[rows[i]]} ({errors[i]}); "
+                               f"fix or remove it, or pass --skip-bad to skip unreadable images")
+            b = images.shape[0]
+            x = images.flatten(0, 1).to(device, non_blocking=True)
+            with autocast:
+                g, l = encode_image(model, x)
+            g = g.to(torch.float16).unflatten(0, (b, views))
+            l = l.to(torch.float16).unflatten(0, (b, views))
+            if bad:
+                g[bad], l[bad] = 0, 0                        # skipped rows hold zeros
+            ready = None
+            if cuda:
+                g, l = g.to("cpu", non_blocking=True), l.to("cpu", non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+            sink.put(g, l, ready, [(int(rows[i]), plan.files[rows[i]]) for i in bad])
+            bar.update(b)
+        sink.close()
+        writer.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    done = plan.n - start
+    skipped = list(writer.group.attrs.get("skipped_paths", []))
+    log(f"{plan.name}: {done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.0f} img/s)"
+        + (f"; {len(skipped)} unreadable skipped" if skipped else ""))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole extraction
+# ---------------------------------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise IIMError("--device cuda, but torch sees no CUDA GPU (use --device cpu or auto)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise IIMError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+
+
+def _config_image_size(model_name: str) -> int:
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise IIMError(f"unknown model {model_name!r}; open_clip knows e.g. ViT-B-16, ViT-L-14, iim-test-tiny")
+    size = cfg["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def cache_key(bench: Benchmark, model_name: str, pretrained: str) -> dict:
+    """The manifest fields that decide whether an existing cache may be extended (no model needed)."""
+    local = pretrained not in (None, "", "none") and Path(pretrained).expanduser().is_file()
+    return dict(model=model_name, pretrained=str(Path(pretrained).expanduser().resolve()) if local else pretrained,
+                weights=weights_id(pretrained), image_size=_config_image_size(model_name),
+                feature_version=FEATURE_VERSION, benchmark=bench.name, classnames=list(bench.classnames))
+
+
+@contextmanager
+def _lock(root: Path):
+    """One writer per cache: ``<cache>/.extract.lock`` holds host and pid; a dead owner's lock is taken."""
+    path, me = root / ".extract.lock", f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = path.read_text().partition(" ")
+            alive = host != socket.gethostname()
+            if not alive and pid.strip().isdigit():
+                try:
+                    os.kill(int(pid), 0)
+                    alive = True
+                except ProcessLookupError:
+                    alive = False
+                except PermissionError:
+                    alive = True
+            if alive:
+                raise IIMError(f"another 'iim extract' ({host} pid {pid.strip()}) is writing {root}; "
+                               f"wait for it, or delete {path} if it is gone") from None
+            path.unlink(missing_ok=True)                    # stale: its owner was killed
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str = "ViT-B-16",
+            pretrained: str = "openai", splits=None, shots=(), seeds=(1,), views: int = 1,
+            batch_size: int = 128, workers: int | None = None, device: str = "auto", amp: str = "auto",
+            skip_bad: bool = False, chunk_bytes: int = CHUNK_BYTES, progress: bool = True,
+            log=_stderr) -> Cache:
+    """Extract the requested splits of ``benchmark`` into the cache at ``out`` (default
+    ``cache/<benchmark>``) and return it. See :func:`plan_splits` for ``splits``."""
+    bench = load_benchmark(benchmark, data_root) if isinstance(benchmark, str) else benchmark
+    out = Path(out) if out is not None else Path("cache") / bench.name
+    if batch_size < 1:
+        raise IIMError("--batch-size must be at least 1")
+    if views < 1:
+        raise IIMError("--views must be at least 1")
+    workers = min(8, os.cpu_count() or 1) if workers is None else workers
+    plans = plan_splits(bench, splits, shots=shots, seeds=seeds, views=views, warn=lambda m: log(f"warning: {m}"))
+    key = cache_key(bench, model, pretrained)
+
+    cache = create_cache(out, key) if (out / MANIFEST).is_file() else None   # refuses a mismatch early
+    if cache is not None:
+        for plan in plans:
+            _check_same_files(cache, plan, log)
+        todo = [p for p in plans if not cache.is_complete(p.name)]
+        if not todo and _has_prototypes(cache):
+            log(f"{out}: every requested split is complete ({', '.join(p.name for p in plans)})")
+            return cache
+
+    dev = resolve_device(device)
+    amp = ("fp16" if dev.type == "cuda" else "off") if amp == "auto" else amp
+    if amp not in AMP_DTYPES:
+        raise IIMError(f"unknown --amp {amp!r} (use auto, fp16, bf16 or off)")
+    net, preprocess = create_model(model, pretrained, device=dev)
+    check_supported(net)
+    if image_size(net) != key["image_size"]:
+        raise IIMError(f"{model}: image size {image_size(net)} differs from its config ({key['image_size']})")
+    grid = image_size(net) // net.visual.patch_size[0]
+    shape_fields = dict(embed_dim=int(net.visual.output_dim), num_patches=int(grid * grid))
+
+    cache = create_cache(out, dict(key, **shape_fields, iim_version=__version__,
+                                   created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
+    with _lock(out):
+        if any(cache.manifest.get(k) != v for k, v in shape_fields.items()):
+            cache.update_manifest(**shape_fields)
+        if not _has_prototypes(cache):
+            cache.write_global_prototypes(global_prototypes(net, bench.classnames).numpy())
+        for plan in plans:
+            if cache.is_complete(plan.name):
+                log(f"{plan.name}: complete, skipped")
+                continue
+            _record(cache, plan, complete=False)
+            extract_split(cache, plan, net, preprocess, device=dev, amp_dtype=AMP_DTYPES[amp],
+                          batch_size=batch_size, workers=workers, skip_bad=skip_bad,
+                          chunk_bytes=chunk_bytes, progress=progress, log=log)
+            _record(cache, plan, complete=True)
+    return cache
+
+
+def _has_prototypes(cache: Cache) -> bool:
+    try:
+        cache.global_prototypes()
+        return True
+    except IIMError:
+        return False
+
+
+def _check_same_files(cache: Cache, plan: SplitPlan, log) -> None:
+    """A complete split made from other files than the folder now holds is kept, with a warning."""
+    if cache.is_complete(plan.name):
+        old = cache.split(plan.name).attrs.get("files_sha256")
+        if old and old != plan.attrs.get("files_sha256"):
+            log(f"warning: {plan.name} in {cache.root} was extracted from other files than "
+                f"{plan.root} holds now; kept as is (delete {cache.root / plan.name} to redo it)")
+
+
+def _record(cache: Cache, plan: SplitPlan, *, complete: bool) -> None:
+    """Describe the split in the manifest (its files are the split's ``path`` array)."""
+    skipped = cache.split(plan.name).attrs.get("skipped_paths", []) if complete else []
+    entry = dict(plan.attrs, n=plan.n, views=plan.views, complete=complete, skipped=list(skipped))
+    splits = dict(cache.manifest.get("splits") or {})
+    splits[plan.name] = entry
+    cache.update_manifest(splits=splits)
