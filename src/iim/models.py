@@ -3,6 +3,7 @@
     model, preprocess = create_model("ViT-B-16", "openai")          # open_clip tag (needs the weights)
     model, preprocess = create_model("ViT-B-16", "/ckpt/vit.bin")    # local checkpoint file
     model, preprocess = create_model("iim-test-tiny", "none")        # random weights, fixed seed
+    model, preprocess = create_model("iim-demo", "demo")             # weights shipped in the package
 
 The project's own architectures (``iim-test-tiny`` for tests and smoke runs) are open_clip JSON configs
 in ``model_configs/``, registered with open_clip when ``iim`` is imported.
@@ -21,6 +22,8 @@ from .errors import IIMError
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 RANDOM_WEIGHTS = "none"   # --pretrained none: random weights from a fixed seed
 RANDOM_SEED = 0
+# Weights shipped inside the package, by pretrained tag: tag -> (model name, file). Offline, always there.
+PACKAGED_WEIGHTS = {"demo": ("iim-demo", Path(__file__).parent / "weights" / "iim-demo.safetensors")}
 _registered = False
 
 
@@ -36,8 +39,18 @@ def is_local_checkpoint(pretrained: str) -> bool:
     return pretrained not in (None, "", RANDOM_WEIGHTS) and Path(pretrained).expanduser().is_file()
 
 
+def packaged_weights(name: str, pretrained: str) -> Path | None:
+    """The file of a packaged tag (``create_model("iim-demo", "demo")``), else None."""
+    entry = PACKAGED_WEIGHTS.get(pretrained)
+    return entry[1] if entry is not None and entry[0] == name else None
+
+
 def weights_id(pretrained: str) -> str:
-    """What identifies the weights in a manifest: the tag, or ``sha256:<hex>`` of a checkpoint file."""
+    """What identifies the weights in a manifest: the tag, or ``sha256:<hex>`` of a checkpoint file
+    (``demo@sha256:<hex>`` for a packaged tag, so re-trained packaged weights never match old caches)."""
+    if pretrained in PACKAGED_WEIGHTS and PACKAGED_WEIGHTS[pretrained][1].is_file() \
+            and not is_local_checkpoint(pretrained):
+        return f"{pretrained}@" + weights_id(str(PACKAGED_WEIGHTS[pretrained][1]))
     if is_local_checkpoint(pretrained):
         h = hashlib.sha256()
         with open(Path(pretrained).expanduser(), "rb") as f:
@@ -66,6 +79,11 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
         finally:
             root.setLevel(level)
     else:
+        packaged = packaged_weights(name, pretrained)
+        if packaged is not None:
+            if not packaged.is_file():
+                raise IIMError(f"the packaged weights {packaged} are missing; reinstall iim")
+            pretrained = str(packaged)
         path = Path(pretrained).expanduser()
         if ("/" in pretrained or path.suffix) and not path.is_file():
             raise IIMError(f"checkpoint file not found: {pretrained}")
