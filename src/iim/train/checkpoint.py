@@ -1,0 +1,111 @@
+"""The run folder's ``checkpoint.pt``: atomic save, safe load, and the checks before ``--resume``.
+
+A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)``):
+
+    config             every training option + cache, split, model, weights, classnames, benchmark
+    cache_fingerprint  iim.cache.manifest_key(manifest) of the cache it was trained on
+    epoch, complete    last completed epoch; True only after the last one
+    prototypes         {"global" [C, D], "local" [C, D], "neg" [Cn, D]} float32, from the saved contexts
+    contexts           {"ctx", "neg_ctx"} the learnable context vectors
+    optimizer          SGD state (momentum buffers); scheduler {"last_epoch", "lr"} (the schedule is a
+                       pure function of the epoch, see loop.lr_at_epoch)
+    rng                torch / numpy / python RNG states; history: one dict of loss means per epoch
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import IIMError
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = 1
+# Options that change what training produces: a run may only be resumed with the same values.
+# (device, bf16, features_in, pretrained and the cache's path are execution details and may differ.)
+RESULT_KEYS = ("split", "seed", "k", "n_neg", "n_ctx", "class_specific", "lambda_neg", "lambda_div",
+               "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr",
+               "logit_scale", "hard_negative_mining", "ood_patches")
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace``: a reader (or a
+    crash) sees the previous checkpoint or the new one, never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint onto the CPU; a missing or unreadable file is a clear error."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise IIMError(f"no checkpoint at {path} (train first: iim train --cache ...)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise IIMError(f"{path} is not a readable iim checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "contexts" not in ckpt:
+        raise IIMError(f"{path} is not an iim training checkpoint")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, config: dict, fingerprint: dict, *, path="checkpoint") -> None:
+    """Refuse to resume ``ckpt`` on another cache (model, weights, classes, features) or with options
+    that change the result (:data:`RESULT_KEYS`)."""
+    old_fp = ckpt.get("cache_fingerprint") or {}
+    if old_fp.get("classnames") != fingerprint.get("classnames"):
+        n_old, n_new = len(old_fp.get("classnames") or []), len(fingerprint.get("classnames") or [])
+        detail = f"{n_old} vs {n_new} classes" if n_old != n_new else "same number, other names/order"
+        raise IIMError(f"{path} was trained on other classes than the cache holds ({detail}); "
+                       f"use another --out folder")
+    for key in ("model", "weights", "image_size", "feature_version", "benchmark"):
+        if old_fp.get(key) != fingerprint.get(key):
+            raise IIMError(f"{path} was trained on a cache with {key}={old_fp.get(key)!r}, but this cache "
+                           f"has {key}={fingerprint.get(key)!r}; use another --out folder")
+    old = ckpt["config"]
+    for key in RESULT_KEYS:
+        if old.get(key) != config.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise IIMError(f"{path} was trained with {flag} {old.get(key)!r}, not {config.get(key)!r}; "
+                           f"resume with the same options, or use --overwrite / another --out folder")
+
+
+def rng_state() -> dict:
+    """Every global RNG, in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuples(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(x):
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

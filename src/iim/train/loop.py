@@ -1,0 +1,361 @@
+"""The IIM training loop: text-side prompts against cached patch features (SPEC §3).
+
+The image encoder never runs. Each epoch draws ONE of the V cached augmented views per support image
+(``torch.Generator`` seeded from ``(seed, epoch)``), shuffles, and takes batches of ``batch_size``
+images (the last incomplete batch is dropped when there is at least one full batch, as Dassl's
+train loader does). Every step encodes all C + Cn prompts once with the shared-prefix
+:class:`~iim.text.PromptEncoder`, computes Eq. 5-11 and takes an SGD step on the contexts only.
+
+Learning rate (CoOp/Dassl ``ConstantWarmupScheduler`` + ``CosineAnnealingLR(T_max=epochs)``, stepped
+per epoch): epochs ``0 .. warmup-1`` use ``warmup_lr``; epoch ``e >= warmup`` uses
+``lr * (1 + cos(pi * (e - warmup) / epochs)) / 2`` (so the first cosine epoch uses the full lr).
+
+    cfg = TrainConfig(cache="cache/in1k", split="train_k16_s1", out="runs/in1k-k16-s1-iim")
+    ckpt = train(cfg)                 # checkpoint.pt written atomically after every epoch
+    ckpt = train(cfg, resume=True)    # continue an interrupted run from its last checkpoint
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..cache import manifest_key, open_cache
+from ..cache.store import atomic_write_text
+from ..errors import IIMError
+from ..models import create_model, is_local_checkpoint, weights_id
+from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
+from . import checkpoint as ck
+from .losses import OOD_PATCHES, diversity_loss, iim_losses, total_loss
+
+FEATURES_IN = ("auto", "device", "host", "stream")
+SCORE_OUTPUTS = ("results.json", "results.csv", "scores_*.npz")   # removed by --overwrite
+
+
+@dataclass
+class TrainConfig:
+    """Every training option (defaults: SPEC §3 / the paper)."""
+    cache: str
+    split: str
+    out: str
+    seed: int = 1
+    k: int = 50
+    n_neg: int = 300
+    n_ctx: int = 16
+    class_specific: bool = False
+    lambda_neg: float = 5.0
+    lambda_div: float = 0.5
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 2.5e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    logit_scale: float = 100.0
+    hard_negative_mining: bool = True
+    ood_patches: str = "next-k"
+    # execution only: may differ when resuming
+    device: str = "auto"
+    bf16: bool = True
+    features_in: str = "auto"
+    pretrained: str | None = None   # where the cache's local checkpoint file is now (sha256-checked)
+
+
+def lr_at_epoch(epoch: int, *, lr: float, epochs: int, warmup_epochs: int = 1,
+                warmup_lr: float = 1e-5) -> float:
+    """Learning rate of 0-based ``epoch``: constant warm-up, then Dassl's per-epoch cosine."""
+    if epoch < warmup_epochs:
+        return warmup_lr
+    return lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / epochs))
+
+
+def epoch_draw(seed: int, epoch: int, n: int, views: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(view [n], order [n])``: the view used for each image and the shuffled image order of
+    ``epoch``; a pure function of ``(seed, epoch)`` so that a resumed run draws what it would have."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+    view = torch.randint(views, (n,), generator=g)
+    return view, torch.randperm(n, generator=g)
+
+
+def epoch_batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+class TrainFeatures:
+    """The train split's patch features where they fit: ``device`` (whole [N, V, HW, D] in GPU
+    memory), ``host`` (whole, in pinned CPU memory, batches copied per step) or ``stream`` (each epoch
+    reads the split chunk by chunk and keeps only the drawn view of each image)."""
+
+    def __init__(self, split, device: torch.device, where: str = "auto", *, progress: bool = True):
+        self.split, self.device, self.progress = split, device, progress
+        self.labels = torch.from_numpy(split.labels).to(device)
+        self.nbytes = split.n * split.views * split.hw * split.dim * 2
+        self.where = _choose_storage(self.nbytes, device) if where == "auto" else where
+        if self.where == "device" or (self.where == "host" and device.type == "cpu"):
+            self.local = self._load(device, pin=False)
+        elif self.where == "host":
+            self.local = self._load(torch.device("cpu"), pin=True)
+        self._epoch_local = None
+
+    def _load(self, device, pin: bool) -> torch.Tensor:
+        s = self.split
+        out = torch.empty((s.n, s.views, s.hw, s.dim), dtype=torch.float16, device=device)
+        if pin:
+            try:
+                out = out.pin_memory()
+            except RuntimeError:
+                pass
+        bar = tqdm(total=s.n, desc=f"loading {s.name} ({self.nbytes / 2**30:.1f} GiB)", unit="img",
+                   disable=not self.progress, leave=False)
+        for chunk in s.iter_chunks(view=None):
+            out[chunk.start:chunk.start + len(chunk.labels)].copy_(chunk.local_feats)
+            bar.update(len(chunk.labels))
+        bar.close()
+        return out
+
+    def start_epoch(self, view: torch.Tensor) -> None:
+        """Use ``view[i]`` of image i during this epoch."""
+        if self.where != "stream":
+            self.view = view.to(self.local.device)
+            return
+        s = self.split
+        pin = self.device.type == "cuda"
+        local = torch.empty((s.n, s.hw, s.dim), dtype=torch.float16, pin_memory=pin)
+        for chunk in s.iter_chunks(view=None):
+            rows = torch.arange(chunk.start, chunk.start + len(chunk.labels))
+            local[rows] = chunk.local_feats[torch.arange(len(rows)), view[rows]]
+        self._epoch_local = local
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch features ``[b, HW, D]`` (float16, on the device) and labels of images ``idx``."""
+        if self.where == "stream":
+            local = self._epoch_local[idx]
+        else:
+            i = idx.to(self.local.device)
+            local = self.local[i, self.view[i]]
+        return local.to(self.device, non_blocking=True), self.labels[idx.to(self.labels.device)]
+
+
+def _choose_storage(nbytes: int, device: torch.device) -> str:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes < 0.85 * free - (6 << 30):        # leave room for the text encoder's activations
+            return "device"
+    if nbytes < 0.6 * _available_ram():
+        return "host" if device.type == "cuda" else "device"
+    return "stream"
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise IIMError(f"--device {device} asked for, but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def load_text_model(manifest: dict, device, pretrained: str | None = None):
+    """The cache's CLIP model (for its text tower), with its weights verified against the manifest."""
+    name = manifest.get("model")
+    recorded = manifest.get("weights")
+    source = pretrained or manifest.get("pretrained") or recorded
+    if not name or not source:
+        raise IIMError("the cache manifest does not name its model and weights; re-extract with iim extract")
+    if str(recorded).startswith("sha256:"):
+        if not is_local_checkpoint(source):
+            raise IIMError(f"the cache was extracted with the checkpoint file {source}, which is not there; "
+                           f"pass --pretrained /path/to/that/file")
+        if weights_id(source) != recorded:
+            raise IIMError(f"{source} is not the checkpoint the cache was extracted with (sha256 differs "
+                           f"from {recorded[:19]}...); pass the right file with --pretrained")
+    elif pretrained and weights_id(pretrained) != recorded:
+        raise IIMError(f"--pretrained {pretrained} differs from the weights the cache was extracted with "
+                       f"({recorded!r})")
+    model, _ = create_model(name, source, device=device)
+    return model
+
+
+def build_encoder(model, classnames, cfg: TrainConfig) -> PromptEncoder:
+    """The prompt encoder with contexts drawn from N(0, 0.02) by a CPU generator seeded with the run's
+    seed, so that the initial contexts are the same on every device."""
+    enc = PromptEncoder(model, classnames, n_ctx=cfg.n_ctx, n_neg=cfg.n_neg,
+                        class_specific=cfg.class_specific)
+    g = torch.Generator().manual_seed(cfg.seed)
+    with torch.no_grad():
+        for p in (enc.ctx, enc.neg_ctx):
+            p.copy_(torch.randn(p.shape, generator=g) * CTX_INIT_STD)
+    return enc
+
+
+@torch.no_grad()
+def learned_prototypes(encoder: PromptEncoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """ID local and negative prototypes of the current contexts, float32 on the CPU (no autocast)."""
+    with torch.autocast(encoder.ctx.device.type, enabled=False):
+        id_f, neg_f = encoder()
+    return id_f.float().cpu(), neg_f.float().cpu()
+
+
+def validate(cfg: TrainConfig, split) -> None:
+    if cfg.k < 1 or split.hw < 2 * cfg.k:
+        raise IIMError(f"--k {cfg.k} needs 2k <= {split.hw} patches per image (use --k {split.hw // 2} or less)")
+    checks = [(cfg.epochs >= 1, "--epochs must be >= 1"), (cfg.batch_size >= 1, "--batch-size must be >= 1"),
+              (cfg.n_neg >= 0, "--n-neg must be >= 0"), (cfg.n_ctx >= 1, "--n-ctx must be >= 1"),
+              (cfg.lr > 0 and cfg.warmup_lr > 0, "--lr must be > 0"),
+              (cfg.lambda_neg >= 0 and cfg.lambda_div >= 0, "--lambda-neg / --lambda-div must be >= 0"),
+              (cfg.ood_patches in OOD_PATCHES, f"--ood-patches must be one of {', '.join(OOD_PATCHES)}"),
+              (cfg.features_in in FEATURES_IN, f"features_in must be one of {', '.join(FEATURES_IN)}"),
+              (split.n > 0, f"split {split.name} has no images")]
+    for ok, msg in checks:
+        if not ok:
+            raise IIMError(msg)
+
+
+def full_config(cfg: TrainConfig, cache) -> dict:
+    m = cache.manifest
+    return dict(dataclasses.asdict(cfg), cache=str(Path(cfg.cache).resolve()), model=m.get("model"),
+                weights=m.get("weights"), benchmark=m.get("benchmark"), classnames=cache.classnames)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          log=tqdm.write) -> dict:
+    """Train IIM prompts; returns the final checkpoint dict (also at ``<out>/checkpoint.pt``)."""
+    cache = open_cache(cfg.cache)
+    split = cache.split(cfg.split)          # refuses a missing or incomplete split
+    validate(cfg, split)
+    classnames = cache.classnames
+    labels = split.labels
+    if len(classnames) == 0 or labels.min() < 0 or labels.max() >= len(classnames):
+        raise IIMError(f"split {cfg.split} has labels outside the cache's {len(classnames)} classes")
+    config, fingerprint = full_config(cfg, cache), manifest_key(cache.manifest)
+    out = Path(cfg.out)
+    path = out / ck.CHECKPOINT
+
+    ckpt = None
+    if path.exists():
+        if resume:
+            ckpt = ck.load_checkpoint(path)
+            ck.check_compatible(ckpt, config, fingerprint, path=str(path))
+            if ckpt.get("complete"):
+                log(f"{path} is already complete ({ckpt['epoch']} epochs); nothing to do")
+                return ckpt
+        elif overwrite:
+            for pattern in (ck.CHECKPOINT,) + SCORE_OUTPUTS:
+                for f in out.glob(pattern):
+                    f.unlink()
+        else:
+            old = ck.load_checkpoint(path)
+            state = "complete" if old.get("complete") else f"stopped after epoch {old.get('epoch')}"
+            raise IIMError(f"{out} already holds a training run ({state}); pass --resume to continue it "
+                           f"or --overwrite to start again")
+    elif resume:
+        log(f"no checkpoint in {out} yet; starting a new run")
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    model = load_text_model(cache.manifest, device, cfg.pretrained)
+    encoder = build_encoder(model, classnames, cfg)
+    params = [encoder.ctx] + ([encoder.neg_ctx] if cfg.n_neg else [])
+    optimizer = torch.optim.SGD(params, lr=cfg.warmup_lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    if ckpt is not None:
+        with torch.no_grad():
+            encoder.ctx.copy_(ckpt["contexts"]["ctx"])
+            encoder.neg_ctx.copy_(ckpt["contexts"]["neg_ctx"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        ck.set_rng_state(ckpt["rng"])
+        start, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
+        log(f"resuming {out} after epoch {start}/{cfg.epochs}")
+    try:
+        global_protos = cache.global_prototypes()
+    except IIMError:
+        global_protos = global_prototypes(model, classnames)
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f".{ck.CHECKPOINT}.*.tmp"):     # left by a run killed while saving
+        stale.unlink(missing_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    feats = TrainFeatures(split, device, cfg.features_in, progress=progress)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size))
+    bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step", disable=not progress,
+               dynamic_ncols=True)
+    state = ckpt
+    for epoch in range(start, cfg.epochs):
+        lr = lr_at_epoch(epoch, lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                         warmup_lr=cfg.warmup_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        view, order = epoch_draw(cfg.seed, epoch, split.n, split.views)
+        feats.start_epoch(view)
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+        sums, t0 = np.zeros(4), time.perf_counter()
+        for step, idx in enumerate(epoch_batches(order, cfg.batch_size)):
+            local, y = feats.batch(idx)
+            with torch.autocast(**amp):
+                id_f, neg_f = encoder()
+            terms = iim_losses(local, y, id_f, neg_f, k=cfg.k, logit_scale=cfg.logit_scale,
+                               hard_negative_mining=cfg.hard_negative_mining, ood_patches=cfg.ood_patches)
+            div = diversity_loss(id_f, neg_f)
+            loss = total_loss(terms["pos"], terms["neg"], div, lambda_neg=cfg.lambda_neg,
+                              lambda_div=cfg.lambda_div)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            values = torch.stack([loss, terms["pos"], terms["neg"], div]).detach().float().cpu().numpy()
+            if not np.isfinite(values).all():
+                bar.close()
+                kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state
+                        else "no checkpoint was written")
+                raise IIMError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} (loss={values[0]}, "
+                               f"pos={values[1]}, neg={values[2]}, div={values[3]}); training stopped and "
+                               f"{kept}; try a smaller --lr")
+            optimizer.step()
+            sums += values
+            bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
+                            div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update()
+        loss_m, pos_m, neg_m, div_m = (float(v) for v in sums / n_steps)
+        history.append({"epoch": epoch + 1, "lr": lr, "loss": loss_m, "pos": pos_m, "neg": neg_m,
+                        "div": div_m, "steps": n_steps, "seconds": time.perf_counter() - t0})
+        id_p, neg_p = learned_prototypes(encoder)
+        state = {
+            "format": ck.FORMAT, "iim_version": __version__, "config": config,
+            "cache_fingerprint": fingerprint, "epoch": epoch + 1, "complete": epoch + 1 == cfg.epochs,
+            "prototypes": {"global": global_protos.float(), "local": id_p, "neg": neg_p},
+            "contexts": {"ctx": encoder.ctx.detach().float().cpu(),
+                         "neg_ctx": encoder.neg_ctx.detach().float().cpu()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": {"last_epoch": epoch + 1, "lr": lr},
+            "rng": ck.rng_state(), "history": history,
+        }
+        ck.save_checkpoint(path, state)
+        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_m:.4f} (pos {pos_m:.4f}, neg {neg_m:.4f}, "
+            f"div {div_m:.4f})  lr {lr:.2e}  {history[-1]['seconds']:.1f}s  -> {path}")
+    bar.close()
+    return state

@@ -1,0 +1,267 @@
+"""The IIM training loop on a small synthetic cache (tiny model, CPU)."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iim.cache import create_cache, open_cache, train_split_name
+from iim.errors import IIMError
+from iim.features import FEATURE_VERSION
+from iim.models import create_model
+from iim.text import global_prototypes
+from iim.train import loop
+from iim.train.checkpoint import load_checkpoint
+from iim.train.loop import TrainConfig, build_encoder, epoch_batches, epoch_draw, lr_at_epoch, train
+
+CLASSES = ["apple", "boat", "cat", "dog"]
+
+
+def tiny_manifest(**overrides) -> dict:
+    return {"model": "iim-test-tiny", "pretrained": "none", "weights": "none", "image_size": 32,
+            "feature_version": FEATURE_VERSION, "benchmark": "synthetic", "classnames": CLASSES,
+            **overrides}
+
+
+def make_train_cache(path, *, shots=8, seeds=(1,), views=2, hw=64, dim=32, data_seed=0, manifest=None,
+                     finish=True):
+    """A cache with train splits ``train_k{shots}_s{seed}`` whose patches are learnable: a third of each
+    view's patches are the image's class direction plus noise, the rest one of 3 background directions."""
+    cache = create_cache(path, manifest or tiny_manifest())
+    rng = np.random.default_rng(data_seed)
+    C = len(cache.classnames)
+    dirs, background = rng.standard_normal((C, dim)), rng.standard_normal((3, dim))
+    n = C * shots
+    labels = np.repeat(np.arange(C), shots)
+    for seed in seeds:
+        local = background[rng.integers(3, size=(n, views, hw))] + 0.3 * rng.standard_normal((n, views, hw, dim))
+        for i in range(n):
+            for v in range(views):
+                fg = rng.choice(hw, size=hw // 3, replace=False)
+                local[i, v, fg] = dirs[labels[i]] + 0.3 * rng.standard_normal((len(fg), dim))
+        w = cache.writer(train_split_name(shots, seed), n=n, views=views, hw=hw, dim=dim, labels=labels,
+                         paths=[f"img{i}.png" for i in range(n)])
+        w.append(local.mean(2), local)
+        if finish:
+            w.finish()
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("train") / "cache"
+    make_train_cache(path)
+    return path
+
+
+def config(cache_dir, out, **kw) -> TrainConfig:
+    opts = dict(cache=str(cache_dir), split="train_k8_s1", out=str(out), k=8, n_neg=6, n_ctx=4, epochs=3,
+                batch_size=8, lr=1e-3)
+    return TrainConfig(**{**opts, **kw})
+
+
+def quiet(*args):
+    pass
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+def test_loss_decreases_and_checkpoint_follows_the_run_contract(cache_dir, tmp_path):
+    ckpt = train(config(cache_dir, tmp_path / "run", epochs=10, lr=2.5e-4), progress=False, log=quiet)
+    losses = [h["loss"] for h in ckpt["history"]]
+    assert all(math.isfinite(x) for x in losses)
+    # epoch 1 is the warm-up at lr 1e-5 (about the initial loss); 100 x cos logits make the next
+    # epochs bumpy on random text weights, but training settles far lower
+    assert np.mean(losses[-2:]) < 0.5 * losses[0], losses
+
+    saved = load_checkpoint(tmp_path / "run")
+    assert saved["epoch"] == 10 and saved["complete"] is True
+    cfg = saved["config"]
+    for key in ("cache", "split", "model", "weights", "classnames", "k", "n_neg", "class_specific",
+                "seed", "epochs"):
+        assert key in cfg
+    assert cfg["cache"] == str(Path(cache_dir).resolve()) and cfg["classnames"] == CLASSES
+    protos = saved["prototypes"]
+    assert protos["global"].shape == (4, 32) and protos["local"].shape == (4, 32)
+    assert protos["neg"].shape == (6, 32)
+    assert all(p.dtype == torch.float32 for p in protos.values())
+
+    # the saved prototypes are the text features of the saved contexts
+    model, _ = create_model("iim-test-tiny", "none")
+    enc = build_encoder(model, CLASSES, config(cache_dir, tmp_path))
+    with torch.no_grad():
+        enc.ctx.copy_(saved["contexts"]["ctx"])
+        enc.neg_ctx.copy_(saved["contexts"]["neg_ctx"])
+        id_f, neg_f = enc()
+    torch.testing.assert_close(protos["local"], id_f)
+    torch.testing.assert_close(protos["neg"], neg_f)
+    with pytest.raises(IIMError):                          # none in this cache: computed from the model
+        open_cache(cache_dir).global_prototypes()
+    torch.testing.assert_close(protos["global"], global_prototypes(model, CLASSES))
+    assert (tmp_path / "run" / "config.json").is_file()
+
+
+def test_same_seed_same_contexts_other_seed_not(cache_dir, tmp_path):
+    runs = [train(config(cache_dir, tmp_path / f"r{i}", epochs=2, seed=s), progress=False, log=quiet)
+            for i, s in enumerate((1, 1, 2))]
+    assert torch.equal(runs[0]["contexts"]["ctx"], runs[1]["contexts"]["ctx"])
+    assert torch.equal(runs[0]["contexts"]["neg_ctx"], runs[1]["contexts"]["neg_ctx"])
+    assert not torch.equal(runs[0]["contexts"]["ctx"], runs[2]["contexts"]["ctx"])
+
+
+def test_streamed_features_train_exactly_like_loaded_ones(cache_dir, tmp_path):
+    a = train(config(cache_dir, tmp_path / "a", epochs=2, features_in="device"), progress=False, log=quiet)
+    b = train(config(cache_dir, tmp_path / "b", epochs=2, features_in="stream"), progress=False, log=quiet)
+    assert torch.equal(a["contexts"]["ctx"], b["contexts"]["ctx"])
+
+
+@pytest.mark.parametrize("kw", [
+    dict(hard_negative_mining=False), dict(ood_patches="all-rest"), dict(n_neg=0), dict(lambda_neg=0.0),
+    dict(lambda_div=0.0), dict(class_specific=True), dict(k=32),
+])
+def test_ablations_and_options_train(cache_dir, tmp_path, kw):
+    ckpt = train(config(cache_dir, tmp_path / "r", epochs=2, **kw), progress=False, log=quiet)
+    assert all(math.isfinite(h["loss"]) for h in ckpt["history"])
+    assert ckpt["prototypes"]["neg"].shape == (kw.get("n_neg", 6), 32)
+    if kw.get("n_neg") == 0:
+        assert all(h["neg"] == 0 for h in ckpt["history"])
+    if kw.get("class_specific"):
+        assert ckpt["contexts"]["ctx"].shape == (4, 4, 64)
+
+
+def test_ablation_switches_change_the_result(cache_dir, tmp_path):
+    base = train(config(cache_dir, tmp_path / "base", epochs=2), progress=False, log=quiet)
+    for i, kw in enumerate([dict(hard_negative_mining=False), dict(ood_patches="all-rest"),
+                            dict(lambda_neg=0.0), dict(lambda_div=0.0)]):
+        other = train(config(cache_dir, tmp_path / f"o{i}", epochs=2, **kw), progress=False, log=quiet)
+        assert not torch.equal(base["contexts"]["ctx"], other["contexts"]["ctx"]), kw
+
+
+# ---- schedule and sampling ----------------------------------------------------------------------
+def test_lr_schedule_is_dassl_constant_warmup_then_cosine():
+    """Dassl: ConstantWarmupScheduler(cons_lr) for 1 epoch, then CosineAnnealingLR(T_max=epochs),
+    the successor stepped once per epoch after the warm-up."""
+    epochs, lr = 50, 2.5e-4
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=lr)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    expected = [1e-5]
+    for _ in range(1, epochs):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cosine.step()
+    got = [lr_at_epoch(e, lr=lr, epochs=epochs) for e in range(epochs)]
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    assert got[1] == lr and got[-1] < 0.01 * lr
+
+
+def test_epoch_draw_is_a_pure_function_of_seed_and_epoch():
+    v1, o1 = epoch_draw(1, 3, 100, 4)
+    v2, o2 = epoch_draw(1, 3, 100, 4)
+    assert torch.equal(v1, v2) and torch.equal(o1, o2)
+    assert sorted(o1.tolist()) == list(range(100)) and set(v1.tolist()) == {0, 1, 2, 3}
+    v3, o3 = epoch_draw(1, 4, 100, 4)
+    v4, _ = epoch_draw(2, 3, 100, 4)
+    assert not torch.equal(o1, o3) and not torch.equal(v1, v3) and not torch.equal(v1, v4)
+    sizes = [len(b) for b in epoch_batches(torch.arange(70), 32)]
+    assert sizes == [32, 32]                                   # Dassl drops the incomplete batch
+    assert [len(b) for b in epoch_batches(torch.arange(20), 32)] == [20]
+
+
+# ---- faults -------------------------------------------------------------------------------------
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = loop.iim_losses
+
+    def poisoned(*args, **kw):
+        out = real(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 6:                    # 4 steps per epoch: epoch 2, step 2
+            out["pos"] = out["pos"] * float("nan")
+        return out
+
+    monkeypatch.setattr(loop, "iim_losses", poisoned)
+    with pytest.raises(IIMError, match=r"non-finite loss at epoch 2, step 2.*epoch 1"):
+        train(config(cache_dir, tmp_path / "r", epochs=3), progress=False, log=quiet)
+    kept = load_checkpoint(tmp_path / "r")
+    assert kept["epoch"] == 1 and not kept["complete"]
+    assert torch.isfinite(kept["contexts"]["ctx"]).all()
+
+
+def test_incomplete_split_is_refused(tmp_path):
+    make_train_cache(tmp_path / "c", finish=False, shots=2)
+    with pytest.raises(IIMError, match="incomplete"):
+        train(config(tmp_path / "c", tmp_path / "r", split="train_k2_s1"), progress=False, log=quiet)
+
+
+def test_k_too_large_for_the_patches_is_refused(cache_dir, tmp_path):
+    with pytest.raises(IIMError, match="2k <= 64"):
+        train(config(cache_dir, tmp_path / "r", k=33), progress=False, log=quiet)
+
+
+def test_existing_run_needs_resume_or_overwrite(cache_dir, tmp_path):
+    out = tmp_path / "r"
+    first = train(config(cache_dir, out, epochs=1), progress=False, log=quiet)
+    with pytest.raises(IIMError, match="--resume.*--overwrite"):
+        train(config(cache_dir, out, epochs=1), progress=False, log=quiet)
+    (out / "results.json").write_text("{}")
+    again = train(config(cache_dir, out, epochs=1), overwrite=True, progress=False, log=quiet)
+    assert torch.equal(first["contexts"]["ctx"], again["contexts"]["ctx"])
+    assert not (out / "results.json").exists()             # stale scores of the old run are removed
+    done = train(config(cache_dir, out, epochs=1), resume=True, progress=False, log=quiet)
+    assert done["epoch"] == 1                              # complete: nothing to do
+
+
+def test_resume_refuses_other_options_classes_or_model(cache_dir, tmp_path):
+    out = tmp_path / "r"
+    train(config(cache_dir, out, epochs=2), progress=False, log=quiet)
+    ckpt = load_checkpoint(out)
+    ckpt["complete"], ckpt["epoch"] = False, 1
+    torch.save(ckpt, out / "checkpoint.pt")
+    with pytest.raises(IIMError, match="--k 8"):
+        train(config(cache_dir, out, epochs=2, k=4), resume=True, progress=False, log=quiet)
+    with pytest.raises(IIMError, match="--epochs 2"):
+        train(config(cache_dir, out, epochs=3), resume=True, progress=False, log=quiet)
+
+    other = tmp_path / "other_classes"
+    make_train_cache(other, manifest=tiny_manifest(classnames=["apple", "boat", "cat", "eel"]))
+    with pytest.raises(IIMError, match="other classes"):
+        train(config(other, out, epochs=2), resume=True, progress=False, log=quiet)
+    other_model = tmp_path / "other_model"
+    make_train_cache(other_model, manifest=tiny_manifest(model="iim-test-tiny-2"))
+    with pytest.raises(IIMError, match="model='iim-test-tiny'"):
+        train(config(other_model, out, epochs=2), resume=True, progress=False, log=quiet)
+    # the run itself is untouched and resumes with its own options
+    ckpt = train(config(cache_dir, out, epochs=2), resume=True, progress=False, log=quiet)
+    assert ckpt["complete"]
+
+
+def test_weights_file_must_match_the_cache(tmp_path):
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"not the weights")
+    make_train_cache(tmp_path / "c", shots=2,
+                     manifest=tiny_manifest(pretrained=str(tmp_path / "gone.bin"), weights="sha256:" + "0" * 64))
+    cfg = config(tmp_path / "c", tmp_path / "r", split="train_k2_s1")
+    with pytest.raises(IIMError, match="not there; pass --pretrained"):
+        train(cfg, progress=False, log=quiet)
+    cfg.pretrained = str(weights)
+    with pytest.raises(IIMError, match="sha256 differs"):
+        train(cfg, progress=False, log=quiet)
+
+
+def test_global_prototypes_come_from_the_cache_when_stored(tmp_path):
+    cache = make_train_cache(tmp_path / "c", shots=2)
+    stored = torch.randn(4, 32)
+    cache.write_global_prototypes(stored.numpy())
+    ckpt = train(config(tmp_path / "c", tmp_path / "r", split="train_k2_s1", epochs=1), progress=False,
+                 log=quiet)
+    assert torch.equal(ckpt["prototypes"]["global"], stored)
