@@ -1,0 +1,237 @@
+"""From a run folder (or zero-shot) and a feature cache to per-image scores, split by split.
+
+:func:`prepare_run` / :func:`prepare_zero_shot` resolve what is scored (prototypes, cache, output folder)
+and refuse incompatible inputs with one-line errors; :func:`stream_split` streams one cache split in
+chunks (memory bounded by the chunk, never by N) and keeps only the per-image score vectors.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..cache import manifest_key, open_cache
+from ..errors import IIMError
+from .scores import evaluate, id_predictions, similarities
+
+CHUNK_BUDGET = {"cpu": 1 << 30, "cuda": 8 << 30}   # bytes of per-chunk intermediates (auto --chunk)
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class Job:
+    """What to score: the three prototype sets, the cache, and where results go."""
+    cache: object
+    global_proto: torch.Tensor          # [C, D]
+    id_proto: torch.Tensor              # [C, D]
+    neg_proto: torch.Tensor | None      # [Cn, D] or None
+    out_dir: Path
+    run_dir: Path | None = None
+    checkpoint: dict = field(default_factory=dict)   # epoch / complete / config of the run (empty: zero-shot)
+    knn_split: str | None = None
+    notes: list[str] = field(default_factory=list)   # what was chosen, what was skipped (printed by the CLI)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def zero_shot(self) -> bool:
+        return self.run_dir is None
+
+
+# ---- choosing and checking the inputs -----------------------------------------------------------
+def newest_run(runs_dir) -> Path:
+    """The run folder under ``runs_dir`` whose ``checkpoint.pt`` was written last."""
+    runs_dir = Path(runs_dir)
+    found = sorted(runs_dir.glob(f"*/{CHECKPOINT}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise IIMError(f"no runs found under {runs_dir}/ (no */{CHECKPOINT}); train one with 'iim train' "
+                       f"or pass --run, or --zero-shot --cache CACHE --out DIR")
+    return found[-1].parent
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    path = Path(run_dir) / CHECKPOINT
+    if not path.is_file():
+        raise IIMError(f"{run_dir} is not a run folder (no {CHECKPOINT})")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        try:   # resume state may hold objects the safe unpickler refuses; the run is our own file
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            raise IIMError(f"cannot read {path} ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict) or "prototypes" not in ckpt or "config" not in ckpt:
+        raise IIMError(f"{path} has no prototypes/config; is it an 'iim train' checkpoint?")
+    return ckpt
+
+
+def _check_compatible(ckpt: dict, cache, run_dir: Path) -> None:
+    """The run must have been trained on features like the cache's: same model, weights, classes, D."""
+    cfg, man = ckpt["config"], cache.manifest
+    where = f"run {run_dir} and cache {cache.root} disagree"
+    for key in ("model", "weights"):
+        if key in cfg and cfg[key] != man.get(key):
+            raise IIMError(f"{where} in {key}: {cfg[key]!r} vs {man.get(key)!r}; pass the cache the run "
+                           f"was trained on with --cache")
+    run_names, cache_names = list(cfg.get("classnames") or []), cache.classnames
+    if run_names != cache_names:
+        if len(run_names) != len(cache_names):
+            raise IIMError(f"{where} in classes: {len(run_names)} vs {len(cache_names)} classes")
+        i = next(i for i, (a, b) in enumerate(zip(run_names, cache_names)) if a != b)
+        raise IIMError(f"{where} in class names: #{i} is {run_names[i]!r} vs {cache_names[i]!r}")
+    fp = ckpt.get("cache_fingerprint")
+    if fp:
+        key = manifest_key(man)
+        diff = [k for k in key if k in fp and fp[k] != key[k]]
+        if diff:
+            raise IIMError(f"{where} in {diff[0]}: {fp[diff[0]]!r} vs {key[diff[0]]!r}")
+
+
+def _check_protos(glob, loc, neg, n_classes: int, dim: int, origin: str) -> None:
+    for name, p in (("global", glob), ("local", loc)):
+        if p.dim() != 2 or p.shape[0] != n_classes:
+            raise IIMError(f"{origin}: {name} prototypes are {list(p.shape)}, expected [{n_classes}, D]")
+    for name, p in (("global", glob), ("local", loc), ("negative", neg)):
+        if p is not None and p.shape[-1] != dim:
+            raise IIMError(f"{origin}: {name} prototypes have D={p.shape[-1]} but the cache's features "
+                           f"have D={dim}")
+
+
+def prepare_run(run=None, *, runs_dir="runs", cache_path=None, out=None, knn_split=None) -> Job:
+    """Score a trained run: ``run`` (a folder), or the newest run under ``runs_dir``."""
+    notes = []
+    if run is None:
+        run_dir = newest_run(runs_dir)
+        chose = f"Scoring run {run_dir} (newest under {Path(runs_dir)}/)"
+    else:
+        run_dir = Path(run)
+        chose = f"Scoring run {run_dir}"
+    ckpt = load_checkpoint(run_dir)
+    cfg = ckpt["config"]
+    cache_path = cache_path or cfg.get("cache")
+    if not cache_path:
+        raise IIMError(f"run {run_dir} records no cache; pass --cache")
+    cache = open_cache(cache_path)
+    notes.append(f"{chose}, cache {cache.root}")
+    _check_compatible(ckpt, cache, run_dir)
+    protos = ckpt["prototypes"]
+    as_t = lambda x: None if x is None else torch.as_tensor(x, dtype=torch.float32)  # noqa: E731
+    glob, loc, neg = as_t(protos.get("global")), as_t(protos.get("local")), as_t(protos.get("neg"))
+    if glob is None:
+        glob = cache.global_prototypes()
+    if neg is not None and neg.shape[0] == 0:
+        neg = None
+        notes.append("The run has no negative prompts: R-MCM and S-MCM equal R-MCM* and S-MCM* and are omitted")
+    test = cache.split("test")
+    _check_protos(glob, loc, neg, len(cache.classnames), test.dim, f"run {run_dir}")
+    warnings = []
+    if not ckpt.get("complete", True):
+        warnings.append(f"run {run_dir} is not complete: scoring epoch {ckpt.get('epoch', '?')} of "
+                        f"{cfg.get('epochs', '?')}")
+    info = {"epoch": ckpt.get("epoch"), "complete": ckpt.get("complete"), "config": cfg}
+    job = Job(cache, glob, loc, neg, Path(out) if out else run_dir, run_dir, info, notes=notes, warnings=warnings)
+    job.knn_split = _knn_split(cache, knn_split or cfg.get("split"), explicit=knn_split is not None, job=job)
+    return job
+
+
+def prepare_zero_shot(cache_path, out, *, knn_split=None) -> Job:
+    """0-shot rows: the frozen global prototypes serve as local prototypes; no negatives."""
+    if not cache_path:
+        raise IIMError("--zero-shot needs --cache CACHE")
+    if not out:
+        raise IIMError("--zero-shot needs --out DIR (there is no run folder to write into)")
+    cache = open_cache(cache_path)
+    glob = cache.global_prototypes()
+    test = cache.split("test")
+    _check_protos(glob, glob, None, len(cache.classnames), test.dim, f"cache {cache.root}")
+    job = Job(cache, glob, glob, None, Path(out), notes=[f"Scoring zero-shot (global prototypes as local "
+                                                          f"prototypes, no negatives), cache {cache.root}"])
+    if knn_split is None:
+        train = cache.train_splits()
+        if len(train) == 1:
+            knn_split = train[0]
+        else:
+            job.notes.append(f"KNN skipped: zero-shot needs a memory bank; name one of the train splits "
+                             f"({', '.join(train) or 'none in this cache'}) with --knn-split")
+            return job
+    job.knn_split = _knn_split(cache, knn_split, explicit=True, job=job)
+    return job
+
+
+def _knn_split(cache, name, *, explicit: bool, job: Job) -> str | None:
+    if name is None:
+        job.notes.append("KNN skipped: the run records no train split; name one with --knn-split")
+        return None
+    if cache.is_complete(name):
+        return name
+    if explicit:
+        cache.split(name)     # raises the cache's one-line error (missing or incomplete)
+    job.notes.append(f"KNN skipped: train split {name!r} is not in cache {cache.root}")
+    return None
+
+
+def ood_split_names(cache, wanted=None) -> list[str]:
+    """The OOD splits to score (all complete ``ood_*`` splits, or the named ones); none is an error."""
+    if wanted:
+        names = [w if w.startswith("ood_") else f"ood_{w}" for w in wanted]
+        for n in names:
+            cache.split(n)    # missing / incomplete -> one-line error
+    else:
+        names = cache.ood_splits()
+        if not names:
+            raise IIMError(f"cache {cache.root} has no complete OOD split (ood_*); extract OOD sets first")
+    for n in names:
+        if cache.split(n).n == 0:
+            raise IIMError(f"OOD split {n!r} in {cache.root} is empty (0 images); extract it again or leave "
+                           f"it out with --ood")
+    return names
+
+
+# ---- streaming ---------------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise IIMError(f"--device {device}: no CUDA device is available")
+    return dev
+
+
+def auto_chunk_rows(hw: int, n_classes: int, n_neg: int, device: torch.device) -> int:
+    """Images per chunk so that the float32 intermediates (~6 maps of HW x (C + Cn)) fit the budget."""
+    per_row = 6 * 4 * hw * (n_classes + n_neg) + 1
+    return int(max(1, min(4096, CHUNK_BUDGET.get(device.type, CHUNK_BUDGET["cpu"]) // per_row)))
+
+
+@torch.no_grad()
+def stream_split(split, job: Job, *, k=50, alpha=1.0, T: float = 1.0, rows: int | None = None,
+                 device="cpu", knn=None, predict: bool = False):
+    """Score every image of ``split``; returns ``(scores {method: numpy}, predictions or None)``.
+
+    ``k`` / ``alpha`` as in :func:`iim.score.evaluate` (ints/floats, or lists for a sweep). ``knn`` a
+    :class:`~iim.score.knn.KNNScorer` adds the "knn" row. ``predict`` returns the SPEC §4 ID class
+    predictions (with ``min(k, HW)``; point mode only).
+    """
+    device = torch.device(device)
+    protos = [None if p is None else p.to(device) for p in (job.global_proto, job.id_proto, job.neg_proto)]
+    n_neg = 0 if job.neg_proto is None else len(job.neg_proto)
+    rows = rows or auto_chunk_rows(split.hw, len(job.id_proto), n_neg, device)
+    scores, preds = defaultdict(list), []
+    with tqdm(total=split.n, unit="img", desc=split.name, leave=False, dynamic_ncols=True) as bar:
+        for chunk in split.iter_chunks(rows=rows):
+            g = chunk.global_feats.to(device, non_blocking=True)
+            loc = chunk.local_feats.to(device, non_blocking=True)
+            sims = similarities(g, loc, *protos, T=T)
+            out, p_star = evaluate(sims, k=k, alpha=alpha)
+            for key, val in out.items():
+                scores[key].append(val.float().cpu().numpy())
+            if predict:
+                preds.append(id_predictions(sims, p_star, k).cpu().numpy())
+            if knn is not None:
+                scores["knn"].append(knn(g))
+            bar.update(len(chunk.labels))
+    return ({key: np.concatenate(v) for key, v in scores.items()},
+            np.concatenate(preds) if predict else None)

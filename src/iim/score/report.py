@@ -1,0 +1,101 @@
+"""Metrics per method and OOD set, the paper-style table, and the result files (written atomically).
+
+All metric values here are in PERCENT (``iim.metrics`` returns fractions).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import metrics as M
+
+LABELS = {"mcm": "MCM", "gl_mcm": "GL-MCM", "r_mcm": "R-MCM", "r_mcm_star": "R-MCM*", "s_mcm": "S-MCM",
+          "s_mcm_star": "S-MCM*", "i2t": "i2t", "i2t_star": "i2t*", "t2i": "t2i", "knn": "KNN"}
+TABLE_METHODS = ("mcm", "gl_mcm", "r_mcm_star", "r_mcm", "s_mcm_star", "s_mcm", "knn")
+AVERAGE = "average"
+
+
+def set_name(split: str) -> str:
+    """``ood_inaturalist`` -> ``inaturalist``."""
+    return split[4:] if split.startswith("ood_") else split
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_csv(path, rows: list[dict], fields: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({f: (f"{r[f]:.10g}" if isinstance(r[f], float) else r[f]) for f in fields})
+    write_text(path, buf.getvalue())
+
+
+def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def compute_metrics(id_scores: dict[str, np.ndarray], ood: dict[str, dict[str, np.ndarray]],
+                    names=M.METRICS) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {ood_set | "average": {metric: percent}}}`` for every method in ``id_scores``."""
+    out = {}
+    for method, s_id in id_scores.items():
+        per = {name: {m: 100 * getattr(M, m)(s_id, scores[method]) for m in names}
+               for name, scores in ood.items()}
+        per[AVERAGE] = {m: float(np.mean([v[m] for v in per.values()])) for m in names}
+        out[method] = per
+    return out
+
+
+def metric_rows(metrics: dict) -> list[dict]:
+    """The long form of :func:`compute_metrics`: rows (method, ood_set, metric, value)."""
+    return [{"method": method, "ood_set": name, "metric": m, "value": v}
+            for method, per in metrics.items() for name, vals in per.items() for m, v in vals.items()]
+
+
+def format_table(metrics: dict, *, methods=TABLE_METHODS, columns=("fpr95", "auroc"), labels=LABELS) -> str:
+    """Paper-style table: rows = methods, column groups = each OOD set then the average, in percent."""
+    methods = [m for m in methods if m in metrics]
+    sets = list(next(iter(metrics.values())))                # OOD sets in order, "average" last
+    head = {"fpr95": "FPR95", "auroc": "AUROC", "aupr_in": "AUPR-In", "aupr_out": "AUPR-Out",
+            "fpr95_openood": "FPR@95(OpenOOD)"}
+    col_w = max(7, *(len(head[c]) for c in columns))
+    group_w = max(len(columns) * (col_w + 1) - 1, *(len(s) for s in sets))
+    name_w = max(8, *(len(labels.get(m, m)) for m in methods))
+    lines = [" " * name_w + "".join(f"  {s.capitalize() if s == AVERAGE else s:^{group_w}}" for s in sets),
+             f"{'Method':<{name_w}}" + "".join(
+                 "  " + " ".join(f"{head[c]:>{col_w}}" for c in columns).rjust(group_w) for _ in sets)]
+    for m in methods:
+        cells = ["  " + " ".join(f"{metrics[m][s][c]:>{col_w}.2f}" for c in columns).rjust(group_w) for s in sets]
+        lines.append(f"{labels.get(m, m):<{name_w}}" + "".join(cells))
+    return "\n".join(lines)
