@@ -1,0 +1,133 @@
+"""The prompt encoder gives open_clip's full-length text features, forward and gradients (SPEC §2)."""
+import open_clip
+import pytest
+import torch
+
+from iim.errors import IIMError
+from iim.models import create_model
+from iim.text import PromptEncoder, encode_prompts_reference, global_prototypes, id_prompt, neg_prompt
+
+# varied token counts: 1-token names up to a long multi-word one
+NAMES = ["cat", "goldfish", "great white shark", "tench", "American black bear with a very long name"]
+
+
+def grads(feats, params, seed=0):
+    """Gradients of a random linear function of the features (a random upstream gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((f * torch.randn(f.shape, generator=g, dtype=f.dtype)).sum() for f in feats if f.numel())
+    return torch.autograd.grad(loss, params)
+
+
+def assert_matches_reference(model, enc, atol):
+    feats = enc()
+    ref = encode_prompts_reference(model, enc.classnames, enc.ctx, enc.neg_ctx)
+    assert feats[0].shape == ref[0].shape and feats[1].shape == ref[1].shape
+    for f, r in zip(feats, ref):
+        torch.testing.assert_close(f, r, atol=atol, rtol=0)
+    params = [enc.ctx] + ([enc.neg_ctx] if enc.n_neg else [])
+    for g, r in zip(grads(feats, params), grads(ref, params)):
+        assert r.abs().max() > 0
+        # gradients wrt contexts are O(100) (ln_1 rescales the N(0, 0.02) contexts): compare at their scale
+        torch.testing.assert_close(g, r, atol=atol * max(1.0, r.abs().max().item()), rtol=0)
+
+
+def test_reference_is_open_clip_encode_text(tiny_model):
+    """Anchor: with the real "X" embeddings as context, the reference path IS model.encode_text."""
+    model, _ = tiny_model
+    tokenizer = open_clip.get_tokenizer("iim-test-tiny")
+    x = model.token_embedding(tokenizer(["X"]))[0, 1]
+    ctx = x.expand(4, -1)
+    ref_id, ref_neg = encode_prompts_reference(model, NAMES, ctx, ctx.expand(2, -1, -1))
+    expected_id = model.encode_text(tokenizer([id_prompt(c, 4) for c in NAMES]))
+    expected_neg = model.encode_text(tokenizer([neg_prompt(4)] * 2))
+    torch.testing.assert_close(ref_id, expected_id, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ref_neg, expected_neg, atol=1e-5, rtol=0)
+    assert id_prompt("great white shark", 3) == "X X X great white shark."
+    assert neg_prompt(3) == "X X X ."
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
+@pytest.mark.parametrize("n_neg", [0, 3])
+def test_tiny_matches_reference(tiny_model, class_specific, n_neg):
+    model, _ = tiny_model
+    torch.manual_seed(0)
+    enc = PromptEncoder(model, NAMES, n_ctx=16, n_neg=n_neg, class_specific=class_specific)
+    assert enc.ctx.shape == ((5, 16, 64) if class_specific else (16, 64))
+    assert enc.neg_ctx.shape == (n_neg, 16, 64)
+    assert_matches_reference(model, enc, atol=1e-4)
+
+
+def test_tiny_exact_in_float64(tiny_model):
+    """In float64 both paths agree to rounding: the shortcut is exact, not an approximation."""
+    model, _ = tiny_model
+    model64 = create_model("iim-test-tiny", "none")[0].double()
+    model64.iim_model_name = "iim-test-tiny"
+    for class_specific in (False, True):
+        torch.manual_seed(1)
+        enc = PromptEncoder(model64, NAMES, n_ctx=4, n_neg=2, class_specific=class_specific).double()
+        assert_matches_reference(model64, enc, atol=1e-10)
+
+
+def test_vit_b16_matches_reference():
+    model, _ = create_model("ViT-B-16", "none")
+    for class_specific in (False, True):
+        torch.manual_seed(0)
+        enc = PromptEncoder(model, NAMES, n_neg=3, class_specific=class_specific)
+        assert_matches_reference(model, enc, atol=1e-4)
+
+
+def test_checkpointing_gives_the_same_result(tiny_model):
+    model, _ = tiny_model
+    torch.manual_seed(0)
+    enc = PromptEncoder(model, NAMES, n_neg=3)
+    plain = enc()
+    g_plain = grads(plain, [enc.ctx, enc.neg_ctx])
+    enc.checkpoint = True
+    ckpt = enc()
+    for a, b in zip(plain + g_plain, ckpt + grads(ckpt, [enc.ctx, enc.neg_ctx])):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_only_contexts_learn(tiny_model):
+    model, _ = tiny_model
+    enc = PromptEncoder(model, NAMES, n_neg=3)
+    assert {n for n, _ in enc.named_parameters()} == {"ctx", "neg_ctx"}
+    assert set(enc.state_dict()) == {"ctx", "neg_ctx"}
+    id_feats, neg_feats = enc()
+    (id_feats.sum() + neg_feats.sum()).backward()
+    assert enc.ctx.grad is not None and enc.neg_ctx.grad is not None
+    assert all(p.grad is None for p in model.parameters())
+    assert id_feats.dtype == torch.float32 and id_feats.shape == (5, 32) and neg_feats.shape == (3, 32)
+
+
+def test_init_and_token_count(tiny_model):
+    model, _ = tiny_model
+    torch.manual_seed(0)
+    enc = PromptEncoder(model, ["cat"] * 200, n_neg=300)
+    assert abs(enc.neg_ctx.std().item() - 0.02) < 1e-3 and abs(enc.neg_ctx.mean().item()) < 1e-3
+    # SOT + 16 ctx once, then "cat", ".", EOT per class; 16 ctx + SOT + ".", EOT per negative
+    assert enc.n_tokens == 17 + 200 * 3 + 300 * 19
+
+
+def test_too_long_class_name_names_the_class(tiny_model):
+    model, _ = tiny_model
+    long_name = " ".join(["word"] * 70)
+    with pytest.raises(IIMError, match="class name 'word word"):
+        PromptEncoder(model, ["cat", long_name], n_neg=0)
+    with pytest.raises(IIMError, match="class name 'word word"):
+        global_prototypes(model, ["cat", " ".join(["word"] * 80)])
+    PromptEncoder(model, [" ".join(["word"] * 58)], n_neg=0)   # 1 + 16 + 58 + 2 = 77 tokens: fits
+
+
+def test_refuses_non_clip_text_towers(tiny_model):
+    model, _ = tiny_model
+
+    class NoTextTower(torch.nn.Module):
+        pass
+
+    with pytest.raises(IIMError, match="no standard open_clip CLIP text tower"):
+        PromptEncoder(NoTextTower(), NAMES)
+    odd = create_model("iim-test-tiny", "none")[0]
+    odd.text_pool_type = "last"
+    with pytest.raises(IIMError, match="EOT"):
+        PromptEncoder(odd, NAMES)
