@@ -147,3 +147,21 @@ def test_bad_input_gives_one_line_errors(world, capsys, tmp_path):
         assert err.startswith("Error: ") and err.count("\n") == 1 and message in err, (args, err)
     ok = run_cli(capsys, "score", "--run", run, "--k", 256, "--no-plots", "--no-knn")
     assert ok[0] == 0, ok[2]
+
+
+def test_streaming_reads_at_most_a_chunk_and_does_not_depend_on_it(world, monkeypatch):
+    from iim.cache.store import Split
+    from iim.score.pipeline import prepare_run, stream_split
+
+    root, cache, run = world
+    job = prepare_run(run)
+    test = cache.split("test")
+    whole, pred_whole = stream_split(test, job, k=7, alpha=0.3, rows=1000, predict=True)
+    sizes = []
+    read = Split.read
+    monkeypatch.setattr(Split, "read", lambda self, a=0, b=None, **kw: sizes.append(b - a) or read(self, a, b, **kw))
+    chunked, pred_chunked = stream_split(test, job, k=7, alpha=0.3, rows=6, predict=True)
+    assert max(sizes) == 6 and len(sizes) == 7        # 40 images in chunks of 6
+    assert np.array_equal(pred_whole, pred_chunked)
+    for key in whole:
+        np.testing.assert_allclose(chunked[key], whole[key], rtol=1e-6, err_msg=key)

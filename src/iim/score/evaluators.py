@@ -6,7 +6,7 @@ stable for any T) and on the probability maps built from them:
     global_logits  [N, C]        cos(v_g, g_c) / T            (global feature vs global prototypes)
     id_logits      [N, HW, C]    cos(v_l[h], t_c) / T         (patches vs local ID prototypes)
     neg_logits     [N, HW, Cn]   cos(v_l[h], t_neg) / T       (patches vs negative prototypes)
-    p, p*          [N, HW, C]    softmax over classes (+ negatives for p)   -> i2t, GL-MCM
+    p*, p          [N, HW, C]    softmax over classes (+ negatives for p)   -> GL-MCM, i2t
     q              [N, HW, C]    softmax over the image's patches            -> t2i
 
 ``k`` is an int (returns ``[N]``) or a sequence of ints (returns ``[N, len(k)]`` from ONE sorted top-k_max
@@ -32,13 +32,19 @@ def mcm(global_logits: torch.Tensor) -> torch.Tensor:  # Eq. 2
     return global_logits.softmax(-1).amax(-1)
 
 
-def patch_class_probs(id_logits: torch.Tensor, neg_logits: torch.Tensor | None = None) -> torch.Tensor:  # Eq. 4
-    """``p[h, c]``: each patch's softmax over the ID classes, with the negative prompts in the
-    denominator when ``neg_logits`` is given (``p*`` without them; Eq. 3 and Eq. 12's S_i2t)."""
-    lse = id_logits.logsumexp(-1, keepdim=True)
-    if neg_logits is not None:
-        lse = torch.logaddexp(lse, neg_logits.logsumexp(-1, keepdim=True))
-    return (id_logits - lse).exp()
+def patch_class_probs(id_logits: torch.Tensor, neg_logits: torch.Tensor | None = None):  # Eq. 3 / Eq. 4
+    """Each patch's softmax over the ID classes, ``p*[h, c]`` (Eq. 3), and with ``neg_logits`` also
+    ``p[h, c]`` (Eq. 4, Eq. 12's S_i2t), whose denominator adds the negatives' exp-sum.
+
+    Returns ``(p_star, p)``; ``p`` is None without negatives. ``p = p* x Z_id / (Z_id + Z_neg)`` with the
+    per-patch exp-sums ``Z`` taken in log space, so the ID normaliser is computed once.
+    """
+    lse_id = id_logits.logsumexp(-1, keepdim=True)
+    p_star = (id_logits - lse_id).exp()
+    if neg_logits is None:
+        return p_star, None
+    lse_all = torch.logaddexp(lse_id, neg_logits.logsumexp(-1, keepdim=True))
+    return p_star, p_star * (lse_id - lse_all).exp()
 
 
 def patch_softmax(id_logits: torch.Tensor) -> torch.Tensor:  # Eq. 12 (S_t2i inner term)

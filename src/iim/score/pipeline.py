@@ -176,7 +176,7 @@ def _knn_split(cache, name, *, explicit: bool, job: Job) -> str | None:
 def ood_split_names(cache, wanted=None) -> list[str]:
     """The OOD splits to score (all complete ``ood_*`` splits, or the named ones); none is an error."""
     if wanted:
-        names = [w if w.startswith("ood_") else f"ood_{w}" for w in wanted]
+        names = list(dict.fromkeys(w if w.startswith("ood_") else f"ood_{w}" for w in wanted))
         for n in names:
             cache.split(n)    # missing / incomplete -> one-line error
     else:

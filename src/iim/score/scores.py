@@ -86,10 +86,11 @@ def evaluate(sims: Similarities, *, k: int | Sequence[int] = 50, alpha=1.0):
     check_k(k, sims.hw, sims.n_classes)
     grid = not isinstance(k, int)
     m = ev.mcm(sims.global_logits)
-    p_star = ev.patch_class_probs(sims.id_logits)
+    p_star, p = ev.patch_class_probs(sims.id_logits, sims.neg_logits)
     out = {"mcm": m, "gl_mcm": ev.gl_mcm(m, p_star), "i2t_star": ev.i2t(p_star, k)}
-    if sims.neg_logits is not None:
-        out["i2t"] = ev.i2t(ev.patch_class_probs(sims.id_logits, sims.neg_logits), k)
+    if p is not None:
+        out["i2t"] = ev.i2t(p, k)
+        del p
     out["t2i"] = ev.t2i(ev.patch_softmax(sims.id_logits), k)
     if grid:   # [N] against [N, K] against [N, K, A]
         alpha = torch.as_tensor(alpha, dtype=m.dtype, device=m.device).reshape(-1)
