@@ -21,7 +21,7 @@ import torch
 from ..ops import cosine, topk_mean, topk_prefix_means
 
 
-def similarity_logits(feats: torch.Tensor, protos: torch.Tensor, T: float = 1.0) -> torch.Tensor:  # Eq. 2, s(v, t)
+def similarity_logits(feats, protos, T: float = 1.0) -> torch.Tensor:  # Eq. 2, s(v, t)
     """``log s(v, t) = cos(v, t) / T`` for features ``[..., D]`` and prototypes ``[C, D]`` -> ``[..., C]``."""
     logits = cosine(feats, protos)
     return logits if T == 1 else logits.div_(T)

@@ -98,4 +98,4 @@ def format_table(metrics: dict, *, methods=TABLE_METHODS, columns=("fpr95", "aur
     for m in methods:
         cells = ["  " + " ".join(f"{metrics[m][s][c]:>{col_w}.2f}" for c in columns).rjust(group_w) for s in sets]
         lines.append(f"{labels.get(m, m):<{name_w}}" + "".join(cells))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
