@@ -91,5 +91,4 @@ def train(cache_dir, shots, seed, out, k, n_neg, n_ctx, lambda_neg, lambda_div, 
                       lambda_div=lambda_div, epochs=epochs, batch_size=batch_size, lr=lr,
                       hard_negative_mining=not no_hard_negative_mining, ood_patches=ood_patches,
                       device=device, bf16=bf16, features_in=features_in, pretrained=pretrained)
-    click.echo(f"training {split} of {cache_dir} -> {out}", err=True)
     run_training(cfg, resume=resume, overwrite=overwrite, progress=not no_progress)

@@ -38,6 +38,7 @@ from . import checkpoint as ck
 from .losses import OOD_PATCHES, diversity_loss, iim_losses, total_loss
 
 FEATURES_IN = ("auto", "device", "host", "stream")
+WHERE = {"device": "in device memory", "host": "in host memory", "stream": "streamed per epoch"}
 SCORE_OUTPUTS = ("results.json", "results.csv", "scores_*.npz")   # removed by --overwrite
 
 
@@ -112,12 +113,11 @@ class TrainFeatures:
 
     def _load(self, device, pin: bool) -> torch.Tensor:
         s = self.split
-        out = torch.empty((s.n, s.views, s.hw, s.dim), dtype=torch.float16, device=device)
-        if pin:
-            try:
-                out = out.pin_memory()
-            except RuntimeError:
-                pass
+        shape = (s.n, s.views, s.hw, s.dim)
+        try:
+            out = torch.empty(shape, dtype=torch.float16, device=device, pin_memory=pin)
+        except RuntimeError:                 # pinning refused (limits): pageable memory still works
+            out = torch.empty(shape, dtype=torch.float16, device=device)
         bar = tqdm(total=s.n, desc=f"loading {s.name} ({self.nbytes / 2**30:.1f} GiB)", unit="img",
                    disable=not self.progress, leave=False)
         for chunk in s.iter_chunks(view=None):
@@ -240,39 +240,63 @@ def full_config(cfg: TrainConfig, cache) -> dict:
                 weights=m.get("weights"), benchmark=m.get("benchmark"), classnames=cache.classnames)
 
 
+def prepare_run(out: Path, config: dict, fingerprint: dict, *, resume: bool, overwrite: bool, log):
+    """The checkpoint to continue from (``--resume``), or None to start; refuses to silently replace a
+    run, and on ``--overwrite`` removes the old checkpoint and its score outputs."""
+    path = out / ck.CHECKPOINT
+    if not path.exists():
+        if resume:
+            log(f"no checkpoint in {out} yet; starting a new run")
+        return None
+    if resume:
+        ckpt = ck.load_checkpoint(path)
+        ck.check_compatible(ckpt, config, fingerprint, path=str(path))
+        return ckpt
+    if overwrite:
+        for pattern in (ck.CHECKPOINT,) + SCORE_OUTPUTS:
+            for f in out.glob(pattern):
+                f.unlink()
+        return None
+    old = ck.load_checkpoint(path)
+    state = "complete" if old.get("complete") else f"stopped after epoch {old.get('epoch')}"
+    raise IIMError(f"{out} already holds a training run ({state}); pass --resume to continue it "
+                   f"or --overwrite to start again")
+
+
+def train_step(encoder, optimizer, local, labels, cfg: TrainConfig, amp: dict) -> np.ndarray:
+    """One SGD step on the contexts; returns ``[loss, pos, neg, div]``. A non-finite loss raises
+    ``FloatingPointError`` BEFORE the update, leaving the contexts as they were."""
+    with torch.autocast(**amp):
+        id_f, neg_f = encoder()                                   # all C + Cn prompts, once
+    terms = iim_losses(local, labels, id_f, neg_f, k=cfg.k, logit_scale=cfg.logit_scale,
+                       hard_negative_mining=cfg.hard_negative_mining, ood_patches=cfg.ood_patches)
+    div = diversity_loss(id_f, neg_f)
+    loss = total_loss(terms["pos"], terms["neg"], div, lambda_neg=cfg.lambda_neg, lambda_div=cfg.lambda_div)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    values = torch.stack([loss, terms["pos"], terms["neg"], div]).detach().float().cpu().numpy()
+    if not np.isfinite(values).all():
+        raise FloatingPointError(f"loss={values[0]}, pos={values[1]}, neg={values[2]}, div={values[3]}")
+    optimizer.step()
+    return values
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           log=tqdm.write) -> dict:
     """Train IIM prompts; returns the final checkpoint dict (also at ``<out>/checkpoint.pt``)."""
     cache = open_cache(cfg.cache)
     split = cache.split(cfg.split)          # refuses a missing or incomplete split
     validate(cfg, split)
-    classnames = cache.classnames
-    labels = split.labels
+    classnames, labels = cache.classnames, split.labels
     if len(classnames) == 0 or labels.min() < 0 or labels.max() >= len(classnames):
         raise IIMError(f"split {cfg.split} has labels outside the cache's {len(classnames)} classes")
     config, fingerprint = full_config(cfg, cache), manifest_key(cache.manifest)
     out = Path(cfg.out)
     path = out / ck.CHECKPOINT
-
-    ckpt = None
-    if path.exists():
-        if resume:
-            ckpt = ck.load_checkpoint(path)
-            ck.check_compatible(ckpt, config, fingerprint, path=str(path))
-            if ckpt.get("complete"):
-                log(f"{path} is already complete ({ckpt['epoch']} epochs); nothing to do")
-                return ckpt
-        elif overwrite:
-            for pattern in (ck.CHECKPOINT,) + SCORE_OUTPUTS:
-                for f in out.glob(pattern):
-                    f.unlink()
-        else:
-            old = ck.load_checkpoint(path)
-            state = "complete" if old.get("complete") else f"stopped after epoch {old.get('epoch')}"
-            raise IIMError(f"{out} already holds a training run ({state}); pass --resume to continue it "
-                           f"or --overwrite to start again")
-    elif resume:
-        log(f"no checkpoint in {out} yet; starting a new run")
+    state = prepare_run(out, config, fingerprint, resume=resume, overwrite=overwrite, log=log)
+    if state is not None and state.get("complete"):
+        log(f"{path} is already complete ({state['epoch']} epochs); nothing to do")
+        return state
 
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -284,17 +308,17 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     optimizer = torch.optim.SGD(params, lr=cfg.warmup_lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     start, history = 0, []
-    if ckpt is not None:
+    if state is not None:
         with torch.no_grad():
-            encoder.ctx.copy_(ckpt["contexts"]["ctx"])
-            encoder.neg_ctx.copy_(ckpt["contexts"]["neg_ctx"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ck.set_rng_state(ckpt["rng"])
-        start, history = int(ckpt["epoch"]), list(ckpt.get("history", []))
+            encoder.ctx.copy_(state["contexts"]["ctx"])
+            encoder.neg_ctx.copy_(state["contexts"]["neg_ctx"])
+        optimizer.load_state_dict(state["optimizer"])
+        ck.set_rng_state(state["rng"])
+        start, history = int(state["epoch"]), list(state.get("history", []))
         log(f"resuming {out} after epoch {start}/{cfg.epochs}")
     try:
         global_protos = cache.global_prototypes()
-    except IIMError:
+    except IIMError:                        # caches from before prototypes were stored
         global_protos = global_prototypes(model, classnames)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -302,11 +326,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         stale.unlink(missing_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     feats = TrainFeatures(split, device, cfg.features_in, progress=progress)
+    log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} views, {len(classnames)} "
+        f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size))
     bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step", disable=not progress,
                dynamic_ncols=True)
-    state = ckpt
     for epoch in range(start, cfg.epochs):
         lr = lr_at_epoch(epoch, lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                          warmup_lr=cfg.warmup_lr)
@@ -317,25 +342,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
         sums, t0 = np.zeros(4), time.perf_counter()
         for step, idx in enumerate(epoch_batches(order, cfg.batch_size)):
-            local, y = feats.batch(idx)
-            with torch.autocast(**amp):
-                id_f, neg_f = encoder()
-            terms = iim_losses(local, y, id_f, neg_f, k=cfg.k, logit_scale=cfg.logit_scale,
-                               hard_negative_mining=cfg.hard_negative_mining, ood_patches=cfg.ood_patches)
-            div = diversity_loss(id_f, neg_f)
-            loss = total_loss(terms["pos"], terms["neg"], div, lambda_neg=cfg.lambda_neg,
-                              lambda_div=cfg.lambda_div)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            values = torch.stack([loss, terms["pos"], terms["neg"], div]).detach().float().cpu().numpy()
-            if not np.isfinite(values).all():
+            try:
+                values = train_step(encoder, optimizer, *feats.batch(idx), cfg, amp)
+            except FloatingPointError as e:
                 bar.close()
                 kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state
                         else "no checkpoint was written")
-                raise IIMError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} (loss={values[0]}, "
-                               f"pos={values[1]}, neg={values[2]}, div={values[3]}); training stopped and "
-                               f"{kept}; try a smaller --lr")
-            optimizer.step()
+                raise IIMError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({e}); training "
+                               f"stopped and {kept}; try a smaller --lr") from None
             sums += values
             bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
                             div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)

@@ -1,0 +1,156 @@
+"""Milliseconds per IIM training step: this pipeline vs the straightforward peer step, same process.
+
+    python benchmarks/train_step.py                                   # GPU if available: C=1000, Cn=300
+    python benchmarks/train_step.py --device cpu --C 100 --n-neg 30   # the CPU configuration
+
+iim step:       cached patch features [B, HW, D] (float16) -> shared-prefix PromptEncoder (EOT-cut
+                tokens) -> Eq. 5-11 -> backward -> SGD step.
+reference step: what the peers do each step: the image encoder forward on the B-image batch at full
+                resolution (no grad; global + MaskCLIP local features) + full-length (77-token)
+                encoding of all C + Cn prompts, CoOp-style (token embeddings built once, context
+                spliced in each step; checked against iim.text.encode_prompts_reference) -> the same
+                losses -> backward -> SGD step.
+
+Both use the same model (random weights are fine: the cost does not depend on them), bf16 autocast
+on CUDA unless --no-bf16, and print the median step time and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import open_clip
+import torch
+
+from iim.features import encode_image
+from iim.models import create_model, image_size
+from iim.text import PromptEncoder, encode_prompts_reference, id_prompt, neg_prompt, tokenize
+from iim.train import diversity_loss, iim_losses, total_loss
+
+
+class FullLengthPrompts:
+    """The peers' text path (CoOp's PromptLearner + TextEncoder): every prompt padded to the context
+    length, the SOT / class-name / pad embeddings computed once, the contexts spliced in each step."""
+
+    def __init__(self, model, classnames, n_ctx: int, n_neg: int):
+        self.model, self.n_ctx, self.C = model, n_ctx, len(classnames)
+        texts = [id_prompt(c, n_ctx) for c in classnames] + [neg_prompt(n_ctx)] * n_neg
+        device = model.positional_embedding.device
+        self.tokens = tokenize(model, texts).to(device)
+        with torch.no_grad():
+            emb = model.token_embedding(self.tokens)
+        self.sot, self.suffix = emb[:, :1], emb[:, 1 + n_ctx:]
+        self.eot = self.tokens.argmax(-1)
+
+    def __call__(self, ctx, neg_ctx):
+        m = self.model
+        context = torch.cat([ctx.expand(self.C, -1, -1) if ctx.dim() == 2 else ctx, neg_ctx])
+        x = torch.cat([self.sot, context, self.suffix], dim=1) + m.positional_embedding
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
+        x = x[torch.arange(len(x), device=x.device), self.eot] @ m.text_projection
+        return x[:self.C].float(), x[self.C:].float()
+
+
+def timed(step, *, iters: int, warmup: int, device) -> float:
+    """Median wall time of ``step()`` in ms."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="ViT-B-16")
+    ap.add_argument("--C", type=int, default=None, help="ID classes (default 1000 on GPU, 100 on CPU)")
+    ap.add_argument("--n-neg", type=int, default=None, help="negative prompts (default 300 GPU, 30 CPU)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--k", type=int, default=50)
+    ap.add_argument("--n-ctx", type=int, default=16)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="bf16 autocast (CUDA only)")
+    ap.add_argument("--iters", type=int, default=None, help="timed steps (default 20 GPU, 3 CPU)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 1 CPU)")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    C = args.C or (1000 if gpu else 100)
+    n_neg = args.n_neg if args.n_neg is not None else (300 if gpu else 30)
+    iters, warmup = args.iters or (20 if gpu else 3), args.warmup or (5 if gpu else 1)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=args.bf16 and gpu)
+
+    model, _ = create_model(args.model, "none", device=device)
+    names = list(open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES)
+    classnames = [names[i % len(names)] + ("" if i < len(names) else f" {i}") for i in range(C)]
+    size = image_size(model)
+    hw = (size // model.visual.patch_size[0]) ** 2
+    dim = model.text_projection.shape[1]
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(C, (args.batch,), generator=g).to(device)
+    feats = torch.randn(args.batch, hw, dim, generator=g).half().to(device)
+    images = torch.randn(args.batch, 3, size, size, generator=g).to(device)
+
+    def losses(id_f, neg_f, local):
+        t = iim_losses(local, labels, id_f, neg_f, k=args.k)
+        return total_loss(t["pos"], t["neg"], diversity_loss(id_f, neg_f))
+
+    enc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg)
+    opt = torch.optim.SGD([enc.ctx, enc.neg_ctx], lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+
+    def iim_step():
+        with torch.autocast(**amp):
+            id_f, neg_f = enc()
+        loss = losses(id_f, neg_f, feats)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    ctx = torch.nn.Parameter(enc.ctx.detach().clone())
+    neg_ctx = torch.nn.Parameter(enc.neg_ctx.detach().clone())
+    ref_opt = torch.optim.SGD([ctx, neg_ctx], lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+    full = FullLengthPrompts(model, classnames, args.n_ctx, n_neg)
+    with torch.no_grad():                     # the two text paths compute the same features
+        want = encode_prompts_reference(model, classnames[:8], ctx, neg_ctx[:4])
+        got = FullLengthPrompts(model, classnames[:8], args.n_ctx, 4)(ctx, neg_ctx[:4])
+        fast = enc()
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast[0][:8], want[0], rtol=1e-4, atol=1e-4)
+
+    def reference_step():
+        with torch.autocast(**amp):
+            with torch.no_grad():
+                _, local = encode_image(model, images)
+            id_f, neg_f = full(ctx, neg_ctx)
+        loss = losses(id_f, neg_f, local)
+        ref_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ref_opt.step()
+
+    ms_iim = timed(iim_step, iters=iters, warmup=warmup, device=device)
+    ms_ref = timed(reference_step, iters=iters, warmup=warmup, device=device)
+    where = (torch.cuda.get_device_name(device) if gpu else
+             f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    ref_tokens = 77 * (C + n_neg)
+    print(f"{args.model} on {device} ({where}), torch {torch.__version__}, "
+          f"{'bf16 autocast' if amp['enabled'] else 'fp32'}")
+    print(f"C={C} Cn={n_neg} B={args.batch} k={args.k} n_ctx={args.n_ctx}; text tokens per step: "
+          f"{enc.n_tokens} (iim) vs {ref_tokens} (reference, {ref_tokens / enc.n_tokens:.1f}x)")
+    print(f"iim step        {ms_iim:10.1f} ms")
+    print(f"reference step  {ms_ref:10.1f} ms   (image encoder forward + 77-token prompts)")
+    print(f"speed-up        {ms_ref / ms_iim:10.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""``iim train`` from the command line: short form, refusals, and resume after a SIGKILL."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from iim.cli import main
+from iim.train.checkpoint import load_checkpoint
+from iim.train.cli import train as train_command
+from test_train import make_train_cache
+
+FAST = ["--k", "8", "--n-neg", "4", "--n-ctx", "4", "--batch-size", "8", "--no-progress"]
+CLI = "import sys; from iim.cli import main; sys.argv[0] = 'iim'; main()"
+
+
+def iim(monkeypatch, capsys, *args):
+    """Run ``iim <args>`` in-process; returns (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["iim", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_short_form_uses_the_only_train_split_and_default_run_folder(tmp_path, monkeypatch, capsys):
+    make_train_cache(tmp_path / "cache", shots=2)
+    monkeypatch.chdir(tmp_path)
+    code, err = iim(monkeypatch, capsys, "train", "--cache", "cache", "--epochs", "1", *FAST)
+    assert code == 0, err
+    ckpt = load_checkpoint(tmp_path / "runs" / "synthetic-k2-s1-iim")
+    assert ckpt["complete"] and ckpt["config"]["split"] == "train_k2_s1" and ckpt["config"]["seed"] == 1
+
+
+def test_split_choice(tmp_path, monkeypatch, capsys):
+    make_train_cache(tmp_path / "cache", shots=2, seeds=(1, 2))
+    code, err = iim(monkeypatch, capsys, "train", "--cache", tmp_path / "cache", *FAST)
+    assert code == 2 and err.startswith("Error: ") and "train_k2_s1, train_k2_s2" in err
+    assert "--shots K --seed S" in err and len(err.strip().splitlines()) == 1
+    code, err = iim(monkeypatch, capsys, "train", "--cache", tmp_path / "cache", "--shots", "4", *FAST)
+    assert code == 2 and "no train split for --shots 4" in err and "train_k2_s1" in err
+    out = tmp_path / "run"
+    code, err = iim(monkeypatch, capsys, "train", "--cache", tmp_path / "cache", "--seed", "2", "--epochs",
+                    "1", "--out", out, *FAST)
+    assert code == 0, err
+    cfg = load_checkpoint(out)["config"]
+    assert cfg["split"] == "train_k2_s2" and cfg["seed"] == 2
+
+
+def test_cli_refusals_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    make_train_cache(tmp_path / "cache", shots=2)
+    make_train_cache(tmp_path / "half", shots=2, finish=False)
+    cases = [
+        (["--cache", tmp_path / "half"], "incomplete"),
+        (["--cache", tmp_path / "nowhere"], "no cache at"),
+        (["--cache", tmp_path / "cache", "--k", "40"], "2k <= 64"),
+        (["--cache", tmp_path / "cache", "--resume", "--overwrite"], "exclude each other"),
+        (["--cache", tmp_path / "cache", "--shots", "2", "--seed", "3"], "no split 'train_k2_s3'"),
+    ]
+    for args, message in cases:
+        code, err = iim(monkeypatch, capsys, "train", *args, "--out", tmp_path / "r", "--no-progress")
+        assert code == 2 and err.startswith("Error: ") and message in err, (args, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_flag_is_documented_in_the_readme():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("<!-- CLI:train -->") + 1
+    section = readme[start - 1:re.search(r"<!-- CLI:|\n## ", readme[start:]).start() + start]
+    flags = [opt for p in train_command.params for opt in p.opts + p.secondary_opts if opt.startswith("--")]
+    missing = [f for f in flags if not re.search(re.escape(f) + r"\b", section)]
+    assert not missing, f"README's iim train section does not document {missing}"
+
+
+def test_resume_after_sigkill_ends_with_the_same_contexts(tmp_path):
+    """A run killed mid-training (SIGKILL, after its first checkpoint) and resumed with --resume ends
+    bit-identical to an uninterrupted run with the same seed."""
+    make_train_cache(tmp_path / "cache", shots=32)              # 128 images: 32 steps per epoch
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
+    args = ["--cache", str(tmp_path / "cache"), "--epochs", "3", "--batch-size", "4", "--k", "8",
+            "--n-neg", "4", "--n-ctx", "4", "--no-progress"]
+
+    def start(out, *extra):
+        return subprocess.Popen([sys.executable, "-c", CLI, "train", *args, "--out", str(out), *extra],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    reference = start(tmp_path / "ref")
+    victim = start(tmp_path / "killed")
+    ckpt_file = tmp_path / "killed" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt_file.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read().decode()
+    interrupted = load_checkpoint(ckpt_file)
+    assert not interrupted["complete"] and 1 <= interrupted["epoch"] < 3
+
+    resumed = subprocess.run([sys.executable, "-c", CLI, "train", *args, "--out", str(tmp_path / "killed"),
+                              "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {tmp_path / 'killed'} after epoch {interrupted['epoch']}/3" in resumed.stdout + resumed.stderr
+    assert reference.wait() == 0, reference.stderr.read().decode()
+
+    a, b = load_checkpoint(tmp_path / "ref"), load_checkpoint(tmp_path / "killed")
+    assert a["complete"] and b["complete"]
+    assert torch.equal(a["contexts"]["ctx"], b["contexts"]["ctx"])
+    assert torch.equal(a["contexts"]["neg_ctx"], b["contexts"]["neg_ctx"])
+    assert torch.equal(a["prototypes"]["local"], b["prototypes"]["local"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
