@@ -326,12 +326,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         stale.unlink(missing_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     feats = TrainFeatures(split, device, cfg.features_in, progress=progress)
-    log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} views, {len(classnames)} "
+    log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} view(s), {len(classnames)} "
         f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size))
     bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step", disable=not progress,
-               dynamic_ncols=True)
+               dynamic_ncols=True, desc=f"epoch {start + 1}/{cfg.epochs}")
     for epoch in range(start, cfg.epochs):
         lr = lr_at_epoch(epoch, lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                          warmup_lr=cfg.warmup_lr)
