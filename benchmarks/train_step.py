@@ -13,21 +13,31 @@ reference step: what the peers do each step: the image encoder forward on the B-
 
 Both use the same model (random weights are fine: the cost does not depend on them), bf16 autocast
 on CUDA unless --no-bf16, and print the median step time and the ratio.
+
+--loop N (default 512 on GPU, 0 on CPU) also runs the real loop, ``iim.train.loop.train``, for 2 epochs
+on a synthetic cache of N images with the same shapes, once per feature storage (device / host /
+stream), and prints its ms per step in the second epoch (data gather, sync and bookkeeping included).
 """
 from __future__ import annotations
 
 import argparse
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 import open_clip
 import torch
 
-from iim.features import encode_image
+from iim.cache import create_cache
+from iim.features import FEATURE_VERSION, encode_image
 from iim.models import create_model, image_size
 from iim.text import PromptEncoder, encode_prompts_reference, id_prompt, neg_prompt, tokenize
 from iim.train import diversity_loss, iim_losses, total_loss
+from iim.train.loop import TrainConfig, train
 
 
 class FullLengthPrompts:
@@ -69,6 +79,31 @@ def timed(step, *, iters: int, warmup: int, device) -> float:
     return statistics.median(times)
 
 
+def loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_images: int, device) -> dict:
+    """ms per step of the real training loop (second epoch) for each feature storage."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = {"model": args.model, "pretrained": "none", "weights": "none", "image_size": size,
+                    "feature_version": FEATURE_VERSION, "benchmark": "bench", "classnames": classnames}
+        cache = create_cache(Path(tmp) / "cache", manifest)
+        rng = np.random.default_rng(0)
+        labels = rng.integers(len(classnames), size=n_images)
+        w = cache.writer("train_k1_s1", n=n_images, views=2, hw=hw, dim=dim, labels=labels,
+                         paths=[f"{i}.png" for i in range(n_images)])
+        for i in range(0, n_images, 64):
+            b = min(64, n_images - i)
+            w.append(rng.standard_normal((b, 2, dim), dtype=np.float32),
+                     rng.standard_normal((b, 2, hw, dim), dtype=np.float32))
+        w.finish()
+        for where in ("device", "host", "stream"):
+            cfg = TrainConfig(cache=str(Path(tmp) / "cache"), split="train_k1_s1", out=str(Path(tmp) / where),
+                              k=args.k, n_neg=n_neg, n_ctx=args.n_ctx, epochs=2, batch_size=args.batch,
+                              device=str(device), bf16=args.bf16, features_in=where)
+            h = train(cfg, progress=False, log=lambda *a: None)["history"][-1]
+            out[where] = 1e3 * h["seconds"] / h["steps"]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="ViT-B-16")
@@ -82,6 +117,8 @@ def main():
                     help="bf16 autocast (CUDA only)")
     ap.add_argument("--iters", type=int, default=None, help="timed steps (default 20 GPU, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 1 CPU)")
+    ap.add_argument("--loop", type=int, default=None,
+                    help="images of a synthetic cache to time the real loop on (default 512 GPU, 0 CPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -150,6 +187,10 @@ def main():
     print(f"iim step        {ms_iim:10.1f} ms")
     print(f"reference step  {ms_ref:10.1f} ms   (image encoder forward + 77-token prompts)")
     print(f"speed-up        {ms_ref / ms_iim:10.1f}x")
+    n_loop = args.loop if args.loop is not None else (512 if gpu else 0)
+    if n_loop:
+        for where, ms in loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_loop, device).items():
+            print(f"training loop, features {where:6s} {ms:8.1f} ms/step  ({n_loop} images, epoch 2)")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ def tiny_manifest(**overrides) -> dict:
 
 
 def make_train_cache(path, *, shots=8, seeds=(1,), views=2, hw=64, dim=32, data_seed=0, manifest=None,
-                     finish=True):
-    """A cache with train splits ``train_k{shots}_s{seed}`` whose patches are learnable: a third of each
-    view's patches are the image's class direction plus noise, the rest one of 3 background directions."""
+                     finish=True, views_in_name=False):
+    """A cache with train splits ``train_k{shots}_s{seed}`` (``_v{views}`` appended if ``views_in_name``)
+    whose patches are learnable: a third of each view's patches are the image's class direction plus
+    noise, the rest one of 3 background directions."""
     cache = create_cache(path, manifest or tiny_manifest())
     rng = np.random.default_rng(data_seed)
     C = len(cache.classnames)
@@ -40,7 +41,8 @@ def make_train_cache(path, *, shots=8, seeds=(1,), views=2, hw=64, dim=32, data_
             for v in range(views):
                 fg = rng.choice(hw, size=hw // 3, replace=False)
                 local[i, v, fg] = dirs[labels[i]] + 0.3 * rng.standard_normal((len(fg), dim))
-        w = cache.writer(train_split_name(shots, seed), n=n, views=views, hw=hw, dim=dim, labels=labels,
+        name = train_split_name(shots, seed, views if views_in_name else 1)
+        w = cache.writer(name, n=n, views=views, hw=hw, dim=dim, labels=labels,
                          paths=[f"img{i}.png" for i in range(n)])
         w.append(local.mean(2), local)
         if finish:

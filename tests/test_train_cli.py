@@ -59,6 +59,17 @@ def test_split_choice(tmp_path, monkeypatch, capsys):
     assert cfg["split"] == "train_k2_s2" and cfg["seed"] == 2
 
 
+def test_views_pick_between_splits_of_the_same_shots_and_seed(tmp_path, monkeypatch, capsys):
+    make_train_cache(tmp_path / "cache", shots=2, views=1)
+    make_train_cache(tmp_path / "cache", shots=2, views=3, views_in_name=True)
+    monkeypatch.chdir(tmp_path)
+    code, err = iim(monkeypatch, capsys, "train", "--cache", "cache", "--shots", "2", "--seed", "1", *FAST)
+    assert code == 2 and "train_k2_s1, train_k2_s1_v3" in err and "--views V" in err
+    code, err = iim(monkeypatch, capsys, "train", "--cache", "cache", "--views", "3", "--epochs", "1", *FAST)
+    assert code == 0, err
+    assert load_checkpoint(tmp_path / "runs" / "synthetic-k2-s1-v3-iim")["config"]["split"] == "train_k2_s1_v3"
+
+
 def test_cli_refusals_are_one_line_errors(tmp_path, monkeypatch, capsys):
     make_train_cache(tmp_path / "cache", shots=2)
     make_train_cache(tmp_path / "half", shots=2, finish=False)

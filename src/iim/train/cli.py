@@ -11,28 +11,30 @@ from ..errors import IIMError
 from .losses import OOD_PATCHES
 from .loop import FEATURES_IN, TrainConfig, train as run_training
 
-_TRAIN = re.compile(r"train_k(\d+)_s(\d+)$")
+_TRAIN = re.compile(r"train_k(\d+)_s(\d+)(?:_v(\d+))?$")
 
 
-def resolve_split(cache, shots: int | None, seed: int | None) -> tuple[str, int, int]:
-    """Pick the train split ``train_k{shots}_s{seed}``; an omitted ``shots``/``seed`` is filled in when
-    exactly one train split of the cache matches, otherwise the candidates are listed."""
-    if shots is not None and seed is not None:
-        name = train_split_name(shots, seed)
-        cache.split(name)                      # clear error if missing or incomplete
-        return name, shots, seed
-    found = [(n, int(m[1]), int(m[2])) for n in cache.split_names() if (m := _TRAIN.match(n))]
-    match = [f for f in found if (shots is None or f[1] == shots) and (seed is None or f[2] == seed)]
+def resolve_split(cache, shots: int | None, seed: int | None, views: int | None = None):
+    """Pick the train split ``train_k{K}_s{S}`` (``_v{V}`` for V > 1 views) -> ``(name, K, S, V)``.
+    Options left out are filled in when exactly one complete train split matches the others; several
+    matches are listed."""
+    found = [(n, int(m[1]), int(m[2]), int(m[3] or 1)) for n in cache.split_names() if (m := _TRAIN.match(n))]
+    match = [f for f in found if all(want is None or want == got
+                                     for want, got in zip((shots, seed, views), f[1:]))]
     complete = [f for f in match if cache.is_complete(f[0])]
     if len(complete) == 1:
         return complete[0]
     if len(complete) > 1:
         names = ", ".join(f[0] for f in complete)
-        raise IIMError(f"cache {cache.root} has several train splits ({names}); pick one with --shots K --seed S")
+        raise IIMError(f"cache {cache.root} has several train splits ({names}); pick one with "
+                       f"--shots K --seed S" + (" --views V" if len({f[3] for f in complete}) > 1 else ""))
     if match:                                  # only incomplete ones: let the cache explain
         cache.split(match[0][0])
+    if shots is not None and seed is not None:
+        cache.split(train_split_name(shots, seed, views or 1))   # names the complete splits
     have = ", ".join(f[0] for f in found) or "none"
-    want = " ".join(f"--{o} {v}" for o, v in (("shots", shots), ("seed", seed)) if v is not None)
+    want = " ".join(f"--{o} {v}" for o, v in (("shots", shots), ("seed", seed), ("views", views))
+                    if v is not None)
     raise IIMError(f"cache {cache.root} has no train split{' for ' + want if want else ''} (train splits: "
                    f"{have}); run 'iim extract --shots K --seed S' first")
 
@@ -43,8 +45,10 @@ def resolve_split(cache, shots: int | None, seed: int | None) -> tuple[str, int,
 @click.option("--shots", type=int, default=None, help="Shots K of the train split (default: the only one).")
 @click.option("--seed", type=int, default=None,
               help="Split seed S, also the training seed (default: the only train split's seed).")
+@click.option("--views", type=int, default=None,
+              help="Views V of the train split, when the cache holds several (split name suffix _v{V}).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder [default: runs/<benchmark>-k{K}-s{S}-iim].")
+              help="Run folder [default: runs/<benchmark>-k{K}-s{S}-iim; -v{V} added for V > 1 views].")
 @click.option("--k", type=int, default=50, help="Top-k positive patches; ranks k+1..2k are ID-like OOD.")
 @click.option("--n-neg", type=int, default=300, help="Negative prompts C_n (0: none).")
 @click.option("--n-ctx", type=int, default=16, help="Learnable context tokens per prompt.")
@@ -67,7 +71,7 @@ def resolve_split(cache, shots: int | None, seed: int | None) -> tuple[str, int,
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing run in --out and start again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(cache_dir, shots, seed, out, k, n_neg, n_ctx, lambda_neg, lambda_div, epochs, batch_size, lr,
+def train(cache_dir, shots, seed, views, out, k, n_neg, n_ctx, lambda_neg, lambda_div, epochs, batch_size, lr,
           class_specific, no_hard_negative_mining, ood_patches, device, bf16, features_in, pretrained,
           resume, overwrite, no_progress):
     """Train IIM prompts (Eq. 5-11) on a cached train split; the image encoder never runs.
@@ -82,10 +86,10 @@ def train(cache_dir, shots, seed, out, k, n_neg, n_ctx, lambda_neg, lambda_div, 
     if resume and overwrite:
         raise IIMError("--resume and --overwrite exclude each other")
     cache = open_cache(cache_dir)
-    split, shots, seed = resolve_split(cache, shots, seed)
+    split, shots, seed, views = resolve_split(cache, shots, seed, views)
     if out is None:
         bench = cache.manifest.get("benchmark") or cache.root.name
-        out = Path("runs") / f"{bench}-k{shots}-s{seed}-iim"
+        out = Path("runs") / f"{bench}-k{shots}-s{seed}{f'-v{views}' if views > 1 else ''}-iim"
     cfg = TrainConfig(cache=str(cache_dir), split=split, out=str(out), seed=seed, k=k, n_neg=n_neg,
                       n_ctx=n_ctx, class_specific=class_specific, lambda_neg=lambda_neg,
                       lambda_div=lambda_div, epochs=epochs, batch_size=batch_size, lr=lr,

@@ -337,10 +337,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
                          warmup_lr=cfg.warmup_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        t0 = time.perf_counter()
         view, order = epoch_draw(cfg.seed, epoch, split.n, split.views)
         feats.start_epoch(view)
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-        sums, t0 = np.zeros(4), time.perf_counter()
+        sums = np.zeros(4)
         for step, idx in enumerate(epoch_batches(order, cfg.batch_size)):
             try:
                 values = train_step(encoder, optimizer, *feats.batch(idx), cfg, amp)
