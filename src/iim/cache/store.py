@@ -268,7 +268,7 @@ class Cache:
         if self.has_split(name):
             grp = self._zroot[name]
             same = (grp["global"].shape == (n, views, dim) and grp["local"].shape == (n, views, hw, dim)
-                    and list(np.asarray(grp["path"][:]).astype(str)) == paths
+                    and [str(p) for p in np.asarray(grp["path"][:])] == paths
                     and np.array_equal(grp["label"][:], labels))
             if not same:
                 raise IIMError(f"split {name!r} in {self.root} was started with other images or shapes; "

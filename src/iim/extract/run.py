@@ -84,14 +84,14 @@ class AsyncWriter:
     _STOP = object()
 
     def __init__(self, writer: SplitWriter, depth: int = 4):
-        self.writer, self.error, self.aborted = writer, None, False
+        self.writer, self.error = writer, None
         self.queue: queue.Queue = queue.Queue(depth)
         self.thread = threading.Thread(target=self._run, name="iim-writer", daemon=True)
         self.thread.start()
 
     def _run(self):
         while (item := self.queue.get()) is not self._STOP:
-            if self.error is not None or self.aborted:
+            if self.error is not None:
                 continue                                       # drain without writing
             g, l, ready, skipped = item
             try:
@@ -116,8 +116,8 @@ class AsyncWriter:
             raise self.error
 
     def abort(self) -> None:
-        """Stop after the batch in hand; queued batches are dropped, nothing is marked complete."""
-        self.aborted = True
+        """After a failure elsewhere: write the full chunks already computed (they are valid and save
+        work on resume), leave the rest; nothing is marked complete. Own errors are not re-raised."""
         self.queue.put(self._STOP)
         self.thread.join()
 
