@@ -12,7 +12,7 @@ import pytest
 import zarr
 
 import iim.cli
-from imagegen import make_image_folder, make_world, truncate, write_image
+from imagegen import make_world, truncate, write_image
 
 IIM = str(Path(sys.executable).with_name("iim"))
 TINY = ["--model", "iim-test-tiny", "--pretrained", "none", "--workers", "0", "--no-progress"]

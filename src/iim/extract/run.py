@@ -118,8 +118,9 @@ class AsyncWriter:
     def abort(self) -> None:
         """After a failure elsewhere: write the full chunks already computed (they are valid and save
         work on resume), leave the rest; nothing is marked complete. Own errors are not re-raised."""
-        self.queue.put(self._STOP)
-        self.thread.join()
+        if self.thread.is_alive():
+            self.queue.put(self._STOP)
+            self.thread.join()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,6 +265,8 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     ``cache/<benchmark>``) and return it. See :func:`plan_splits` for ``splits``."""
     bench = load_benchmark(benchmark, data_root) if isinstance(benchmark, str) else benchmark
     out = Path(out) if out is not None else Path("cache") / bench.name
+    if out.exists() and not out.is_dir():
+        raise IIMError(f"--out {out} is a file, not a folder")
     if batch_size < 1:
         raise IIMError("--batch-size must be at least 1")
     if views < 1:
