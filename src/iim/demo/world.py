@@ -42,7 +42,12 @@ The demo CLIP is trained on a broader world than the benchmark, as real CLIP kno
 Places: 75 % object images whose dominant object is any of the 80 shape x colour concepts (distractors
 any concept too), 10 % scenes, 15 % bold textures, captioned from small template sets, e.g.
 "a picture of a purple heart.", "a photo of a red star and a small cyan ring.", "a photo of a blue
-square on a striped background.", "a photo of a cluttered scene.", "a photo of a dotted texture.".
+square on a striped background.", "a photo of a cluttered scene.", "a photo of a dotted texture.",
+and -- for 30 % of object images and half the scenes -- a long caption naming every object and the
+background (:func:`long_caption`, up to ~50 tokens). The long captions were added after the first
+evaluation of a provisional model showed why they are needed: with short captions only, the text
+tower never trained positions beyond ~15 tokens, and a learned prompt (16 context tokens before the
+class name, SPEC §2) puts the class name there, so the learned ID prototypes collapsed onto one vector.
 Training images come from a different stream than the benchmark's, so no benchmark image is ever seen.
 
 Each rendered :class:`Sample` also carries per-patch labels (which object, or the background, covers
@@ -359,6 +364,17 @@ def ood_sample(seed: int, name: str, index: int) -> Sample:
 # --------------------------------------------------------------------------------------------------
 # the CLIP-training world
 
+def long_caption(s: Sample) -> str:
+    """Every object of an image, in drawing order, and its background: "a photo of a small cyan ring,
+    a small purple heart and a big red star on a striped background." (up to ~50 tokens)."""
+    size = "big" if s.kind == "object" else "small"
+    parts = [f"a small {o.concept}" for o in s.objects[:-1]] + \
+            ([f"a {size} {s.objects[-1].concept}"] if s.objects else [])
+    listing = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    prefix = "a photo of a cluttered scene with " if s.kind == "scene" else "a photo of "
+    return f"{prefix}{listing} on a {s.texture} background."
+
+
 def web_sample(seed: int, index: int) -> Sample:
     """Training image ``index`` for the demo CLIP, with a caption (see the module docstring)."""
     rng = rng_for(seed, "web", index)
@@ -368,15 +384,19 @@ def web_sample(seed: int, index: int) -> Sample:
         s = object_image(rng, shape, colour, distractor=_any_concept)
         c = f"{colour} {shape}"
         v = rng.uniform()
-        if v < 0.3:
+        if v < 0.2:
             d = s.objects[int(rng.integers(len(s.objects) - 1))]
             s.caption = f"a photo of a {c} and a small {d.concept}."
-        elif v < 0.45:
+        elif v < 0.3:
             s.caption = f"a photo of a {c} on a {s.texture} background."
+        elif v < 0.6:
+            s.caption = long_caption(s)
         else:
             s.caption = OBJECT_TEMPLATES[rng.integers(len(OBJECT_TEMPLATES))].format(c)
     elif u < 0.85:
         s = scene_image(rng, concept=_any_concept, caption=SCENE_CAPTIONS[rng.integers(len(SCENE_CAPTIONS))])
+        if rng.uniform() < 0.5:
+            s.caption = long_caption(s)
     else:
         s = bold_texture_image(rng)
         s.caption = TEXTURE_TEMPLATES[rng.integers(len(TEXTURE_TEMPLATES))].format(s.texture)

@@ -1,0 +1,304 @@
+"""Train the demo CLIP ``iim-demo`` on the demo world; the seed and the recipe reproduce the shipped weights.
+
+    python scripts/train_demo_model.py --seed 0 --out src/iim/weights/iim-demo.safetensors                # CPU
+    python scripts/train_demo_model.py --device cuda --seed 0 --out src/iim/weights/iim-demo.safetensors  # GPU
+
+The model is a standard open_clip CLIP (config ``src/iim/model_configs/iim-demo.json``: 64 px images,
+patch 8 -> 64 patch tokens, a 6-layer ViT of width 128, the standard 77-token CLIP text tower of width 96)
+trained from scratch on captioned images of the demo world (:func:`iim.demo.world.web_sample`: any of
+the 80 shape x colour concepts, cluttered scenes and textures -- never a benchmark image).
+
+Objective = CLIP + a documented auxiliary patch term:
+
+* **CLIP loss** on (image, caption): symmetric cross-entropy over the batch at the learned logit scale.
+  The world has only 87 concepts, so a batch holds several captions about the same concept; each counts
+  as a positive for the other's image (target mass spread evenly over them).
+* **Patch loss** (weight ``--patch-weight``): a small CLIP trained only on the CLS token has weak
+  MaskCLIP value-path patch features, and those are what IIM and S-MCM read. So each patch's value-path
+  feature -- computed by :func:`iim.features.encode_image`, exactly what ``iim extract`` stores -- is
+  classified against the text embeddings of the 87 concepts (random caption template per step), its
+  target the concept of the object covering at least 40 % of the patch, else the background texture
+  ("a photo of a striped texture."). After training the model is used like any CLIP.
+
+Training images are generated once into an in-memory pool (``--pool``, multiprocessing ``--workers``)
+and sampled with horizontal flips. At the end the script prints the zero-shot accuracy on ID-style
+images (20 demo classes, "a photo of a {c}.", from a stream the benchmark never uses), the accuracy of
+dominant-object patches classified from their local features, and the best-patch image accuracy, and
+records them with the recipe in the safetensors metadata. It computes no OOD number.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from iim.demo import world as W
+from iim.features import encode_image
+from iim.models import register_model_configs
+
+MODEL = "iim-demo"
+WORLD_SEED_OFFSET = 1000        # the web images of training seed s come from world seed 1000 + s
+EVAL_SEED, EVAL_STREAM = 0, "probe"
+CONCEPT_INDEX = {c: i for i, c in enumerate(W.WEB_CONCEPTS)}
+MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)   # open_clip's OpenAI mean/std
+STD = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+encode_image_grad = encode_image.__wrapped__          # the same SPEC §1 features, with gradients
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+def _make_chunk(args):
+    seed, start, stop = args
+    images = np.empty((stop - start, W.IMAGE_SIZE, W.IMAGE_SIZE, 3), np.uint8)
+    concepts = np.empty(stop - start, np.int16)
+    patches = np.empty((stop - start, (W.IMAGE_SIZE // W.PATCH) ** 2), np.int16)
+    captions = []
+    for j, i in enumerate(range(start, stop)):
+        s = W.web_sample(seed, i)
+        images[j] = s.image
+        concepts[j] = CONCEPT_INDEX[W.web_concept(s)]
+        patches[j] = [CONCEPT_INDEX[c] for c in s.patch_labels()]
+        captions.append(s.caption)
+    return images, concepts, patches, captions
+
+
+def make_pool(seed: int, n: int, workers: int, chunk: int = 1000):
+    """``n`` captioned web images of world seed ``seed``: uint8 images [n, 3, 64, 64], concept ids [n],
+    per-patch concept ids [n, 64], captions (list)."""
+    jobs = [(seed, a, min(a + chunk, n)) for a in range(0, n, chunk)]
+    if workers > 1:
+        with mp.get_context("spawn").Pool(workers) as p:
+            parts = p.map(_make_chunk, jobs)
+    else:
+        parts = [_make_chunk(j) for j in jobs]
+    images = torch.from_numpy(np.concatenate([p[0] for p in parts])).permute(0, 3, 1, 2).contiguous()
+    concepts = torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64))
+    patches = torch.from_numpy(np.concatenate([p[2] for p in parts]).astype(np.int64))
+    captions = [c for p in parts for c in p[3]]
+    return images, concepts, patches, captions
+
+
+def normalise(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> the model's input (same as its open_clip eval preprocess on a 64 px image)."""
+    x = images_u8.float() / 255.0
+    return (x - MEAN.to(x.device)) / STD.to(x.device)
+
+
+def flip(images: torch.Tensor, patch_labels: torch.Tensor, mask: torch.Tensor):
+    """Horizontally flip the images where ``mask`` is set, and their 8 x 8 patch-label grids with them."""
+    g = int(math.isqrt(patch_labels.shape[1]))
+    images = torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
+    grid = patch_labels.view(-1, g, g)
+    patch_labels = torch.where(mask.view(-1, 1, 1), grid.flip(-1), grid).reshape(len(mask), -1)
+    return images, patch_labels
+
+
+class Tokens:
+    """Tokenise captions once (the world has a few thousand distinct captions)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.cache = tokenizer, {}
+
+    def __call__(self, captions) -> torch.Tensor:
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if missing:
+            for c, t in zip(missing, self.tokenizer(missing)):
+                self.cache[c] = t
+        return torch.stack([self.cache[c] for c in captions])
+
+
+def encode_text_fast(model, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` on tokens cut after the longest caption's EOT: exact under the causal mask
+    (position i sees only positions <= i), and several times cheaper than running all 77 positions."""
+    n = int(tokens.argmax(-1).max()) + 1
+    t = tokens[:, :n]
+    x = model.token_embedding(t) + model.positional_embedding[:n]
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = x[torch.arange(len(t), device=t.device), t.argmax(-1)]
+    return x @ model.text_projection
+
+
+def concept_prompts(rng: np.random.Generator) -> list[str]:
+    """One caption per concept of :data:`W.WEB_CONCEPTS` with a random template (targets of the patch loss)."""
+    out = []
+    for c in W.WEB_CONCEPTS:
+        if c.endswith(" texture"):
+            out.append(W.TEXTURE_TEMPLATES[rng.integers(len(W.TEXTURE_TEMPLATES))].format(c[:-len(" texture")]))
+        elif c == "cluttered scene":
+            out.append(W.SCENE_CAPTIONS[0])
+        else:
+            out.append(W.OBJECT_TEMPLATES[rng.integers(len(W.OBJECT_TEMPLATES))].format(c))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# losses
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, concepts: torch.Tensor, scale: torch.Tensor):
+    """Symmetric contrastive loss; pairs whose captions share a concept are positives of each other."""
+    logits = scale * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
+    pos = (concepts[:, None] == concepts[None, :]).float()
+    target = pos / pos.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def patch_loss(local: torch.Tensor, concept_txt: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor):
+    """Cross-entropy of each patch's value-path feature against the concept texts."""
+    logits = scale * F.normalize(local, dim=-1) @ F.normalize(concept_txt, dim=-1).T   # [B, HW, 87]
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation (ID-style images only; no OOD numbers here)
+
+@torch.no_grad()
+def evaluate(model, tokens: Tokens, *, per_class: int = 20, device="cpu") -> dict:
+    """Zero-shot accuracy (global feature), dominant-patch accuracy and best-patch image accuracy on
+    ``per_class`` ID-style images per demo class, from a stream the benchmark never uses."""
+    model.eval()
+    samples = [W.id_sample(EVAL_SEED, EVAL_STREAM, i, c) for c in range(len(W.ID_CLASSES)) for i in range(per_class)]
+    labels = torch.tensor([c for c in range(len(W.ID_CLASSES)) for _ in range(per_class)], device=device)
+    x = normalise(torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).to(device))
+    protos = F.normalize(model.encode_text(tokens([f"a photo of a {c}." for c in W.ID_CLASSES]).to(device)).float(), dim=-1)
+    g, l = [], []
+    for i in range(0, len(x), 256):
+        gi, li = encode_image(model, x[i:i + 256])
+        g.append(gi.float()), l.append(li.float())
+    g, l = F.normalize(torch.cat(g), dim=-1), F.normalize(torch.cat(l), dim=-1)
+    zs = (g @ protos.T).argmax(1) == labels
+    sim = l @ protos.T                                                  # [N, HW, C]
+    best_patch = sim.max(1).values.argmax(1) == labels
+    dom = torch.tensor(np.stack([[lab == s.dominant.concept for lab in s.patch_labels()] for s in samples]),
+                       device=device)
+    patch_ok = (sim.argmax(-1) == labels[:, None]) & dom
+    return {"zero_shot_acc": zs.float().mean().item(), "best_patch_acc": best_patch.float().mean().item(),
+            "patch_acc": (patch_ok.sum() / dom.sum()).item(), "eval_images": len(samples)}
+
+
+# --------------------------------------------------------------------------------------------------
+
+def build_model(seed: int, device):
+    import open_clip
+    register_model_configs()
+    torch.manual_seed(seed)
+    model = open_clip.create_model(MODEL, pretrained=None)
+    return model.to(device)
+
+
+def save(model, path: str, meta: dict) -> None:
+    """fp16 safetensors, written atomically, with the recipe and accuracies in its metadata."""
+    from safetensors.torch import save_file
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    save_file(state, tmp, metadata={"iim_demo": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="src/iim/weights/iim-demo.safetensors")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=None, help="default: 6000 on cuda, 600 on cpu")
+    ap.add_argument("--batch", type=int, default=None, help="default: 512 on cuda, 128 on cpu")
+    ap.add_argument("--pool", type=int, default=None, help="pre-generated images; default 400k on cuda, 30k on cpu")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--wd", type=float, default=0.05)
+    ap.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
+    ap.add_argument("--patch-weight", type=float, default=1.0)
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--eval-per-class", type=int, default=20)
+    ap.add_argument("--log-every", type=int, default=100)
+    args = ap.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    steps = args.steps or (6000 if cuda else 600)
+    batch = args.batch or (512 if cuda else 128)
+    pool_n = args.pool or (400_000 if cuda else 30_000)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    t0 = time.time()
+    images, concepts, patches, captions = make_pool(WORLD_SEED_OFFSET + args.seed, pool_n, args.workers)
+    t_pool = time.time() - t0
+    print(f"pool: {pool_n} images in {t_pool:.1f}s ({pool_n / t_pool:.0f} img/s, {args.workers} workers)", flush=True)
+
+    import open_clip
+    model = build_model(args.seed, device)
+    tokens = Tokens(open_clip.get_tokenizer(MODEL))
+    with torch.no_grad():   # the fast text path must equal open_clip's encode_text
+        t = tokens(captions[:8]).to(device)
+        assert torch.allclose(encode_text_fast(model, t), model.encode_text(t), atol=1e-4)
+    images = images.to(device)
+    concepts, patches = concepts.to(device), patches.to(device)
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    warm = max(1, int(args.warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
+    rng = np.random.default_rng(args.seed)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+    print(f"training {MODEL}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+          f"{steps} steps x batch {batch} on {device}", flush=True)
+    t1 = time.time()
+    model.train()
+    for step in range(steps):
+        idx = torch.randint(0, pool_n, (batch,), generator=gen)
+        caps = [captions[i] for i in idx.tolist()]
+        idx = idx.to(device)
+        x, plab = flip(images[idx], patches[idx], (torch.rand(batch, generator=gen) < 0.5).to(device))
+        txt_tokens = torch.cat([tokens(caps), tokens(concept_prompts(rng))]).to(device)
+        with autocast:
+            g, l = encode_image_grad(model, normalise(x))
+            txt = encode_text_fast(model, txt_tokens)
+            scale = model.logit_scale.exp()
+            lc = clip_loss(g.float(), txt[:batch].float(), concepts[idx], scale)
+            lp = patch_loss(l.float(), txt[batch:].float(), plab, scale)
+            loss = lc + args.patch_weight * lp
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % args.log_every == 0 or step == steps - 1:
+            el = time.time() - t1
+            print(f"step {step:5d}/{steps}  clip {lc.item():.3f}  patch {lp.item():.3f}  "
+                  f"scale {scale.item():.1f}  {el:.0f}s ({(step + 1) * batch / el:.0f} img/s)", flush=True)
+    t_train = time.time() - t1
+
+    model = model.float().eval()
+    acc = evaluate(model, tokens, per_class=args.eval_per_class, device=device)
+    meta = {"model": MODEL, "seed": args.seed, "device": str(device), "steps": steps, "batch": batch,
+            "pool": pool_n, "lr": args.lr, "wd": args.wd, "warmup": args.warmup,
+            "patch_weight": args.patch_weight, "world_seed": WORLD_SEED_OFFSET + args.seed,
+            "eval": {"seed": EVAL_SEED, "stream": EVAL_STREAM, "per_class": args.eval_per_class},
+            "train_seconds": round(t_train, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in acc.items()},
+            "command": " ".join(["scripts/train_demo_model.py"] + (argv if argv is not None else sys.argv[1:]))}
+    save(model, args.out, meta)
+    print(f"zero-shot accuracy {acc['zero_shot_acc']:.1%} (20 ID classes, chance 5%), dominant-patch accuracy "
+          f"{acc['patch_acc']:.1%}, best-patch image accuracy {acc['best_patch_acc']:.1%}", flush=True)
+    print(f"pool {t_pool:.0f}s + training {t_train:.0f}s; wrote {args.out} "
+          f"({os.path.getsize(args.out) / 1e6:.1f} MB)", flush=True)
+    return acc
+
+
+if __name__ == "__main__":
+    main()

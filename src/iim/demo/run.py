@@ -1,0 +1,203 @@
+"""The demo pipeline: world -> extract -> 0-shot scores -> 4-shot IIM training -> S-MCM scores -> table.
+
+    from iim.demo.run import run_demo
+    summary = run_demo(seeds=[1, 2, 3])      # what `iim demo --seeds 1,2,3` does
+
+Every stage is the project's own (``iim.extract``, ``iim.train``, ``iim.score``) called in-process on
+the ``demo`` benchmark with the packaged ``iim-demo`` CLIP; nothing here is demo-specific maths.
+The stages' own reports go to ``<out>/demo.log``; the console gets progress and the final table.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IIMError
+
+AVERAGE = "average"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """IIM settings for the 64-patch demo model (chosen from training loss and ID accuracy only)."""
+    model: str = "iim-demo"
+    pretrained: str = "demo"
+    shots: int = 4
+    views: int = 4           # augmented views per support image (SPEC §1), drawn one per epoch
+    k: int = 8               # top-k patches: 2k = 16 of the 64 patches (the paper: 50 of 196)
+    n_neg: int = 20          # negative prompts (the paper: 300 for 1000 classes)
+    epochs: int = 50
+    batch_size: int = 8      # 80 support images -> 10 steps per epoch
+    lr: float = 2.5e-4       # the paper's
+    alpha: float = 1.0
+    logit_scale: float | None = None   # s(v, t) = exp(scale * cos); None: the model's own learned CLIP
+                                       # logit scale (OpenAI CLIP's is 100, the SPEC's value)
+
+
+# rows of the demo table: (label, which result, metrics key)
+ROWS = (("MCM (0-shot)", "zero", "mcm"), ("GL-MCM (0-shot)", "zero", "gl_mcm"),
+        ("R-MCM* (0-shot)", "zero", "r_mcm_star"), ("IIM + R-MCM (4-shot)", "iim", "r_mcm"),
+        ("IIM + S-MCM (4-shot)", "iim", "s_mcm"))
+
+
+def _quiet(logfile: Path):
+    """Send a stage's console report (stdout) to the demo log instead."""
+    @contextlib.contextmanager
+    def ctx():
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            yield
+        with open(logfile, "a") as f:
+            f.write(buf.getvalue())
+    return ctx()
+
+
+def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, device="auto",
+             settings: DemoSettings = DemoSettings(), plots: bool = True, progress: bool = True,
+             echo=print) -> dict:
+    """Run the whole demo for the few-shot ``seeds``; return (and write ``<out>/summary.json``) the table."""
+    from ..cache import train_split_name
+    from ..extract.run import extract
+    from ..score.cli import run_score
+    from ..score.pipeline import prepare_run, prepare_zero_shot
+    from ..train.loop import TrainConfig, train
+    from .benchmark import world_benchmark
+
+    seeds = list(seeds)
+    if not seeds:
+        raise IIMError("--seed needs at least one value")
+    t0 = time.perf_counter()
+    out, cache = Path(out), Path(cache)
+    out.mkdir(parents=True, exist_ok=True)
+    logfile = out / "demo.log"
+    logfile.write_text("")
+    s = settings
+
+    def log(msg):
+        with open(logfile, "a") as f:
+            f.write(msg + "\n")
+
+    _check_cache_weights(cache, s.pretrained)
+    echo(f"[1/4] demo world + features (model {s.model}, weights {s.pretrained}) -> {cache}")
+    bench = world_benchmark(world, progress=progress)
+    with _quiet(logfile):
+        extract(bench, cache, model=s.model, pretrained=s.pretrained, shots=[s.shots], seeds=seeds,
+                views=s.views, workers=0, device=device, progress=progress, log=log)
+
+    echo(f"[2/4] 0-shot scores (k={s.k})")
+    with _quiet(logfile):
+        zero = run_score(prepare_zero_shot(cache, out / "zero-shot"), k=s.k, alpha=s.alpha, device=device,
+                         plot=plots)
+
+    scale = s.logit_scale or model_logit_scale(s.model, s.pretrained)
+    runs = {}
+    for seed in seeds:
+        echo(f"[3/4] {s.shots}-shot IIM training, seed {seed} ({s.epochs} epochs, k={s.k}, "
+             f"{s.n_neg} negative prompts, logit scale {scale:.1f})")
+        run_dir = out / f"iim-k{s.shots}-s{seed}"
+        cfg = TrainConfig(cache=str(cache), split=train_split_name(s.shots, seed, s.views), out=str(run_dir), seed=seed,
+                          k=s.k, n_neg=s.n_neg, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
+                          logit_scale=scale, device=device)
+        train(cfg, overwrite=True, progress=progress, log=log)
+        echo(f"[4/4] S-MCM scores, seed {seed}")
+        with _quiet(logfile):
+            runs[seed] = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
+                                   plot=plots)
+
+    summary = summarise(zero, runs, settings=dataclasses.replace(s, logit_scale=scale),
+                        seconds=time.perf_counter() - t0)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown_table(summary) + "\n")
+    echo("")
+    echo(format_summary(summary))
+    if plots:
+        dirs = [out / "zero-shot" / "plots"] + [out / f"iim-k{s.shots}-s{seed}" / "plots" for seed in seeds]
+        echo(f"\nPlots (score histograms, ROC curves): {', '.join(str(p) for p in dirs)}")
+    echo(f"Tables: {out / 'summary.md'}, {out / 'summary.json'}; every stage's report: {logfile}")
+    echo(f"Total {summary['seconds']:.0f} s")
+    return summary
+
+
+def model_logit_scale(model: str, pretrained: str) -> float:
+    """The CLIP's own learned logit scale, exp(logit_scale): what IIM's s(v, t) = exp(100 cos) uses for
+    OpenAI CLIP, whose scale is 100."""
+    from ..models import create_model
+    net, _ = create_model(model, pretrained)
+    return float(net.logit_scale.exp())
+
+
+def _check_cache_weights(cache: Path, pretrained: str) -> None:
+    """A cache extracted with earlier demo weights is refused with a one-line hint (never mixed)."""
+    from ..models import weights_id
+    manifest = cache / "manifest.json"
+    if manifest.is_file():
+        old = json.loads(manifest.read_text()).get("weights")
+        if old != weights_id(pretrained):
+            raise IIMError(f"{cache} holds features of other weights ({old}); the packaged demo weights "
+                           f"changed: delete {cache} or pass --cache DIR")
+
+
+def summarise(zero: dict, runs: dict, *, settings: DemoSettings, seconds: float) -> dict:
+    """Mean and std over seeds of each table row, per OOD set and on average, in percent."""
+    seeds = list(runs)
+    sets = list(next(iter(zero["metrics"].values())))
+    rows = []
+    for label, source, key in ROWS:
+        results = [zero] if source == "zero" else [runs[s] for s in seeds]
+        if key not in results[0]["metrics"]:
+            continue
+        cells = {}
+        for name in sets:
+            cells[name] = {}
+            for metric in ("fpr95", "auroc"):
+                v = np.array([r["metrics"][key][name][metric] for r in results])
+                cells[name][metric] = {"mean": float(v.mean()), "std": float(v.std()), "values": v.tolist()}
+        rows.append({"method": label, "key": key, "source": source, "cells": cells})
+    acc_iim = [runs[s]["id"]["accuracy"] for s in seeds]
+    return {"seeds": seeds, "ood_sets": sets, "rows": rows, "settings": dataclasses.asdict(settings),
+            "id_accuracy": {"zero_shot": zero["id"]["accuracy"], "iim": float(np.mean(acc_iim)),
+                            "iim_values": acc_iim},
+            "n_test": zero["id"]["n"], "n_ood": zero["ood_sets"], "seconds": seconds}
+
+
+def format_summary(summary: dict) -> str:
+    """The paper-style console table (means over seeds)."""
+    sets = summary["ood_sets"]
+    name_w = max(len(r["method"]) for r in summary["rows"])
+    group = 15
+    head = " " * name_w + "".join(f"  {n.replace('_', ' ').capitalize() if n == AVERAGE else n:^{group}}" for n in sets)
+    sub = f"{'Method':<{name_w}}" + "".join(f"  {'FPR95':>7} {'AUROC':>7}" for _ in sets)
+    lines = [head, sub]
+    for r in summary["rows"]:
+        lines.append(f"{r['method']:<{name_w}}" + "".join(
+            f"  {r['cells'][n]['fpr95']['mean']:>7.2f} {r['cells'][n]['auroc']['mean']:>7.2f}" for n in sets))
+    seeds = summary["seeds"]
+    acc = summary["id_accuracy"]
+    over = f"mean over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    return (f"FPR95 / AUROC in percent ({over}); {summary['n_test']} ID test images\n" + "\n".join(lines)
+            + f"\nID accuracy: 0-shot {acc['zero_shot']:.2f}%, {summary['settings']['shots']}-shot IIM "
+              f"{acc['iim']:.2f}%")
+
+
+def markdown_table(summary: dict) -> str:
+    """The README table: mean (± std over seeds for the few-shot rows)."""
+    sets = summary["ood_sets"]
+    multi = len(summary["seeds"]) > 1
+    head = "| Method | " + " | ".join(
+        ("Average" if n == AVERAGE else n.replace("_", " ")) + " FPR95 / AUROC" for n in sets) + " |"
+    lines = [head, "|---|" + "---|" * len(sets)]
+    for r in summary["rows"]:
+        def cell(n):
+            c = r["cells"][n]
+            if multi and r["source"] == "iim":
+                return f"{c['fpr95']['mean']:.2f} ± {c['fpr95']['std']:.2f} / {c['auroc']['mean']:.2f} ± {c['auroc']['std']:.2f}"
+            return f"{c['fpr95']['mean']:.2f} / {c['auroc']['mean']:.2f}"
+        lines.append(f"| {r['method']} | " + " | ".join(cell(n) for n in sets) + " |")
+    return "\n".join(lines)
