@@ -103,3 +103,7 @@ def score_main():
 
 def sweep_main():
     _exit(_run(load_command("sweep"), prog_name="iim-sweep"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every GPU figure in the README, in one go (one lease of a GPU box): benchmark scripts + a CUDA
+# end-to-end smoke run of extract -> train -> score on a generated benchmark.
+#   bash benchmarks/gpu_all.sh [OUTDIR]
+# Each step has its own time limit, so one failure does not hide the others.
+set -u
+OUT=${1:-${OUT:-gpu-results}}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src:$PWD/tests"
+PY=${PY:-python3}
+step() { local name=$1 limit=$2; shift 2; echo "=== $name ($(date +%T))"
+         timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"; echo "=== $name rc=${PIPESTATUS[0]}"; }
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+$PY -c "import torch, open_clip, zarr, faiss; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'zarr', zarr.__version__, 'faiss', faiss.__version__)" | tee -a "$OUT/gpu.txt"
+
+step text_encoder 150 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300
+step train_step   150 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32
+step score_speed  120 $PY benchmarks/score_speed.py --device cuda
+step extract_speed 150 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda
+step e2e_cuda 120 bash -c '
+  set -e; W=$(mktemp -d)
+  python3 -c "import imagegen; imagegen.make_world(\"$W/world\", train_per_class=8, test_per_class=6)"
+  python3 -m iim.cli extract --benchmark $W/world/bench.toml --model iim-test-tiny --pretrained none \
+      --shots 4 --seed 1 --views 2 --out $W/cache --device cuda --no-progress
+  python3 -m iim.cli train --cache $W/cache --out $W/run --k 8 --n-neg 6 --n-ctx 4 --epochs 3 --batch-size 4 --device cuda --no-progress
+  python3 -m iim.cli score --run $W/run --k 8 --device cuda
+  ls $W/run'
