@@ -76,6 +76,34 @@ def test_vit_b16_matches_reference():
         assert_matches_reference(model, enc, atol=1e-4)
 
 
+def test_bf16_autocast_stays_close(tiny_model):
+    """Under bf16 autocast (the GPU training setting) both paths agree to bf16 precision, with 200
+    classes reading the shared prefix."""
+    model, _ = tiny_model
+    names = open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES[:200]
+    torch.manual_seed(0)
+    enc = PromptEncoder(model, names, n_neg=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = enc()
+        ref = encode_prompts_reference(model, names, enc.ctx, enc.neg_ctx)
+    for f, r in zip(feats, ref):
+        assert f.dtype == torch.float32
+        torch.testing.assert_close(f, r, atol=0.05, rtol=0)
+    for g, r in zip(grads(feats, [enc.ctx, enc.neg_ctx]), grads(ref, [enc.ctx, enc.neg_ctx])):
+        assert (g - r).norm() / r.norm() < 0.02
+
+
+def test_plain_boolean_mask_path(tiny_model, monkeypatch):
+    """Without torch's lower-right causal bias (torch < 2.3) the explicit boolean mask gives the same."""
+    import iim.text
+    monkeypatch.setattr(iim.text, "causal_lower_right", None)
+    model, _ = tiny_model
+    torch.manual_seed(0)
+    enc = PromptEncoder(model, NAMES, n_neg=2)
+    assert enc.segments[1].mask.dtype == torch.bool
+    assert_matches_reference(model, enc, atol=1e-4)
+
+
 def test_checkpointing_gives_the_same_result(tiny_model):
     model, _ = tiny_model
     torch.manual_seed(0)

@@ -12,12 +12,14 @@ CLIP's text transformer is causal, so
   same in every class prompt: that prefix runs through each layer ONCE and every class suffix attends
   to the prefix's keys/values.
 
-All token-wise work (ln_1, the qkv projection, out_proj, ln_2, the MLP: ~97% of the FLOPs) runs on
-the real tokens only, packed back to back. Attention is one call per kind of segment (the shared
-prefix, the class suffixes, the negative prompts), with the rows of a segment right-padded to its
-longest row: causal masking hides a row's pads from each of its real queries, so the padding never
-reaches a real output. In the last layer only the EOT rows go through out_proj and the MLP.
-:func:`encode_prompts_reference` is the straightforward full-length path, for tests and benchmarks.
+Every distinct token is stored once, packed back to back (the shared prefix, each class suffix, each
+negative prompt), and all token-wise work (ln_1, the qkv projection, out_proj, ln_2, the MLP: ~95% of
+the FLOPs) runs on exactly those tokens, whatever the class-name lengths. Attention (the rest) gathers
+each prompt's keys/values by index into a batch right-padded to the segment's longest prompt; causal
+masking hides a row's pads from all of its real queries, so no pad reaches a real output, and the
+gathers' backward sums the prefix's gradient over all the classes that read it. In the last layer only
+the EOT rows go through out_proj and the MLP. :func:`encode_prompts_reference` is the straightforward
+full-length path, for tests and benchmarks.
 """
 from __future__ import annotations
 
@@ -28,6 +30,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .errors import IIMError
+
+try:   # causal mask aligned to the last key: lets CUDA use flash attention (torch >= 2.3)
+    from torch.nn.attention.bias import causal_lower_right
+except ImportError:  # pragma: no cover
+    causal_lower_right = None
 
 GLOBAL_TEMPLATE = "a photo of a {}."
 CTX_TOKEN = "X"       # placeholder word whose embeddings the learnable context replaces (CoOp)
@@ -151,48 +158,51 @@ class PromptEncoder(nn.Module):
         id_len = (id_tokens.argmax(-1) + 1 - prefix).tolist()     # suffix: class name, ".", EOT
         neg_len = int(neg_tokens.argmax()) + 1 - prefix             # ".", EOT
 
-        # Length groups, in packing order: each is a dense [rows, length] batch of one kind:
-        # "prefix" (the shared SOT + context, once), "suffix" (class suffixes that attend to the shared
-        # prefix), "full" (whole prompts with their own context: class-specific and negative prompts).
-        lengths = sorted(set(id_len))
-        by_len = [[c for c in range(C) if id_len[c] == n] for n in lengths]
-        if class_specific:
-            self.groups = [_Group("full", rows, prefix + n, device) for n, rows in zip(lengths, by_len)]
-        else:
-            self.groups = [_Group("prefix", [None], prefix, device)]
-            self.groups += [_Group("suffix", rows, n, device, prefix) for n, rows in zip(lengths, by_len)]
-        if n_neg:
-            self.groups.append(_Group("full", list(range(C, C + n_neg)), prefix + neg_len, device))
-        order = [c for rows in by_len for c in rows]                 # classes in packing order
-
+        # Packed token rows: the heads (SOT + context: once if shared, per class otherwise), then every
+        # class suffix (class name, ".", EOT) in class order, then the negative prompts, each whole.
+        n_heads = C if class_specific else 1
         with torch.no_grad():   # frozen token embeddings + positions of the fixed tokens
             pos = model.positional_embedding
             emb = model.token_embedding(id_tokens.to(device)) + pos
-            suffix = torch.cat([emb[c, prefix:prefix + id_len[c]] for c in order])
+            suffix = torch.cat([emb[c, prefix:prefix + id_len[c]] for c in range(C)])
             neg_suffix = (model.token_embedding(neg_tokens.to(device)) + pos)[0, prefix:prefix + neg_len]
-        self.register_buffer("sot", emb[0, 0].clone(), persistent=False)            # [W]
+        self.register_buffer("sot", emb[0, 0].clone(), persistent=False)                   # [W]
         self.register_buffer("ctx_pos", pos[1:prefix].detach().clone(), persistent=False)  # [n_ctx, W]
-        self.register_buffer("suffix", suffix, persistent=False)       # [sum_c L_c, W], packing order
-        self.register_buffer("neg_suffix", neg_suffix, persistent=False)   # [2, W]
-        if class_specific:   # packing order of the rows of [C x (SOT, ctx_c); suffixes] for _embed
-            index, start = [], C * prefix
-            for c in order:
-                index += list(range(c * prefix, (c + 1) * prefix)) + list(range(start, start + id_len[c]))
-                start += id_len[c]
-            self.register_buffer("class_index", torch.tensor(index, device=device), persistent=False)
-        # packed position of every output row's EOT (its last token), in output order (classes, negatives)
-        eot, start = [0] * (C + n_neg), 0
-        for g in self.groups:
-            for i, row in enumerate(g.rows):
-                if row is not None:
-                    eot[row] = start + (i + 1) * g.length - 1
-            start += g.n_tokens
-        self.register_buffer("eot_index", torch.tensor(eot, device=device), persistent=False)
+        self.register_buffer("suffix", suffix, persistent=False)                            # [sum L_c, W]
+        self.register_buffer("neg_suffix", neg_suffix, persistent=False)                    # [2, W]
 
-    @property
-    def n_tokens(self) -> int:
-        """Tokens one forward pass runs through the transformer (the reference runs 77 per prompt)."""
-        return sum(g.n_tokens for g in self.groups)
+        # Each prompt as a list of packed rows, in output order (classes, then negatives).
+        heads = [list(range(h * prefix, (h + 1) * prefix)) for h in range(n_heads)]
+        start, prompts = n_heads * prefix, []
+        for c in range(C):
+            prompts.append((heads[c] if class_specific else heads[0]) + list(range(start, start + id_len[c])))
+            start += id_len[c]
+        for _ in range(n_neg):
+            prompts.append(list(range(start, start + prefix + neg_len)))
+            start += prefix + neg_len
+        self.n_tokens = start   # tokens one forward pass runs (the full-length path runs 77 per prompt)
+
+        # Attention segments: "full" rows attend causally over their own tokens (the shared prefix,
+        # class-specific prompts, negatives); shared-context class rows query their suffix only, with
+        # the prefix's keys in front.
+        if class_specific:
+            full_rows, shared_rows = prompts, []
+        else:
+            full_rows, shared_rows = heads + prompts[C:], prompts[:C]
+        self.segments = [_Segment(full_rows, 0, device)]
+        if shared_rows:
+            self.segments.append(_Segment(shared_rows, prefix, device))
+        # where each packed row's attention output lies in the segments' flattened outputs (once each)
+        out_index, base = [0] * start, 0
+        for seg, rows in zip(self.segments, [full_rows, shared_rows]):
+            for i, row in enumerate(rows):
+                for j, t in enumerate(row[seg.q_offset:]):
+                    out_index[t] = base + i * seg.n_queries + j
+            base += len(rows) * seg.n_queries
+        eot = [row[-1] for row in prompts]
+        self.register_buffer("out_index", torch.tensor(out_index, device=device), persistent=False)
+        self.register_buffer("eot_index", torch.tensor(eot, device=device), persistent=False)
+        self.register_buffer("eot_out_index", self.out_index[self.eot_index], persistent=False)
 
     def extra_repr(self) -> str:
         return (f"classes={len(self.classnames)}, n_ctx={self.n_ctx}, n_neg={self.n_neg}, "
@@ -216,12 +226,9 @@ class PromptEncoder(nn.Module):
     def _embed(self) -> torch.Tensor:
         """Pack the prompt embeddings (context rows substituted, positions added) -> ``[T, W]``."""
         width = self.sot.shape[0]
-        if self.class_specific:                     # [SOT, ctx_c, suffix_c] for every class c
-            C = self.ctx.shape[0]
-            heads = torch.cat([self.sot.expand(C, 1, width), self.ctx + self.ctx_pos], dim=1)
-            parts = [torch.cat([heads.reshape(-1, width), self.suffix])[self.class_index]]
-        else:                                       # the shared prefix once, then every class suffix
-            parts = [self.sot[None], self.ctx + self.ctx_pos, self.suffix]
+        ctx = self.ctx if self.class_specific else self.ctx[None]
+        heads = torch.cat([self.sot.expand(len(ctx), 1, width), ctx + self.ctx_pos], dim=1)
+        parts = [heads.reshape(-1, width), self.suffix]
         if self.n_neg:
             neg = torch.cat([self.sot.expand(self.n_neg, 1, width), self.neg_ctx + self.ctx_pos,
                              self.neg_suffix.expand(self.n_neg, -1, -1)], dim=1)
@@ -229,35 +236,56 @@ class PromptEncoder(nn.Module):
         return torch.cat(parts)
 
     def _layer(self, block, x: torch.Tensor, last: bool) -> torch.Tensor:
-        """One ResidualAttentionBlock on the packed tokens; in the last layer keep only EOT rows."""
+        """One ResidualAttentionBlock on the packed rows; in the last layer keep only the EOT rows."""
         attn = block.attn
         qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)   # [T, 3W]
-        outs, prefix_kv = [], None
-        for g, t in zip(self.groups, qkv.split([g.n_tokens for g in self.groups])):
-            q, k, v = t.view(len(g.rows), g.length, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-            if g.kind == "prefix":                # [1, heads, P, head_dim]
-                prefix_kv = (k, v)
-            elif g.kind == "suffix":              # keys/values: the shared prefix's, then the row's own
-                k = torch.cat([prefix_kv[0].expand(len(g.rows), -1, -1, -1), k], dim=2)
-                v = torch.cat([prefix_kv[1].expand(len(g.rows), -1, -1, -1), v], dim=2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, is_causal=g.mask is None)
-            outs.append(o.transpose(1, 2).reshape(g.n_tokens, -1))
-        o = torch.cat(outs)
+        outs = []
+        for seg in self.segments:
+            qkv_seg = _Rows.apply(qkv, seg.index).view(seg.n, seg.n_keys, 3, attn.num_heads, -1)
+            q, k, v = qkv_seg.permute(2, 0, 3, 1, 4)                           # [n, heads, keys, dim]
+            q = q[:, :, seg.q_offset:]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, is_causal=seg.mask is None)
+            outs.append(o.transpose(1, 2).reshape(seg.n * seg.n_queries, -1))
+        o = torch.cat(outs) if len(outs) > 1 else outs[0]
         if last:                                  # only the EOT rows feed ln_final and the projection
-            x, o = x[self.eot_index], o[self.eot_index]
+            x, o = _Rows.apply(x, self.eot_index), _Rows.apply(o, self.eot_out_index)
+        else:
+            o = _Rows.apply(o, self.out_index)
         x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-class _Group:
-    """A dense batch of equally long rows, packed back to back: ``rows`` are output row indices."""
+class _Segment:
+    """Prompts batched for attention: row i gathers the packed rows ``rows[i]`` (right-padded with its
+    last row) as keys/values and queries from position ``q_offset`` on."""
 
-    def __init__(self, kind: str, rows, length: int, device, prefix: int = 0):
-        self.kind, self.rows, self.length = kind, rows, length
-        self.n_tokens = len(rows) * length
-        self.mask = None                          # None: plain causal attention within the row
-        if kind == "suffix":                      # the whole prefix, then causal within the row
-            self.mask = torch.ones(length, prefix + length, dtype=torch.bool, device=device).tril(prefix)
+    def __init__(self, rows, q_offset: int, device):
+        self.n, self.n_keys, self.q_offset = len(rows), max(len(r) for r in rows), q_offset
+        self.n_queries = self.n_keys - q_offset
+        self.index = torch.tensor([r + r[-1:] * (self.n_keys - len(r)) for r in rows], device=device).flatten()
+        self.mask = None                          # None: causal attention over the row
+        if q_offset:                              # queries see the first q_offset keys, then causally
+            self.mask = (causal_lower_right(self.n_queries, self.n_keys) if causal_lower_right else
+                         torch.ones(self.n_queries, self.n_keys, dtype=torch.bool, device=device).tril(q_offset))
+
+
+class _Rows(torch.autograd.Function):
+    """``x[index]`` along dim 0. The backward sums the gradients of repeated rows (the shared prefix is
+    read by every class) with ``index_add_``, several times faster than advanced indexing's
+    ``index_put_`` on CPU, and in float32 under half/bf16 autocast, as a reduction would."""
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.save_for_backward(index)
+        ctx.n_rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        index, = ctx.saved_tensors
+        low = grad.dtype in (torch.float16, torch.bfloat16)
+        acc = grad.new_zeros((ctx.n_rows,) + grad.shape[1:], dtype=torch.float32 if low else grad.dtype)
+        return acc.index_add_(0, index, grad.to(acc.dtype)).to(grad.dtype), None
 
 
 def encode_prompts_reference(model, classnames, ctx: torch.Tensor, neg_ctx: torch.Tensor | None = None):
