@@ -202,6 +202,7 @@ def save(model, path: str, meta: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     save_file(state, tmp, metadata={"iim_demo": json.dumps(meta)})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

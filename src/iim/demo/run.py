@@ -37,14 +37,15 @@ class DemoSettings:
     batch_size: int = 8      # 80 support images -> 10 steps per epoch
     lr: float = 2.5e-4       # the paper's
     alpha: float = 1.0
-    logit_scale: float | None = None   # s(v, t) = exp(scale * cos); None: the model's own learned CLIP
-                                       # logit scale (OpenAI CLIP's is 100, the SPEC's value)
+    logit_scale: float = 100.0   # s(v, t) = exp(100 cos) in training, as the SPEC
 
 
 # rows of the demo table: (label, which result, metrics key)
 ROWS = (("MCM (0-shot)", "zero", "mcm"), ("GL-MCM (0-shot)", "zero", "gl_mcm"),
-        ("R-MCM* (0-shot)", "zero", "r_mcm_star"), ("IIM + R-MCM (4-shot)", "iim", "r_mcm"),
+        ("R-MCM* (0-shot)", "zero", "r_mcm_star"), ("S-MCM* (0-shot)", "zero", "s_mcm_star"),
+        ("KNN (4-shot)", "iim", "knn"), ("IIM + R-MCM (4-shot)", "iim", "r_mcm"),
         ("IIM + S-MCM (4-shot)", "iim", "s_mcm"))
+KNN = {"k": 1, "all_views": False}   # the scorer's KNN baseline: 1-NN on the support images' global features
 
 
 def _quiet(logfile: Path):
@@ -96,7 +97,7 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
         zero = run_score(prepare_zero_shot(cache, out / "zero-shot"), k=s.k, alpha=s.alpha, device=device,
                          plot=plots)
 
-    scale = s.logit_scale or model_logit_scale(s.model, s.pretrained)
+    scale = s.logit_scale
     runs = {}
     for seed in seeds:
         echo(f"[3/4] {s.shots}-shot IIM training, seed {seed} ({s.epochs} epochs, k={s.k}, "
@@ -109,7 +110,7 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
         echo(f"[4/4] S-MCM scores, seed {seed}")
         with _quiet(logfile):
             runs[seed] = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
-                                   plot=plots)
+                                   knn=KNN, plot=plots)
 
     summary = summarise(zero, runs, settings=dataclasses.replace(s, logit_scale=scale),
                         seconds=time.perf_counter() - t0)
@@ -123,14 +124,6 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     echo(f"Tables: {out / 'summary.md'}, {out / 'summary.json'}; every stage's report: {logfile}")
     echo(f"Total {summary['seconds']:.0f} s")
     return summary
-
-
-def model_logit_scale(model: str, pretrained: str) -> float:
-    """The CLIP's own learned logit scale, exp(logit_scale): what IIM's s(v, t) = exp(100 cos) uses for
-    OpenAI CLIP, whose scale is 100."""
-    from ..models import create_model
-    net, _ = create_model(model, pretrained)
-    return float(net.logit_scale.exp())
 
 
 def _check_cache_weights(cache: Path, pretrained: str) -> None:
