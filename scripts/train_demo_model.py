@@ -284,7 +284,8 @@ def main(argv=None):
         if step % args.log_every == 0 or step == steps - 1:
             el = time.time() - t1
             print(f"step {step:5d}/{steps}  clip {lc.item():.3f}  patch {lp.item():.3f}  "
-                  f"scale {scale.item():.1f}  {el:.0f}s ({(step + 1) * batch / el:.0f} img/s)", flush=True)
+                  f"scale {scale.item():.1f}  {el:.0f}s ({(step + 1) * batch / el:.0f} img/s, "
+                  f"{el / (step + 1) * (steps - step - 1):.0f}s to go)", flush=True)
     t_train = time.time() - t1
 
     model = model.float().eval()
