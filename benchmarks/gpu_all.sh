@@ -13,11 +13,11 @@ step() { local name=$1 limit=$2; shift 2; echo "=== $name ($(date +%T))"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import torch, open_clip, zarr, faiss; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'zarr', zarr.__version__, 'faiss', faiss.__version__)" | tee -a "$OUT/gpu.txt"
 
-step text_encoder 150 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300
+step text_encoder 110 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300
 step train_step   150 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32
-step score_speed  120 $PY benchmarks/score_speed.py --device cuda
-step extract_speed 150 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda
-step e2e_cuda 120 bash -c '
+step score_speed  80 $PY benchmarks/score_speed.py --device cuda
+step extract_speed 140 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda --n 2048
+step e2e_cuda 90 bash -c '
   set -e; W=$(mktemp -d)
   python3 -c "import imagegen; imagegen.make_world(\"$W/world\", train_per_class=8, test_per_class=6)"
   python3 -m iim.cli extract --benchmark $W/world/bench.toml --model iim-test-tiny --pretrained none \
