@@ -2,7 +2,9 @@
 
 Times forward + backward (gradients to the contexts) of the text tower for the first C ImageNet class
 names plus n_neg negative prompts, both paths in this process on the same inputs, and prints both
-times and the ratio. Random weights are fine: the cost does not depend on them.
+times and the ratio. The full-length path is the peers' (CoOp's): prompts tokenised and embedded once,
+contexts spliced in each step (``peers.FullLengthPrompts``); its features are first checked against
+``iim.text.encode_prompts_reference``. Random weights are fine: the cost does not depend on them.
 
     python benchmarks/text_encoder.py                                   # CPU: C=100, n_neg=30, fp32
     python benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300
@@ -19,9 +21,10 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 from iim.models import create_model
 from iim.text import PromptEncoder, encode_prompts_reference
+from peers import FullLengthPrompts, cuda_graphed
 
 
-def step(fn, params, grads, device, bf16):
+def step(fn, params, grads, device, bf16):  # noqa: D401
     """One forward + backward; returns seconds (CUDA-synchronised)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -35,15 +38,15 @@ def step(fn, params, grads, device, bf16):
     return time.perf_counter() - t0
 
 
-def measure(fns, params, grads, device, bf16, warmup, repeats):
-    """Seconds per step of each function, ``repeats`` times; the functions alternate, so that load
-    from other processes hits all of them alike. Also returns the peak CUDA memory of each (GiB)."""
-    for fn in fns:
+def measure(fns, grads, device, bf16, warmup, repeats):
+    """Seconds per step of each ``(function, params)``, ``repeats`` times; the functions alternate, so
+    that load from other processes hits all of them alike. Also returns each one's peak CUDA memory (GiB)."""
+    for fn, params in fns:
         for _ in range(warmup):
             step(fn, params, grads, device, bf16)
     times, peaks = [[] for _ in fns], [float("nan")] * len(fns)
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
+        for i, (fn, params) in enumerate(fns):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times[i].append(step(fn, params, grads, device, bf16))
@@ -67,6 +70,8 @@ def main():
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's; 1 gives steadier figures on a shared machine)")
     p.add_argument("--skip-reference", action="store_true", help="time only the encoder")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="also time the encoder replayed from CUDA graphs (CUDA only)")
     args = p.parse_args()
 
     if args.threads:
@@ -92,20 +97,37 @@ def main():
           f"class_specific={args.class_specific}: tokens per step {enc.n_tokens} (encoder) vs "
           f"{ref_tokens} (full length), limit {ref_tokens / enc.n_tokens:.1f}x")
 
-    ref = lambda: encode_prompts_reference(model, classnames, enc.ctx, enc.neg_ctx)  # noqa: E731
+    full = FullLengthPrompts(model, classnames, args.n_ctx, args.n_neg)
+    ref = lambda: full(enc.ctx, enc.neg_ctx)  # noqa: E731
     if not args.skip_reference:   # same features as the full-length path (bf16: to bf16 precision)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            diff = max((a - b).abs().max().item() for a, b in zip(enc(), ref()) if a.numel())
-        print(f"max |encoder - reference| over the features: {diff:.2e}")
-    fns = [enc] if args.skip_reference else [enc, ref]
-    times, peaks = measure(fns, params, grads, device, args.bf16, args.warmup, args.repeats)
-    for label, t, peak in zip(["encoder", "reference"], times, peaks):
+            want = encode_prompts_reference(model, classnames, enc.ctx, enc.neg_ctx)
+            diff = max((a - b).abs().max().item() for a, b in zip(enc(), want) if a.numel())
+            diff_full = max((a - b).abs().max().item() for a, b in zip(ref(), want) if a.numel())
+        print(f"max |encoder - reference| over the features: {diff:.2e} "
+              f"(peers' full-length path: {diff_full:.2e})")
+    fns, labels = [(enc, params)], ["encoder"]
+    if not args.skip_reference:
+        fns.append((ref, params))
+        labels.append("reference")
+    if args.cuda_graph and cuda:
+        genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
+                             class_specific=args.class_specific)
+        genc.load_state_dict(enc.state_dict())
+        gparams = [genc.ctx] + ([genc.neg_ctx] if args.n_neg else [])
+        fns.append((cuda_graphed(genc, bf16=args.bf16), gparams))
+        labels.append("cuda-graph")
+    times, peaks = measure(fns, grads, device, args.bf16, args.warmup, args.repeats)
+    for label, t, peak in zip(labels, times, peaks):
         print(f"{label:10s} {statistics.median(t) * 1e3:9.1f} ms/step median, {min(t) * 1e3:9.1f} min "
               f"of {args.repeats}" + (f", peak {peak:.2f} GiB" if device.type == "cuda" else ""))
     if not args.skip_reference:
         median, best = (statistics.median(times[1]) / statistics.median(times[0]),
                         min(times[1]) / min(times[0]))
         print(f"speed-up   {median:9.2f}x (medians), {best:.2f}x (minima)")
+    if "cuda-graph" in labels and not args.skip_reference:
+        print(f"speed-up, CUDA-graphed encoder {statistics.median(times[1]) / statistics.median(times[2]):.2f}x "
+              f"(medians)")
 
 
 if __name__ == "__main__":

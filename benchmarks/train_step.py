@@ -35,32 +35,10 @@ import torch
 from iim.cache import create_cache
 from iim.features import FEATURE_VERSION, encode_image
 from iim.models import create_model, image_size
-from iim.text import PromptEncoder, encode_prompts_reference, id_prompt, neg_prompt, tokenize
+from iim.text import PromptEncoder, encode_prompts_reference
 from iim.train import diversity_loss, iim_losses, total_loss
 from iim.train.loop import TrainConfig, train
-
-
-class FullLengthPrompts:
-    """The peers' text path (CoOp's PromptLearner + TextEncoder): every prompt padded to the context
-    length, the SOT / class-name / pad embeddings computed once, the contexts spliced in each step."""
-
-    def __init__(self, model, classnames, n_ctx: int, n_neg: int):
-        self.model, self.n_ctx, self.C = model, n_ctx, len(classnames)
-        texts = [id_prompt(c, n_ctx) for c in classnames] + [neg_prompt(n_ctx)] * n_neg
-        device = model.positional_embedding.device
-        self.tokens = tokenize(model, texts).to(device)
-        with torch.no_grad():
-            emb = model.token_embedding(self.tokens)
-        self.sot, self.suffix = emb[:, :1], emb[:, 1 + n_ctx:]
-        self.eot = self.tokens.argmax(-1)
-
-    def __call__(self, ctx, neg_ctx):
-        m = self.model
-        context = torch.cat([ctx.expand(self.C, -1, -1) if ctx.dim() == 2 else ctx, neg_ctx])
-        x = torch.cat([self.sot, context, self.suffix], dim=1) + m.positional_embedding
-        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask))
-        x = x[torch.arange(len(x), device=x.device), self.eot] @ m.text_projection
-        return x[:self.C].float(), x[self.C:].float()
+from peers import FullLengthPrompts, cuda_graphed
 
 
 def timed(step, *, iters: int, warmup: int, device) -> float:
@@ -117,6 +95,8 @@ def main():
                     help="bf16 autocast (CUDA only)")
     ap.add_argument("--iters", type=int, default=None, help="timed steps (default 20 GPU, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 1 CPU)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time the iim step with the prompt encoder replayed from CUDA graphs")
     ap.add_argument("--loop", type=int, default=None,
                     help="images of a synthetic cache to time the real loop on (default 512 GPU, 0 CPU)")
     args = ap.parse_args()
@@ -176,6 +156,20 @@ def main():
         ref_opt.step()
 
     ms_iim = timed(iim_step, iters=iters, warmup=warmup, device=device)
+    ms_graph = None
+    if args.cuda_graph and gpu:
+        genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg)
+        genc.load_state_dict(enc.state_dict())
+        genc = cuda_graphed(genc, bf16=amp["enabled"])
+        gopt = torch.optim.SGD([genc.ctx, genc.neg_ctx], lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+
+        def graphed_step():
+            id_f, neg_f = genc()
+            loss = losses(id_f, neg_f, feats)
+            gopt.zero_grad(set_to_none=True)
+            loss.backward()
+            gopt.step()
+        ms_graph = timed(graphed_step, iters=iters, warmup=warmup, device=device)
     ms_ref = timed(reference_step, iters=iters, warmup=warmup, device=device)
     where = (torch.cuda.get_device_name(device) if gpu else
              f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
@@ -187,6 +181,8 @@ def main():
     print(f"iim step        {ms_iim:10.1f} ms")
     print(f"reference step  {ms_ref:10.1f} ms   (image encoder forward + 77-token prompts)")
     print(f"speed-up        {ms_ref / ms_iim:10.1f}x")
+    if ms_graph is not None:
+        print(f"iim step, CUDA-graphed prompt encoder {ms_graph:8.1f} ms   speed-up {ms_ref / ms_graph:6.1f}x")
     n_loop = args.loop if args.loop is not None else (512 if gpu else 0)
     if n_loop:
         for where, ms in loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_loop, device).items():
