@@ -15,9 +15,11 @@ CLIP's text transformer is causal, so
 Every distinct token is stored once, packed back to back (the shared prefix, each class suffix, each
 negative prompt), and all token-wise work (ln_1, the qkv projection, out_proj, ln_2, the MLP: ~95% of
 the FLOPs) runs on exactly those tokens, whatever the class-name lengths. Attention (the rest) gathers
-each prompt's keys/values by index into a batch right-padded to the segment's longest prompt; causal
-masking hides a row's pads from all of its real queries, so no pad reaches a real output, and the
-gathers' backward sums the prefix's gradient over all the classes that read it. In the last layer only
+each prompt's own tokens by index into a batch right-padded to the segment's longest prompt; causal
+masking hides a row's pads from all of its real queries, so no pad reaches a real output. Class rows
+put the shared prefix's keys/values in front of their own by ``expand``, whose backward sums the
+prefix's gradient over the classes as one reduction (a gather's backward would funnel 1,000 classes'
+gradients into the same 17 rows through atomic adds, slow on a GPU). In the last layer only
 the EOT rows go through out_proj and the MLP. :func:`encode_prompts_reference` is the straightforward
 full-length path, for tests and benchmarks.
 """
@@ -187,8 +189,8 @@ class PromptEncoder(nn.Module):
         # the prefix's keys in front.
         if class_specific:
             full_rows, shared_rows = prompts, []
-        else:
-            full_rows, shared_rows = heads + prompts[C:], prompts[:C]
+        else:   # class rows: their own suffix tokens; the prefix (packed rows 0..prefix-1) is prepended
+            full_rows, shared_rows = heads + prompts[C:], [p[prefix:] for p in prompts[:C]]
         self.segments = [_Segment(full_rows, 0, device)]
         if shared_rows:
             self.segments.append(_Segment(shared_rows, prefix, device))
@@ -196,7 +198,7 @@ class PromptEncoder(nn.Module):
         out_index, base = [0] * start, 0
         for seg, rows in zip(self.segments, [full_rows, shared_rows]):
             for i, row in enumerate(rows):
-                for j, t in enumerate(row[seg.q_offset:]):
+                for j, t in enumerate(row):
                     out_index[t] = base + i * seg.n_queries + j
             base += len(rows) * seg.n_queries
         eot = [row[-1] for row in prompts]
@@ -241,9 +243,13 @@ class PromptEncoder(nn.Module):
         qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)   # [T, 3W]
         outs = []
         for seg in self.segments:
-            qkv_seg = _Rows.apply(qkv, seg.index).view(seg.n, seg.n_keys, 3, attn.num_heads, -1)
-            q, k, v = qkv_seg.permute(2, 0, 3, 1, 4)                           # [n, heads, keys, dim]
-            q = q[:, :, seg.q_offset:]
+            qkv_seg = _Rows.apply(qkv, seg.index).view(seg.n, seg.n_queries, 3, attn.num_heads, -1)
+            q, k, v = qkv_seg.permute(2, 0, 3, 1, 4)                           # [n, heads, rows, dim]
+            if seg.n_prefix:   # every row's keys/values start with the shared prefix's; expand's
+                # backward sums the prefix gradient over the classes (a reduction, no atomics)
+                pre = qkv[:seg.n_prefix].view(1, seg.n_prefix, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+                k = torch.cat([pre[1].expand(seg.n, -1, -1, -1), k], dim=2)
+                v = torch.cat([pre[2].expand(seg.n, -1, -1, -1), v], dim=2)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, is_causal=seg.mask is None)
             outs.append(o.transpose(1, 2).reshape(seg.n * seg.n_queries, -1))
         o = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -257,16 +263,19 @@ class PromptEncoder(nn.Module):
 
 class _Segment:
     """Prompts batched for attention: row i gathers the packed rows ``rows[i]`` (right-padded with its
-    last row) as keys/values and queries from position ``q_offset`` on."""
+    last row) as queries, keys and values; with ``n_prefix``, the shared prefix (packed rows
+    ``0..n_prefix-1``) comes before every row's keys and values, and the queries see it whole, then
+    their own tokens causally."""
 
-    def __init__(self, rows, q_offset: int, device):
-        self.n, self.n_keys, self.q_offset = len(rows), max(len(r) for r in rows), q_offset
-        self.n_queries = self.n_keys - q_offset
-        self.index = torch.tensor([r + r[-1:] * (self.n_keys - len(r)) for r in rows], device=device).flatten()
+    def __init__(self, rows, n_prefix: int, device):
+        self.n, self.n_prefix = len(rows), n_prefix
+        self.n_queries = max(len(r) for r in rows)
+        self.n_keys = n_prefix + self.n_queries
+        self.index = torch.tensor([r + r[-1:] * (self.n_queries - len(r)) for r in rows], device=device).flatten()
         self.mask = None                          # None: causal attention over the row
-        if q_offset:                              # queries see the first q_offset keys, then causally
+        if n_prefix:
             self.mask = (causal_lower_right(self.n_queries, self.n_keys) if causal_lower_right else
-                         torch.ones(self.n_queries, self.n_keys, dtype=torch.bool, device=device).tril(q_offset))
+                         torch.ones(self.n_queries, self.n_keys, dtype=torch.bool, device=device).tril(n_prefix))
 
 
 class _Rows(torch.autograd.Function):
