@@ -70,6 +70,8 @@ def main():
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's; 1 gives steadier figures on a shared machine)")
     p.add_argument("--skip-reference", action="store_true", help="time only the encoder")
+    p.add_argument("--attention", default="auto", help="comma list of SDPA backends to time the encoder "
+                   "with: auto, math, efficient, flash")
     p.add_argument("--cuda-graph", action="store_true",
                    help="also time the encoder replayed from CUDA graphs (CUDA only)")
     args = p.parse_args()
@@ -110,6 +112,12 @@ def main():
     if not args.skip_reference:
         fns.append((ref, params))
         labels.append("reference")
+    for backend in [b for b in args.attention.split(",") if b != "auto"]:
+        other = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
+                              class_specific=args.class_specific, attention=backend)
+        other.load_state_dict(enc.state_dict())
+        fns.append((other, [other.ctx] + ([other.neg_ctx] if args.n_neg else [])))
+        labels.append(f"enc-{backend}")
     if args.cuda_graph and cuda:
         genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
                              class_specific=args.class_specific)
@@ -125,9 +133,9 @@ def main():
         median, best = (statistics.median(times[1]) / statistics.median(times[0]),
                         min(times[1]) / min(times[0]))
         print(f"speed-up   {median:9.2f}x (medians), {best:.2f}x (minima)")
-    if "cuda-graph" in labels and not args.skip_reference:
-        print(f"speed-up, CUDA-graphed encoder {statistics.median(times[1]) / statistics.median(times[2]):.2f}x "
-              f"(medians)")
+    if not args.skip_reference:
+        for label, t in zip(labels[2:], times[2:]):
+            print(f"speed-up, {label:12s} {statistics.median(times[1]) / statistics.median(t):.2f}x (medians)")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ def main():
                     help="bf16 autocast (CUDA only)")
     ap.add_argument("--iters", type=int, default=None, help="timed steps (default 20 GPU, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 1 CPU)")
+    ap.add_argument("--attention", default="auto", help="SDPA backend of the prompt encoder")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also time the iim step with the prompt encoder replayed from CUDA graphs")
     ap.add_argument("--loop", type=int, default=None,
@@ -122,7 +123,7 @@ def main():
         t = iim_losses(local, labels, id_f, neg_f, k=args.k)
         return total_loss(t["pos"], t["neg"], diversity_loss(id_f, neg_f))
 
-    enc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg)
+    enc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg, attention=args.attention)
     opt = torch.optim.SGD([enc.ctx, enc.neg_ctx], lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
 
     def iim_step():
@@ -158,7 +159,7 @@ def main():
     ms_iim = timed(iim_step, iters=iters, warmup=warmup, device=device)
     ms_graph = None
     if args.cuda_graph and gpu:
-        genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg)
+        genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg, attention=args.attention)
         genc.load_state_dict(enc.state_dict())
         genc = cuda_graphed(genc, bf16=amp["enabled"])
         gopt = torch.optim.SGD([genc.ctx, genc.neg_ctx], lr=2.5e-4, momentum=0.9, weight_decay=5e-4)

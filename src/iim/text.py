@@ -25,6 +25,8 @@ full-length path, for tests and benchmarks.
 """
 from __future__ import annotations
 
+import contextlib
+
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,7 @@ try:   # causal mask aligned to the last key: lets CUDA use flash attention (tor
 except ImportError:  # pragma: no cover
     causal_lower_right = None
 
+SDPA_BACKENDS = ("auto", "math", "efficient", "flash")
 GLOBAL_TEMPLATE = "a photo of a {}."
 CTX_TOKEN = "X"       # placeholder word whose embeddings the learnable context replaces (CoOp)
 CTX_INIT_STD = 0.02   # SPEC §2: contexts init N(0, 0.02)
@@ -125,13 +128,15 @@ class PromptEncoder(nn.Module):
         n_neg: negative prompts, each with its own ``n_ctx`` context vectors (300; 0 allowed).
         class_specific: one context per class (``ctx`` is ``[C, n_ctx, W]``) instead of one shared.
         checkpoint: recompute each layer's activations in the backward pass (memory for very large C).
+        attention: the scaled-dot-product-attention backend: ``"auto"`` (torch picks), or ``"math"``,
+            ``"efficient"``, ``"flash"`` (the prompts' sequences are short: 2-30 tokens).
 
     ``forward()`` returns ``(id_features [C, D], neg_features [n_neg, D])``, unnormalised, float32
     (float64 for a float64 model).
     """
 
     def __init__(self, model, classnames, n_ctx: int = 16, n_neg: int = 300, class_specific: bool = False,
-                 *, checkpoint: bool = False):
+                 *, checkpoint: bool = False, attention: str = "auto"):
         super().__init__()
         check_text_tower(model)
         if n_ctx < 1 or n_neg < 0 or len(classnames) == 0:
@@ -141,6 +146,9 @@ class PromptEncoder(nn.Module):
         self.classnames = list(classnames)
         self.n_ctx, self.n_neg = n_ctx, n_neg
         self.class_specific, self.checkpoint = class_specific, checkpoint
+        if attention not in SDPA_BACKENDS:
+            raise IIMError(f"attention must be one of {', '.join(SDPA_BACKENDS)}, not {attention!r}")
+        self.attention = attention
         self.prefix_len = prefix = 1 + n_ctx      # SOT + context
         width = model.transformer.width
         device = model.positional_embedding.device
@@ -250,7 +258,8 @@ class PromptEncoder(nn.Module):
                 pre = qkv[:seg.n_prefix].view(1, seg.n_prefix, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
                 k = torch.cat([pre[1].expand(seg.n, -1, -1, -1), k], dim=2)
                 v = torch.cat([pre[2].expand(seg.n, -1, -1, -1), v], dim=2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, is_causal=seg.mask is None)
+            with _sdpa_backend(self.attention):
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, is_causal=seg.mask is None)
             outs.append(o.transpose(1, 2).reshape(seg.n * seg.n_queries, -1))
         o = torch.cat(outs) if len(outs) > 1 else outs[0]
         if last:                                  # only the EOT rows feed ln_final and the projection
@@ -259,6 +268,14 @@ class PromptEncoder(nn.Module):
             o = _Rows.apply(o, self.out_index)
         x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _sdpa_backend(name: str):
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel({"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                        "flash": SDPBackend.FLASH_ATTENTION}[name])
 
 
 class _Segment:
