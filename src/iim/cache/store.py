@@ -36,20 +36,25 @@ def manifest_key(manifest: dict) -> dict:
     return {k: manifest.get(k) for k in KEY_FIELDS}
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
+def atomic_write(path, write, *, binary: bool = False) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync, then ``os.replace`` it onto
+    ``path``: readers (and a crash) see the old file or the new one, never half of one."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o644)   # mkstemp creates 0600; a cache is usually shared with colleagues
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, 0o644)   # mkstemp creates 0600; caches and runs are usually shared with colleagues
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 @dataclass

@@ -16,10 +16,11 @@ from tqdm.auto import tqdm
 
 from ..cache import manifest_key, open_cache
 from ..errors import IIMError
+from ..train import checkpoint as train_checkpoint
+from ..train.checkpoint import CHECKPOINT
 from .scores import evaluate, id_predictions, similarities
 
 CHUNK_BUDGET = {"cpu": 1 << 30, "cuda": 8 << 30}   # bytes of per-chunk intermediates (auto --chunk)
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -53,19 +54,8 @@ def newest_run(runs_dir) -> Path:
 
 
 def load_checkpoint(run_dir: Path) -> dict:
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
-        raise IIMError(f"{run_dir} is not a run folder (no {CHECKPOINT})")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        try:   # resume state may hold objects the safe unpickler refuses; the run is our own file
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise IIMError(f"cannot read {path} ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "prototypes" not in ckpt or "config" not in ckpt:
-        raise IIMError(f"{path} has no prototypes/config; is it an 'iim train' checkpoint?")
-    return ckpt
+    """The run's checkpoint; scoring needs its config and prototypes only."""
+    return train_checkpoint.load_checkpoint(run_dir, need=("prototypes",))
 
 
 def _check_compatible(ckpt: dict, cache, run_dir: Path) -> None:

@@ -13,14 +13,13 @@ A checkpoint is a plain dict (loadable with ``torch.load(..., weights_only=True)
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..cache.store import atomic_write
 from ..errors import IIMError
 
 CHECKPOINT = "checkpoint.pt"
@@ -37,20 +36,12 @@ def save_checkpoint(path, state: dict) -> None:
     crash) sees the previous checkpoint or the new one, never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
-def load_checkpoint(path) -> dict:
-    """Load a checkpoint onto the CPU; a missing or unreadable file is a clear error."""
+def load_checkpoint(path, *, need=("contexts",)) -> dict:
+    """Load a checkpoint (file or run folder) onto the CPU; a missing or unreadable file, or one without
+    ``config`` and the entries in ``need`` (scoring needs only ``"prototypes"``), is a clear error."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT
@@ -60,8 +51,8 @@ def load_checkpoint(path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise IIMError(f"{path} is not a readable iim checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "contexts" not in ckpt:
-        raise IIMError(f"{path} is not an iim training checkpoint")
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in ("config", *need)):
+        raise IIMError(f"{path} is not an iim training checkpoint (needs {', '.join(('config', *need))})")
     return ckpt
 
 
