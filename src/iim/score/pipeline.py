@@ -210,7 +210,9 @@ def stream_split(split, job: Job, *, k=50, alpha=1.0, T: float = 1.0, rows: int 
     n_neg = 0 if job.neg_proto is None else len(job.neg_proto)
     rows = rows or auto_chunk_rows(split.hw, len(job.id_proto), n_neg, device)
     scores, preds = defaultdict(list), []
-    with tqdm(total=split.n, unit="img", desc=split.name, leave=False, dynamic_ncols=True) as bar:
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    with tqdm(total=split.n, unit="img", desc=split.name, leave=False, dynamic_ncols=True,
+              disable=None) as bar:
         for chunk in split.iter_chunks(rows=rows):
             g = chunk.global_feats.to(device, non_blocking=True)
             loc = chunk.local_feats.to(device, non_blocking=True)
