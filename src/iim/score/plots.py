@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from .report import atomic_path
+from ..cache.store import atomic_write
 
 
 def _figure(n_panels: int = 1, width: float = 4.0):
@@ -18,8 +18,8 @@ def _figure(n_panels: int = 1, width: float = 4.0):
 
 
 def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"), binary=True)
 
 
 def histograms(path, title: str, id_scores: np.ndarray, ood: dict[str, np.ndarray], *, bins: int = 60) -> None:
@@ -29,8 +29,9 @@ def histograms(path, title: str, id_scores: np.ndarray, ood: dict[str, np.ndarra
         lo = min(id_scores.min(), scores.min())
         hi = max(id_scores.max(), scores.max())
         edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, bins + 1)
-        ax.hist(id_scores, bins=edges, density=True, alpha=0.55, label=f"ID (n={len(id_scores)})")
-        ax.hist(scores, bins=edges, density=True, alpha=0.55, label=f"{name} (n={len(scores)})")
+        for values, label in ((id_scores, f"ID (n={len(id_scores)})"), (scores, f"{name} (n={len(scores)})")):
+            # one filled polygon per histogram ("stepfilled"), not one rectangle per bin: much cheaper
+            ax.hist(values, bins=edges, density=True, histtype="stepfilled", alpha=0.55, label=label)
         ax.set_xlabel(f"{title} score (higher = ID)")
         ax.set_ylabel("density")
         ax.set_title(f"{title}: ID vs {name}", fontsize=9)

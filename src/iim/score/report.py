@@ -4,17 +4,15 @@ All metric values here are in PERCENT (``iim.metrics`` returns fractions).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .. import metrics as M
+from ..cache.store import atomic_write, atomic_write_text
 
 LABELS = {"mcm": "MCM", "gl_mcm": "GL-MCM", "r_mcm": "R-MCM", "r_mcm_star": "R-MCM*", "s_mcm": "S-MCM",
           "s_mcm_star": "S-MCM*", "i2t": "i2t", "i2t_star": "i2t*", "t2i": "t2i", "knn": "KNN"}
@@ -27,24 +25,9 @@ def set_name(split: str) -> str:
     return split[4:] if split.startswith("ood_") else split
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
 
 
 def write_json(path, obj) -> None:
@@ -61,8 +44,8 @@ def write_csv(path, rows: list[dict], fields: list[str]) -> None:
 
 
 def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def compute_metrics(id_scores: dict[str, np.ndarray], ood: dict[str, dict[str, np.ndarray]],
