@@ -1,4 +1,4 @@
-"""The ``iim`` command line: ``iim extract | train | score | sweep | cache | demo``.
+"""The ``iim`` command line: ``iim extract | train | score | sweep | report | cache | demo``.
 
 Each stage keeps its own click command next to its code (``iim/<stage>/cli.py``); this file only
 assembles them, turns :class:`~iim.errors.IIMError` into a one-line ``Error: ...`` (exit 2), and
@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "iim.train.cli:train",
     "score": "iim.score.cli:score",
     "sweep": "iim.score.cli:sweep",
+    "report": "iim.score.cli:report_cmd",
     "cache": "iim.cache.cli:cache",
     "demo": "iim.demo.cli:demo",
 }

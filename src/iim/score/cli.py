@@ -222,3 +222,34 @@ def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto")
                    f"AUROC {r['auroc']:6.2f}")
     click.echo(f"Wrote {out}/sweep.csv ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
     return rows
+
+
+@click.command("report")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write summary.json and summary.md (mean ± std table) into this folder.")
+@click.option("--metrics", "columns", default="fpr95,auroc", show_default=True,
+              help="Columns of the printed tables: fpr95, auroc, aupr_in, aupr_out, fpr95_openood.")
+def report_cmd(runs, out, columns):
+    """Mean and std over several scored runs (e.g. seeds 1, 2, 3), as the paper reports (SPEC §5).
+
+    \b
+    iim report runs/in1k-k16-s1-iim runs/in1k-k16-s2-iim runs/in1k-k16-s3-iim --out results/in1k-k16
+    """
+    from .summary import load_results, markdown_table, summarise
+
+    summary = summarise([load_results(r) for r in runs])
+    cols = tuple(c.strip() for c in columns.split(",") if c.strip())
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    st = summary["settings"]
+    click.echo(f"Mean over {len(runs)} runs (seeds {seeds}); k={st['k']} alpha={st['alpha']} T={st['T']}; "
+               f"percent")
+    click.echo(report.format_table(summary["mean"], columns=cols))
+    click.echo(f"\nStandard deviation over the {len(runs)} runs")
+    click.echo(report.format_table(summary["std"], columns=cols))
+    acc = summary["id_accuracy"]
+    click.echo(f"\nID accuracy {acc['mean']:.2f} ± {acc['std']:.2f}%")
+    if out:
+        report.write_json(Path(out) / "summary.json", summary)
+        report.write_text(Path(out) / "summary.md", markdown_table(summary) + "\n")
+        click.echo(f"Wrote {Path(out) / 'summary.json'}, summary.md")

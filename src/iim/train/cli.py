@@ -39,7 +39,8 @@ def resolve_split(cache, shots: int | None, seed: int | None, views: int | None 
                    f"{have}); run 'iim extract --shots K --seed S' first")
 
 
-@click.command("train", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command("train", short_help="Train IIM prompts on a cached train split (no image encoder).",
+               context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache written by 'iim extract'.")
 @click.option("--shots", type=int, default=None, help="Shots K of the train split (default: the only one).")

@@ -1,0 +1,73 @@
+"""Mean and std over runs — the paper reports seeds 1, 2, 3 — of scored results (SPEC §5).
+
+    results = [load_results(r) for r in ("runs/in1k-k16-s1-iim", "runs/in1k-k16-s2-iim", ...)]
+    summary = summarise(results)     # {"mean": {method: {set: {metric: %}}}, "std": ..., "values": ...}
+
+The runs must have been scored on the same OOD sets with the same k, alpha and T; the standard
+deviation is numpy's default (population, ddof=0) over the runs, in percent like the results.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IIMError
+from .report import AVERAGE, LABELS, TABLE_METHODS
+
+RESULTS = "results.json"
+MUST_MATCH = ("k", "alpha", "T")
+
+
+def load_results(run_dir) -> dict:
+    """A scored run's ``results.json``; a run that was not scored is a clear error."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        raise IIMError(f"{run_dir} has no {RESULTS}; score it first: iim score --run {run_dir}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise IIMError(f"{path} is not valid JSON ({e})") from None
+
+
+def summarise(results: list[dict]) -> dict:
+    """Mean, std and the per-run values of every metric of every method common to all ``results``."""
+    if not results:
+        raise IIMError("no results to summarise")
+    first = results[0]
+    sets = list(first["ood_sets"])
+    for r in results[1:]:
+        if list(r["ood_sets"]) != sets:
+            raise IIMError(f"{r.get('run')} was scored on OOD sets {list(r['ood_sets'])}, not {sets}")
+        for key in MUST_MATCH:
+            if r["settings"].get(key) != first["settings"].get(key):
+                raise IIMError(f"{r.get('run')} was scored with {key}={r['settings'].get(key)}, "
+                               f"{first.get('run')} with {key}={first['settings'].get(key)}; rescore with "
+                               f"the same --{key}")
+    methods = [m for m in first["metrics"] if all(m in r["metrics"] for r in results)]
+    cells = list(first["metrics"][methods[0]])   # the OOD sets, then "average"
+    values = {m: {s: {metric: [r["metrics"][m][s][metric] for r in results]
+                      for metric in first["metrics"][m][s]} for s in cells} for m in methods}
+    mean = {m: {s: {k: float(np.mean(v)) for k, v in per.items()} for s, per in d.items()} for m, d in values.items()}
+    std = {m: {s: {k: float(np.std(v)) for k, v in per.items()} for s, per in d.items()} for m, d in values.items()}
+    acc = [r["id"]["accuracy"] for r in results]
+    return {"runs": [r.get("run") for r in results],
+            "seeds": [(r.get("run_config") or {}).get("seed") for r in results],
+            "settings": {k: first["settings"].get(k) for k in MUST_MATCH}, "ood_sets": sets,
+            "mean": mean, "std": std, "values": values,
+            "id_accuracy": {"mean": float(np.mean(acc)), "std": float(np.std(acc)), "values": acc}}
+
+
+def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS) -> str:
+    """``| Method | <set> FPR95 / AUROC | ... | Average ... |`` with mean ± std in each cell."""
+    mean, std = summary["mean"], summary["std"]
+    methods = [m for m in methods if m in mean]
+    cells = list(mean[methods[0]])
+    head = "| Method | " + " | ".join(("Average" if s == AVERAGE else s) + " FPR95 / AUROC" for s in cells) + " |"
+    lines = [head, "|---|" + "---|" * len(cells)]
+    for m in methods:
+        row = [f"{mean[m][s]['fpr95']:.2f} ± {std[m][s]['fpr95']:.2f} / "
+               f"{mean[m][s]['auroc']:.2f} ± {std[m][s]['auroc']:.2f}" for s in cells]
+        lines.append(f"| {labels.get(m, m)} | " + " | ".join(row) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""`iim report`: mean and std over several scored runs equal numpy's over their results.json."""
+import json
+
+import numpy as np
+import pytest
+
+from helpers import make_fake_run, make_random_cache
+from test_score_cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    cache = make_random_cache(root / "cache")
+    runs = [make_fake_run(root / "runs" / f"s{seed}", cache, seed=seed) for seed in (1, 2, 3)]
+    return root, cache, runs
+
+
+def test_report_is_mean_and_std_of_the_runs(scored, capsys):
+    root, cache, runs = scored
+    for run in runs:
+        code, _, err = run_cli(capsys, "score", "--run", run, "--k", 10, "--no-plots")
+        assert code == 0, err
+    code, out, err = run_cli(capsys, "report", *runs, "--out", root / "summary")
+    assert code == 0, err
+    assert "Mean over 3 runs (seeds 1, 2, 3)" in out and "Standard deviation" in out
+    summary = json.loads((root / "summary" / "summary.json").read_text())
+    results = [json.loads((r / "results.json").read_text()) for r in runs]
+    for method in ("mcm", "s_mcm", "knn"):
+        for cell in ("near", "far", "average"):
+            for metric in ("fpr95", "auroc", "aupr_out"):
+                vals = [r["metrics"][method][cell][metric] for r in results]
+                assert summary["mean"][method][cell][metric] == pytest.approx(np.mean(vals))
+                assert summary["std"][method][cell][metric] == pytest.approx(np.std(vals))
+    md = (root / "summary" / "summary.md").read_text()
+    assert md.startswith("| Method |") and "S-MCM" in md and "±" in md
+    s1 = summary["mean"]["s_mcm"]["average"]["auroc"]
+    assert f"{s1:.2f}" in out
+
+
+def test_report_refuses_unscored_or_mismatched_runs(scored, capsys, tmp_path):
+    root, cache, runs = scored
+    unscored = make_fake_run(tmp_path / "fresh", cache, seed=4)
+    code, _, err = run_cli(capsys, "report", runs[0], unscored)
+    assert code == 2 and "score it first" in err and err.count("\n") == 1
+    for run, k in zip(runs, (10, 10, 5)):
+        code, _, err = run_cli(capsys, "score", "--run", run, "--k", k, "--no-plots")
+        assert code == 0, err
+    code, _, err = run_cli(capsys, "report", *runs)
+    assert code == 2 and "k=5" in err and err.count("\n") == 1
