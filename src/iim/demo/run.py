@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IIMError
+from ..score.summary import summarise as summarise_runs
 
 AVERAGE = "average"
 
@@ -141,17 +142,15 @@ def summarise(zero: dict, runs: dict, *, settings: DemoSettings, seconds: float)
     """Mean and std over seeds of each table row, per OOD set and on average, in percent."""
     seeds = list(runs)
     sets = list(next(iter(zero["metrics"].values())))
+    agg = {"zero": summarise_runs([zero]), "iim": summarise_runs([runs[s] for s in seeds])}
     rows = []
     for label, source, key in ROWS:
-        results = [zero] if source == "zero" else [runs[s] for s in seeds]
-        if key not in results[0]["metrics"]:
+        a = agg[source]
+        if key not in a["mean"]:
             continue
-        cells = {}
-        for name in sets:
-            cells[name] = {}
-            for metric in ("fpr95", "auroc"):
-                v = np.array([r["metrics"][key][name][metric] for r in results])
-                cells[name][metric] = {"mean": float(v.mean()), "std": float(v.std()), "values": v.tolist()}
+        cells = {name: {metric: {"mean": a["mean"][key][name][metric], "std": a["std"][key][name][metric],
+                                 "values": a["values"][key][name][metric]} for metric in ("fpr95", "auroc")}
+                 for name in sets}
         rows.append({"method": label, "key": key, "source": source, "cells": cells})
     acc_iim = [runs[s]["id"]["accuracy"] for s in seeds]
     return {"seeds": seeds, "ood_sets": sets, "rows": rows, "settings": dataclasses.asdict(settings),
