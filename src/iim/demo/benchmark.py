@@ -84,7 +84,8 @@ def ensure_world(root=None, *, progress: bool = True, **sizes) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.tmp-"))
     try:
         jobs = list(_jobs(cfg))
-        for rel, (fn, args) in tqdm(jobs, desc="generating demo world", unit="img", disable=not progress):
+        for rel, (fn, args) in tqdm(jobs, desc="generating demo world", unit="img",
+                                    disable=None if progress else True):
             path = tmp / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(fn(*args).image).save(path, compress_level=1)

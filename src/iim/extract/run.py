@@ -156,7 +156,7 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
     batches_iter = iter(loader)                       # start the workers before the writer thread
     sink = AsyncWriter(writer)
     bar = tqdm(total=plan.n, initial=start, unit="img", desc=plan.name, dynamic_ncols=True, file=sys.stderr,
-               **({} if progress else {"disable": True}))   # otherwise $TQDM_DISABLE decides
+               disable=None if progress else True)   # None: no bar when stderr is not a terminal
     t0 = time.perf_counter()
     try:
         for rows, images, errors in batches_iter:

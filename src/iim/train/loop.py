@@ -119,7 +119,7 @@ class TrainFeatures:
         except RuntimeError:                 # pinning refused (limits): pageable memory still works
             out = torch.empty(shape, dtype=torch.float16, device=device)
         bar = tqdm(total=s.n, desc=f"loading {s.name} ({self.nbytes / 2**30:.1f} GiB)", unit="img",
-                   disable=not self.progress, leave=False)
+                   disable=None if self.progress else True, leave=False)
         for chunk in s.iter_chunks(view=None):
             out[chunk.start:chunk.start + len(chunk.labels)].copy_(chunk.local_feats)
             bar.update(len(chunk.labels))
@@ -330,7 +330,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size))
-    bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step", disable=not progress,
+    bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step",
+               disable=None if progress else True,  # None: no bar when stderr is not a terminal
                dynamic_ncols=True, desc=f"epoch {start + 1}/{cfg.epochs}")
     for epoch in range(start, cfg.epochs):
         lr = lr_at_epoch(epoch, lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
