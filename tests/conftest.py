@@ -14,3 +14,12 @@ def tiny_model():
     from iim.models import create_model
     model, preprocess = create_model("iim-test-tiny", "none")
     return model, preprocess
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread is fastest and immune to a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -27,12 +27,7 @@ def iim(monkeypatch, capsys, *args):
     return e.value.code, capsys.readouterr().err
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
 def test_short_form_uses_the_only_train_split_and_default_run_folder(tmp_path, monkeypatch, capsys):
@@ -88,8 +83,8 @@ def test_cli_refusals_are_one_line_errors(tmp_path, monkeypatch, capsys):
 
 def test_every_flag_is_documented_in_the_readme():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    start = readme.index("<!-- CLI:train -->") + 1
-    section = readme[start - 1:re.search(r"<!-- CLI:|\n## ", readme[start:]).start() + start]
+    start = readme.index("### `iim train`")
+    section = readme[start:re.search(r"\n##+ ", readme[start + 1:]).start() + start + 1]
     flags = [opt for p in train_command.params for opt in p.opts + p.secondary_opts if opt.startswith("--")]
     missing = [f for f in flags if not re.search(re.escape(f) + r"\b", section)]
     assert not missing, f"README's iim train section does not document {missing}"
