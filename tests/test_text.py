@@ -46,12 +46,13 @@ def test_reference_is_open_clip_encode_text(tiny_model):
     assert neg_prompt(3) == "X X X ."
 
 
+@pytest.mark.parametrize("attention", ["auto", "bmm"])
 @pytest.mark.parametrize("class_specific", [False, True])
 @pytest.mark.parametrize("n_neg", [0, 3])
-def test_tiny_matches_reference(tiny_model, class_specific, n_neg):
+def test_tiny_matches_reference(tiny_model, class_specific, n_neg, attention):
     model, _ = tiny_model
     torch.manual_seed(0)
-    enc = PromptEncoder(model, NAMES, n_ctx=16, n_neg=n_neg, class_specific=class_specific)
+    enc = PromptEncoder(model, NAMES, n_ctx=16, n_neg=n_neg, class_specific=class_specific, attention=attention)
     assert enc.ctx.shape == ((5, 16, 64) if class_specific else (16, 64))
     assert enc.neg_ctx.shape == (n_neg, 16, 64)
     assert_matches_reference(model, enc, atol=1e-4)
@@ -63,9 +64,11 @@ def test_tiny_exact_in_float64(tiny_model):
     model64 = create_model("iim-test-tiny", "none")[0].double()
     model64.iim_model_name = "iim-test-tiny"
     for class_specific in (False, True):
-        torch.manual_seed(1)
-        enc = PromptEncoder(model64, NAMES, n_ctx=4, n_neg=2, class_specific=class_specific).double()
-        assert_matches_reference(model64, enc, atol=1e-10)
+        for attention in ("auto", "bmm"):
+            torch.manual_seed(1)
+            enc = PromptEncoder(model64, NAMES, n_ctx=4, n_neg=2, class_specific=class_specific,
+                                attention=attention).double()
+            assert_matches_reference(model64, enc, atol=1e-10)
 
 
 def test_vit_b16_matches_reference():

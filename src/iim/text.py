@@ -40,7 +40,7 @@ try:   # causal mask aligned to the last key: lets CUDA use flash attention (tor
 except ImportError:  # pragma: no cover
     causal_lower_right = None
 
-SDPA_BACKENDS = ("auto", "math", "efficient", "flash")
+SDPA_BACKENDS = ("auto", "math", "efficient", "flash", "bmm")
 GLOBAL_TEMPLATE = "a photo of a {}."
 CTX_TOKEN = "X"       # placeholder word whose embeddings the learnable context replaces (CoOp)
 CTX_INIT_STD = 0.02   # SPEC §2: contexts init N(0, 0.02)
@@ -128,8 +128,9 @@ class PromptEncoder(nn.Module):
         n_neg: negative prompts, each with its own ``n_ctx`` context vectors (300; 0 allowed).
         class_specific: one context per class (``ctx`` is ``[C, n_ctx, W]``) instead of one shared.
         checkpoint: recompute each layer's activations in the backward pass (memory for very large C).
-        attention: the scaled-dot-product-attention backend: ``"auto"`` (torch picks), or ``"math"``,
-            ``"efficient"``, ``"flash"`` (the prompts' sequences are short: 2-30 tokens).
+        attention: the scaled-dot-product-attention backend: ``"auto"`` (torch picks), ``"math"``,
+            ``"efficient"``, ``"flash"``, or ``"bmm"``: two batched matmuls and a softmax with a precomputed
+            additive mask (the prompts' sequences are short: 2-30 tokens, below fused kernels' tiles).
 
     ``forward()`` returns ``(id_features [C, D], neg_features [n_neg, D])``, unnormalised, float32
     (float64 for a float64 model).
@@ -258,8 +259,11 @@ class PromptEncoder(nn.Module):
                 pre = qkv[:seg.n_prefix].view(1, seg.n_prefix, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
                 k = torch.cat([pre[1].expand(seg.n, -1, -1, -1), k], dim=2)
                 v = torch.cat([pre[2].expand(seg.n, -1, -1, -1), v], dim=2)
-            with _sdpa_backend(self.attention):
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, is_causal=seg.mask is None)
+            if self.attention == "bmm":
+                o = _bmm_attention(q, k, v, seg.bias.to(q.dtype))
+            else:
+                with _sdpa_backend(self.attention):
+                    o = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, is_causal=seg.mask is None)
             outs.append(o.transpose(1, 2).reshape(seg.n * seg.n_queries, -1))
         o = torch.cat(outs) if len(outs) > 1 else outs[0]
         if last:                                  # only the EOT rows feed ln_final and the projection
@@ -268,6 +272,12 @@ class PromptEncoder(nn.Module):
             o = _Rows.apply(o, self.out_index)
         x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
         return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def _bmm_attention(q, k, v, bias):
+    """softmax(q k^T / sqrt(d) + bias) v with plain batched matmuls; ``bias`` [queries, keys] is 0 / -inf."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5 + bias
+    return torch.matmul(scores.softmax(-1).to(v.dtype), v)
 
 
 def _sdpa_backend(name: str):
@@ -290,6 +300,9 @@ class _Segment:
         self.n_keys = n_prefix + self.n_queries
         self.index = torch.tensor([r + r[-1:] * (self.n_queries - len(r)) for r in rows], device=device).flatten()
         self.mask = None                          # None: causal attention over the row
+        # the same visibility as an additive bias, for attention="bmm": query i sees keys 0..n_prefix+i
+        visible = torch.ones(self.n_queries, self.n_keys, dtype=torch.bool, device=device).tril(n_prefix)
+        self.bias = torch.zeros(visible.shape, device=device).masked_fill_(~visible, float("-inf"))
         if n_prefix:
             self.mask = (causal_lower_right(self.n_queries, self.n_keys) if causal_lower_right else
                          torch.ones(self.n_queries, self.n_keys, dtype=torch.bool, device=device).tril(n_prefix))
