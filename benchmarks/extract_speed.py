@@ -32,7 +32,8 @@ from PIL import Image
 
 from iim.cache import create_cache
 from iim.data.splits import SplitPlan
-from iim.extract.run import AMP_DTYPES, extract_split, resolve_device
+from iim.extract.run import AMP_DTYPES, extract_split
+from iim.models import resolve_device
 from iim.models import create_model, image_size
 
 

@@ -192,3 +192,29 @@ def test_one_writer_per_cache(tmp_path):
     with R._lock(tmp_path):
         assert (tmp_path / ".extract.lock").read_text().endswith(str(os.getpid()))
     assert not (tmp_path / ".extract.lock").exists()
+
+
+def test_faults_found_in_review(world, tmp_path):
+    """A kill between finishing a split and recording it, a split killed while being created, and
+    prototypes rewritten: each heals on the next run, and a train split never skips a bad image."""
+    out = tmp_path / "c"
+    c = extract(str(world["toml"]), out, splits=["test"], **TINY)
+    c.update_manifest(splits={"test": dict(c.manifest["splits"]["test"], complete=False)})
+    c = extract(str(world["toml"]), out, splits=["test"], **TINY)
+    assert c.manifest["splits"]["test"]["complete"] is True
+
+    zarr.open_group(str(out), mode="a").create_group("ood_noise")      # killed right after create_group
+    assert c.split_status("ood_noise")["uninitialised"]
+    c = extract(str(world["toml"]), out, splits=["ood_noise"], **TINY)
+    assert c.split("ood_noise").n == 5
+
+    protos = c.global_prototypes()
+    c.write_global_prototypes(protos.numpy() * 2)
+    torch.testing.assert_close(open_cache(out).global_prototypes(), protos * 2)
+    assert "global_proto.partial" not in os.listdir(out)
+
+    fresh = make_world(tmp_path / "w2")
+    truncate(next(p for p in sorted((fresh["train"] / "ant").iterdir()) if p.suffix == ".jpg"))
+    with pytest.raises(IIMError, match="few-shot split must hold K images"):
+        extract(str(fresh["toml"]), tmp_path / "t", splits=["train"], shots=[6], seeds=[1],   # every image
+                skip_bad=True, **TINY)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from iim.errors import IIMError
 from iim import metrics
 
 
@@ -93,7 +94,7 @@ def test_accepts_torch_and_separates_perfectly():
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="need ID and OOD"):
+    with pytest.raises(IIMError, match="need ID and OOD"):
         metrics.auroc(np.ones(3), np.array([]))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(IIMError, match="NaN"):
         metrics.fpr95(np.array([1.0, np.nan]), np.ones(2))

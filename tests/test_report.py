@@ -48,3 +48,15 @@ def test_report_refuses_unscored_or_mismatched_runs(scored, capsys, tmp_path):
         assert code == 0, err
     code, _, err = run_cli(capsys, "report", *runs)
     assert code == 2 and "k=5" in err and err.count("\n") == 1
+
+
+def test_report_refuses_runs_that_differ_in_more_than_the_seed(scored, capsys, tmp_path):
+    root, cache, runs = scored
+    other = make_fake_run(tmp_path / "other", cache, seed=5, config={"lambda_neg": 1.0})
+    for run in (runs[0], other):
+        code, _, err = run_cli(capsys, "score", "--run", run, "--k", 10, "--no-plots")
+        assert code == 0, err
+    code, _, err = run_cli(capsys, "report", runs[0], other)
+    assert code == 2 and "lambda_neg" in err and err.count("\n") == 1
+    code, _, err = run_cli(capsys, "report", runs[0], runs[0])
+    assert code == 2 and "twice" in err

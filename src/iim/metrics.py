@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from .errors import IIMError
+
 RECALL = 0.95
 METRICS = ("fpr95", "auroc", "aupr_in", "aupr_out", "fpr95_openood")
 
@@ -25,14 +27,14 @@ def _as_array(x) -> np.ndarray:
         x = x.detach().float().cpu().numpy()
     x = np.asarray(x, dtype=np.float64).ravel()
     if np.isnan(x).any():
-        raise ValueError("scores contain NaN")
+        raise IIMError("scores contain NaN (a non-finite feature in the cache? run iim cache verify)")
     return x
 
 
 def _split(id_scores, ood_scores):
     s_id, s_ood = _as_array(id_scores), _as_array(ood_scores)
     if len(s_id) == 0 or len(s_ood) == 0:
-        raise ValueError(f"need ID and OOD scores (got {len(s_id)} ID, {len(s_ood)} OOD)")
+        raise IIMError(f"need ID and OOD scores (got {len(s_id)} ID, {len(s_ood)} OOD)")
     scores = np.concatenate([s_id, s_ood])
     is_id = np.concatenate([np.ones(len(s_id), bool), np.zeros(len(s_ood), bool)])
     return scores, is_id

@@ -91,6 +91,10 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=str(path) if path.is_file() else pretrained)
         except Exception as e:  # open_clip raises RuntimeError / OSError / HF errors when offline
+            if path.is_file():
+                first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+                raise IIMError(f"cannot load checkpoint {pretrained} into {name} ({first}); is it a "
+                               f"{name} checkpoint?") from None
             raise IIMError(
                 f"could not obtain weights {pretrained!r} for {name} ({type(e).__name__}); without "
                 f"network, pass a local checkpoint with --pretrained /path/to/weights "
@@ -99,6 +103,23 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
     model = model.to(device).eval().requires_grad_(False)
     model.iim_model_name = name          # lets the text side pick the model's own tokenizer
     return model, preprocess
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when torch sees a GPU), ``cpu``, ``cuda`` or ``cuda:N``; anything else, or a GPU that
+    is not there, is a one-line :class:`IIMError`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise IIMError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise IIMError(f"--device {device}, but torch sees no CUDA GPU (use --device cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise IIMError(f"--device {device}, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
 
 
 def train_transform(model, *, scale=(0.08, 1.0)):

@@ -110,8 +110,8 @@ def check_text_tower(model) -> None:
                        f"the prompt encoder supports CLIP models such as ViT-B-16")
     mask = model.attn_mask
     n = model.positional_embedding.shape[0]
-    causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).triu(1)
-    if mask is None or mask.shape != (n, n) or not torch.equal(torch.isinf(mask), causal):
+    causal = torch.ones(n, n, dtype=torch.bool).triu(1)
+    if mask is None or mask.shape != (n, n) or not torch.equal(torch.isinf(mask).cpu(), causal):
         raise IIMError(f"{name}'s text attention mask is not causal; the prompt encoder needs CLIP's "
                        f"causal text transformer")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -259,6 +260,8 @@ class Cache:
         if not self.has_split(name):
             raise IIMError(f"cache {self.root} has no split {name!r}")
         grp = self._zroot[name]
+        if "rows_written" not in grp.attrs:                 # killed while being created
+            return {"complete": False, "uninitialised": True, "n": 0, "views": 0, "rows_written": 0}
         return dict(grp.attrs, global_shape=list(grp["global"].shape), local_shape=list(grp["local"].shape),
                     chunk_rows=int(grp["local"].chunks[0]))
 
@@ -270,7 +273,9 @@ class Cache:
         paths = [str(p) for p in paths]
         if len(labels) != n or len(paths) != n:
             raise IIMError(f"split {name}: {n} rows but {len(labels)} labels and {len(paths)} paths")
-        if self.has_split(name):
+        if self.has_split(name) and "rows_written" not in self._zroot[name].attrs:
+            self._zroot.create_group(name, overwrite=True)    # killed while being created: start it again
+        elif self.has_split(name):
             grp = self._zroot[name]
             same = (grp["global"].shape == (n, views, dim) and grp["local"].shape == (n, views, hw, dim)
                     and [str(p) for p in np.asarray(grp["path"][:])] == paths
@@ -281,7 +286,7 @@ class Cache:
             return SplitWriter(grp)
         row_bytes = max(1, views * hw * dim * 2)
         chunk_rows = int(max(1, min(n, chunk_rows or CHUNK_BYTES // row_bytes)))
-        grp = self._zroot.create_group(name)
+        grp = self._zroot.require_group(name)
         grp.create_array("global", shape=(n, views, dim), chunks=(chunk_rows, views, dim), dtype="float16",
                          fill_value=0)
         grp.create_array("local", shape=(n, views, hw, dim), chunks=(chunk_rows, views, hw, dim),
@@ -305,9 +310,17 @@ class Cache:
         return torch.from_numpy(np.asarray(arr[:], dtype=np.float32))
 
     def write_global_prototypes(self, protos) -> None:
+        """Store the prototypes; a crash mid-write leaves no ``global_proto`` (written under a temporary
+        name, then renamed) rather than a zero-filled one."""
         protos = np.asarray(protos, dtype=np.float32)
-        self._zroot.create_array("global_proto", shape=protos.shape, dtype="float32", overwrite=True,
+        tmp = "global_proto.partial"
+        self._zroot.create_array(tmp, shape=protos.shape, dtype="float32", overwrite=True,
                                  chunks=protos.shape)[:] = protos
+        final = self.root / "global_proto"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(self.root / tmp, final)
+        self._zroot = zarr.open_group(str(self.root), mode="a")
 
     def update_manifest(self, **fields) -> None:
         self.manifest.update(fields)
@@ -352,6 +365,5 @@ def create_cache(root, manifest: dict) -> Cache:
     if root.exists() and any(root.iterdir()):
         raise IIMError(f"{root} exists and is not an iim feature cache; choose another --out folder")
     root.mkdir(parents=True, exist_ok=True)
-    zarr.open_group(str(root), mode="a")
     atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return Cache(root, manifest)

@@ -114,7 +114,9 @@ def imagenet_wnids() -> list[str]:
     """The 1000 ImageNet-1k wnids in sorted order (= class index order), from timm's bundled list."""
     from timm.data import ImageNetInfo   # timm is a dependency of open_clip
     wnids = list(ImageNetInfo().label_names())
-    assert len(wnids) == 1000 and wnids == sorted(wnids)
+    if len(wnids) != 1000 or wnids != sorted(wnids):
+        raise IIMError(f"timm's ImageNet class list has {len(wnids)} entries or is not sorted; "
+                       f"iim needs the 1000 sorted ImageNet-1k wnids (check the installed timm)")
     return wnids
 
 

@@ -31,7 +31,7 @@ from ..data.folders import ImageRows
 from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train
 from ..errors import IIMError
 from ..features import FEATURE_VERSION, check_supported, encode_image
-from ..models import create_model, image_size, train_transform, weights_id
+from ..models import create_model, image_size, resolve_device, train_transform, weights_id
 from ..text import global_prototypes
 
 SPLIT_KINDS = ("train", "test", "ood")
@@ -161,10 +161,12 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
     try:
         for rows, images, errors in batches_iter:
             bad = [i for i, e in enumerate(errors) if e]
-            if bad and not skip_bad:
+            if bad and (not skip_bad or plan.kind == "train"):
                 i = bad[0]
-                raise IIMError(f"cannot read image {plan.root / plan.files[rows[i]]} ({errors[i]}); "
-                               f"fix or remove it, or pass --skip-bad to skip unreadable images")
+                hint = ("a few-shot split must hold K images of every class, so --skip-bad does not apply: "
+                        "fix or remove it (sampling then picks another)" if plan.kind == "train" else
+                        "fix or remove it, or pass --skip-bad to skip unreadable images")
+                raise IIMError(f"cannot read image {plan.root / plan.files[rows[i]]} ({errors[i]}); {hint}")
             b = images.shape[0]
             x = images.flatten(0, 1).to(device, non_blocking=True)
             with autocast:
@@ -197,17 +199,6 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
 # ---------------------------------------------------------------------------------------------------
 # The whole extraction
 # ---------------------------------------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise IIMError("--device cuda, but torch sees no CUDA GPU (use --device cpu or auto)")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise IIMError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-
-
 def _config_image_size(model_name: str) -> int:
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:
@@ -250,6 +241,9 @@ def _lock(root: Path):
         with os.fdopen(fd, "w") as f:
             f.write(me)
         break
+    else:
+        raise IIMError(f"could not take the lock {path} (another 'iim extract' keeps replacing it); "
+                       f"try again")
     try:
         yield
     finally:
@@ -279,15 +273,17 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     if cache is not None:
         for plan in plans:
             _check_same_files(cache, plan, log)
-        todo = [p for p in plans if not cache.is_complete(p.name)]
+        todo = [p for p in plans if not (cache.is_complete(p.name) and _recorded_complete(cache, p))]
         if not todo and _has_prototypes(cache):
             log(f"{out}: every requested split is complete ({', '.join(p.name for p in plans)})")
             return cache
 
     dev = resolve_device(device)
-    amp = ("fp16" if dev.type == "cuda" else "off") if amp == "auto" else amp
+    amp = "fp16" if amp == "auto" else amp
     if amp not in AMP_DTYPES:
         raise IIMError(f"unknown --amp {amp!r} (use auto, fp16, bf16 or off)")
+    if dev.type != "cuda":
+        amp = "off"                          # CPU runs float32; record what actually ran
     net, preprocess = create_model(model, pretrained, device=dev)
     check_supported(net)
     if image_size(net) != key["image_size"]:
@@ -298,12 +294,15 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     cache = create_cache(out, dict(key, **shape_fields, iim_version=__version__,
                                    created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
     with _lock(out):
+        cache = create_cache(out, cache.manifest)       # re-read: another extraction may have just finished
         if any(cache.manifest.get(k) != v for k, v in shape_fields.items()):
             cache.update_manifest(**shape_fields)
         if not _has_prototypes(cache):
             cache.write_global_prototypes(global_prototypes(net, bench.classnames).numpy())
         for plan in plans:
             if cache.is_complete(plan.name):
+                if not _recorded_complete(cache, plan):      # finished by a run killed before recording it
+                    _record(cache, plan, complete=True)
                 log(f"{plan.name}: complete, skipped")
                 continue
             _record(cache, plan, complete=False)
@@ -312,6 +311,10 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
                           chunk_bytes=chunk_bytes, progress=progress, log=log)
             _record(cache, plan, complete=True)
     return cache
+
+
+def _recorded_complete(cache: Cache, plan: SplitPlan) -> bool:
+    return bool((cache.manifest.get("splits") or {}).get(plan.name, {}).get("complete"))
 
 
 def _has_prototypes(cache: Cache) -> bool:

@@ -11,7 +11,8 @@ from .. import metrics as M
 from ..errors import IIMError
 from . import plots, report
 from .knn import KNNScorer, memory_bank
-from .pipeline import Job, ood_split_names, prepare_run, prepare_zero_shot, resolve_device, stream_split
+from ..models import resolve_device
+from .pipeline import Job, ood_split_names, prepare_run, prepare_zero_shot, stream_split
 from .scores import check_k
 from .sweep import ALPHA_GRID, K_GRID, best_settings, parse_grid, sweep_rows
 
@@ -248,7 +249,7 @@ def report_cmd(runs, out, columns):
     click.echo(f"\nStandard deviation over the {len(runs)} runs")
     click.echo(report.format_table(summary["std"], columns=cols))
     acc = summary["id_accuracy"]
-    click.echo(f"\nID accuracy {acc['mean']:.2f} ± {acc['std']:.2f}%")
+    click.echo(f"\nID accuracy {acc['mean']:.2f} ± {acc['std']:.2f}%" if acc["values"] else "\nID accuracy n/a")
     if out:
         report.write_json(Path(out) / "summary.json", summary)
         report.write_text(Path(out) / "summary.md", markdown_table(summary) + "\n")

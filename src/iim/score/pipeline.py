@@ -181,15 +181,6 @@ def ood_split_names(cache, wanted=None) -> list[str]:
 
 
 # ---- streaming ---------------------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise IIMError(f"--device {device}: no CUDA device is available")
-    return dev
-
-
 def auto_chunk_rows(hw: int, n_classes: int, n_neg: int, device: torch.device) -> int:
     """Images per chunk so that the float32 intermediates (~6 maps of HW x (C + Cn)) fit the budget."""
     per_row = 6 * 4 * hw * (n_classes + n_neg) + 1

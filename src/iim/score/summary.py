@@ -9,6 +9,7 @@ deviation is numpy's default (population, ddof=0) over the runs, in percent like
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,18 +46,46 @@ def summarise(results: list[dict]) -> dict:
                 raise IIMError(f"{r.get('run')} was scored with {key}={r['settings'].get(key)}, "
                                f"{first.get('run')} with {key}={first['settings'].get(key)}; rescore with "
                                f"the same --{key}")
+    _check_same_experiment(results)
     methods = [m for m in first["metrics"] if all(m in r["metrics"] for r in results)]
     cells = list(first["metrics"][methods[0]])   # the OOD sets, then "average"
     values = {m: {s: {metric: [r["metrics"][m][s][metric] for r in results]
                       for metric in first["metrics"][m][s]} for s in cells} for m in methods}
     mean = {m: {s: {k: float(np.mean(v)) for k, v in per.items()} for s, per in d.items()} for m, d in values.items()}
     std = {m: {s: {k: float(np.std(v)) for k, v in per.items()} for s, per in d.items()} for m, d in values.items()}
-    acc = [r["id"]["accuracy"] for r in results]
+    acc = [r["id"]["accuracy"] for r in results if r["id"].get("accuracy") is not None]
     return {"runs": [r.get("run") for r in results],
             "seeds": [(r.get("run_config") or {}).get("seed") for r in results],
             "settings": {k: first["settings"].get(k) for k in MUST_MATCH}, "ood_sets": sets,
             "mean": mean, "std": std, "values": values,
-            "id_accuracy": {"mean": float(np.mean(acc)), "std": float(np.std(acc)), "values": acc}}
+            "id_accuracy": {"mean": float(np.mean(acc)) if acc else None, "std": float(np.std(acc)) if acc else None,
+                            "values": acc}}
+
+
+def _check_same_experiment(results: list[dict]) -> None:
+    """The runs must differ only in their seed: same training options (other than seed, split seed and
+    output folder), all trained or all zero-shot, no run twice."""
+    runs = [r.get("run") for r in results]
+    if len(set(runs)) < len(runs):
+        raise IIMError(f"a run is listed twice: {sorted(r for r in runs if runs.count(r) > 1)[0]}")
+    if len({bool(r.get("zero_shot")) for r in results}) > 1:
+        raise IIMError("zero-shot results and trained runs cannot be averaged together")
+
+    def options(r):
+        cfg = dict(r.get("run_config") or {})
+        split = re.sub(r"_s\d+", "", str(cfg.pop("split", "")))       # train_k16_s2_v16 -> train_k16_v16
+        for key in ("seed", "out", "device", "bf16", "features_in", "pretrained", "cache"):
+            cfg.pop(key, None)
+        return dict(cfg, split=split)
+
+    first = options(results[0])
+    for r in results[1:]:
+        other = options(r)
+        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+        if diff:
+            k = diff[0]
+            raise IIMError(f"{r.get('run')} was trained with {k}={other.get(k)!r}, {results[0].get('run')} "
+                           f"with {k}={first.get(k)!r}; only runs that differ in their seed are averaged")
 
 
 def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS) -> str:

@@ -32,7 +32,7 @@ from .. import __version__
 from ..cache import manifest_key, open_cache
 from ..cache.store import atomic_write_text
 from ..errors import IIMError
-from ..models import create_model, is_local_checkpoint, weights_id
+from ..models import create_model, is_local_checkpoint, resolve_device, weights_id
 from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
 from . import checkpoint as ck
 from .losses import OOD_PATCHES, diversity_loss, iim_losses, total_loss
@@ -133,7 +133,10 @@ class TrainFeatures:
             return
         s = self.split
         pin = self.device.type == "cuda"
-        local = torch.empty((s.n, s.hw, s.dim), dtype=torch.float16, pin_memory=pin)
+        try:
+            local = torch.empty((s.n, s.hw, s.dim), dtype=torch.float16, pin_memory=pin)
+        except RuntimeError:                 # pinning refused (limits): pageable memory still works
+            local = torch.empty((s.n, s.hw, s.dim), dtype=torch.float16)
         for chunk in s.iter_chunks(view=None):
             rows = torch.arange(chunk.start, chunk.start + len(chunk.labels))
             local[rows] = chunk.local_feats[torch.arange(len(rows)), view[rows]]
@@ -168,14 +171,6 @@ def _available_ram() -> int:
     except OSError:
         pass
     return 8 << 30
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise IIMError(f"--device {device} asked for, but torch sees no CUDA GPU")
-    return torch.device(device)
 
 
 def load_text_model(manifest: dict, device, pretrained: str | None = None):
