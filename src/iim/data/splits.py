@@ -81,16 +81,23 @@ def check_count(what: str, n: int, expected: int | None, warn: Warn | None) -> N
         warn(f"{what} has {n} images, expected {expected}")
 
 
-def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1) -> SplitPlan:
-    """K-shot support set ``train_k{K}_s{S}`` (``_v{V}`` appended for V > 1 augmented views)."""
+def train_pools(bench: Benchmark) -> list[list[str]]:
+    """Every class's train images (sorted), listed once for all the (shots, seed) splits of a run."""
+    if bench.train is None:
+        raise IIMError(f"benchmark {bench.name} has no train folder, so no few-shot split")
+    return class_files(bench.train.path(), bench.class_dirs, bench.train.what)
+
+
+def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1, pools=None) -> SplitPlan:
+    """K-shot support set ``train_k{K}_s{S}`` (``_v{V}`` appended for V > 1 augmented views);
+    ``pools`` (from :func:`train_pools`) saves listing the train folder again."""
     if bench.train is None:
         raise IIMError(f"benchmark {bench.name} has no train folder, so no few-shot split")
     if shots < 1 or views < 1:
         raise IIMError("--shots and --views must be at least 1")
     root = bench.train.path()
     files, labels = [], []
-    for label, (d, pool) in enumerate(zip(bench.class_dirs, class_files(root, bench.class_dirs,
-                                                                       bench.train.what))):
+    for label, (d, pool) in enumerate(zip(bench.class_dirs, pools or train_pools(bench))):
         chosen = few_shot(pool, shots, seed, d)
         files += chosen
         labels += [label] * len(chosen)

@@ -28,7 +28,7 @@ from .. import __version__
 from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, ood_split_name
 from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ImageRows
-from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train
+from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, train_pools
 from ..errors import IIMError
 from ..features import FEATURE_VERSION, check_supported, encode_image
 from ..models import create_model, image_size, resolve_device, train_transform, weights_id
@@ -61,7 +61,8 @@ def plan_splits(bench: Benchmark, splits=None, *, shots=(), seeds=(1,), views: i
         if token == "train":
             if not shots:
                 raise IIMError("the train split needs --shots (e.g. --shots 16 or --shots 1,2,4,8,16)")
-            plans += [plan_train(bench, k, s, views=views) for k in shots for s in seeds]
+            pools = train_pools(bench)              # list ImageNet's 1.28 M train files once
+            plans += [plan_train(bench, k, s, views=views, pools=pools) for k in shots for s in seeds]
         elif token == "test":
             plans.append(plan_test(bench, warn=warn))
         elif token == "ood":
