@@ -99,10 +99,12 @@ def score(run, runs_dir, cache, zero_shot, out, k_text, alpha_text, T, ood, chun
     """
     ks = parse_grid(k_text, integer=True, name="--k")
     alphas = parse_grid(alpha_text, name="--alpha")
-    job = _job(run, runs_dir, cache, zero_shot, out, knn_split=None if no_knn else knn_split)
+    sweep = len(ks) > 1 or len(alphas) > 1
+    job = _job(run, runs_dir, cache, zero_shot, out, knn_split=None if no_knn or sweep else knn_split)
     _announce(job)
-    if len(ks) > 1 or len(alphas) > 1:
-        click.echo(f"Several k / alpha values: sweeping {len(ks)} x {len(alphas)} settings in one pass")
+    if sweep:
+        click.echo(f"Several k / alpha values: sweeping {len(ks)} x {len(alphas)} settings in one pass"
+                   " (a sweep writes sweep.csv only: no KNN row, plots, results.json or ID accuracy)")
         return run_sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device)
     knn = None if no_knn else dict(k=knn_k, all_views=knn_all_views)
     return run_score(job, k=ks[0], alpha=alphas[0], T=T, ood=ood, chunk=chunk, device=device, knn=knn,
