@@ -107,6 +107,47 @@ def test_plain_boolean_mask_path(tiny_model, monkeypatch):
     assert_matches_reference(model, enc, atol=1e-4)
 
 
+@pytest.mark.parametrize("class_specific", [False, True])
+@pytest.mark.parametrize("n_neg", [0, 3])
+def test_flex_matches_reference_forward(tiny_model, class_specific, n_neg):
+    """attention="flex" (one masked call over the packed rows) gives the same features. torch has no
+    FlexAttention backward on CPU: its gradients are checked on CUDA (tests/test_cuda.py)."""
+    model, _ = tiny_model
+    torch.manual_seed(0)
+    enc = PromptEncoder(model, NAMES, n_neg=n_neg, class_specific=class_specific, attention="flex")
+    with torch.no_grad():
+        feats = enc()
+        ref = encode_prompts_reference(model, NAMES, enc.ctx, enc.neg_ctx)
+    for f, r in zip(feats, ref):
+        assert f.shape == r.shape
+        torch.testing.assert_close(f, r, atol=1e-4, rtol=0)
+    with pytest.raises(IIMError, match="CUDA only"):
+        enc()
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_flex_block_mask_is_torchs(tiny_model, class_specific):
+    """The block mask built one block row at a time equals torch's create_block_mask of the same rule,
+    over several 128-row blocks; and the rule is: same prompt, not later in it (+ the shared prefix)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    model, _ = tiny_model
+    names = open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES[:60]
+    enc = PromptEncoder(model, names, n_ctx=4, n_neg=20, class_specific=class_specific, attention="flex")
+    T = enc.n_tokens
+    assert T > 3 * 128
+    ref = create_block_mask(lambda b, h, q, kv: enc.visible(q, kv), None, None, T, T, device="cpu")
+    assert torch.equal(enc.block_mask().to_dense(), ref.to_dense())
+    # the rule, checked on the packed rows: each negative prompt (19 rows at the end) sees itself
+    # causally; a class suffix row sees the shared prefix (rows 0..4) when the context is shared
+    rows = torch.arange(T)
+    seen = enc.visible(rows[:, None], rows[None])
+    neg = seen[T - 7:, T - 7:]                       # the last negative prompt: SOT, 4 ctx, ".", EOT
+    assert torch.equal(neg, torch.ones(7, 7, dtype=torch.bool).tril())
+    assert seen[T - 7:, :T - 7].sum() == 0
+    eot_1 = enc.eot_index[1]                         # class 1's EOT row: its shared or own head
+    assert seen[eot_1, :5].all() == (not class_specific) and seen[eot_1, 5:10].all() == class_specific
+
+
 def test_checkpointing_gives_the_same_result(tiny_model):
     model, _ = tiny_model
     torch.manual_seed(0)

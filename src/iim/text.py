@@ -26,6 +26,7 @@ full-length path, for tests and benchmarks.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import open_clip
 import torch
@@ -40,10 +41,11 @@ try:   # causal mask aligned to the last key: lets CUDA use flash attention (tor
 except ImportError:  # pragma: no cover
     causal_lower_right = None
 
-SDPA_BACKENDS = ("auto", "math", "efficient", "flash", "bmm")
+SDPA_BACKENDS = ("auto", "math", "efficient", "flash", "bmm", "flex")
 GLOBAL_TEMPLATE = "a photo of a {}."
 CTX_TOKEN = "X"       # placeholder word whose embeddings the learnable context replaces (CoOp)
 CTX_INIT_STD = 0.02   # SPEC §2: contexts init N(0, 0.02)
+FLEX_BLOCK = 128      # FlexAttention's block size (queries and keys)
 
 
 def id_prompt(classname: str, n_ctx: int) -> str:
@@ -130,7 +132,10 @@ class PromptEncoder(nn.Module):
         checkpoint: recompute each layer's activations in the backward pass (memory for very large C).
         attention: the scaled-dot-product-attention backend: ``"auto"`` (torch picks), ``"math"``,
             ``"efficient"``, ``"flash"``, or ``"bmm"``: two batched matmuls and a softmax with a precomputed
-            additive mask (the prompts' sequences are short: 2-30 tokens, below fused kernels' tiles).
+            additive mask (the prompts' sequences are short: 2-30 tokens, below fused kernels' tiles), or
+            ``"flex"``: ONE FlexAttention call per layer on the packed rows themselves, with a block-sparse
+            mask (own prompt, causal; class suffixes also see the shared prefix): no gathers, no padding.
+            Compiled on CUDA; on CPU torch offers it without gradients only (for checks).
 
     ``forward()`` returns ``(id_features [C, D], neg_features [n_neg, D])``, unnormalised, float32
     (float64 for a float64 model).
@@ -215,12 +220,31 @@ class PromptEncoder(nn.Module):
         self.register_buffer("eot_index", torch.tensor(eot, device=device), persistent=False)
         self.register_buffer("eot_out_index", self.out_index[self.eot_index], persistent=False)
 
+        # For attention="flex": each packed row's prompt and position in it. A row of the shared prefix
+        # belongs to the prefix's own prompt (id C + n_neg) and is read by every class suffix row.
+        # Padded to whole attention blocks: a pad row (prompt -1) sees only pads, a real row never a pad.
+        padded = -(-start // FLEX_BLOCK) * FLEX_BLOCK
+        doc, pos, reads_prefix = [-1] * padded, [0] * padded, [False] * padded
+        for i, row in enumerate(prompts):
+            for j, t in enumerate(row):
+                pos[t] = j
+                shared_head = not class_specific and i < C and j < prefix
+                doc[t] = C + n_neg if shared_head else i
+                reads_prefix[t] = not class_specific and i < C and j >= prefix
+        self.register_buffer("row_doc", torch.tensor(doc, device=device), persistent=False)
+        self.register_buffer("row_pos", torch.tensor(pos, device=device), persistent=False)
+        self.register_buffer("row_reads_prefix", torch.tensor(reads_prefix, device=device), persistent=False)
+        self._block_mask = None
+
     def extra_repr(self) -> str:
         return (f"classes={len(self.classnames)}, n_ctx={self.n_ctx}, n_neg={self.n_neg}, "
                 f"class_specific={self.class_specific}, tokens={self.n_tokens}")
 
     def forward(self):
         model = self.model
+        if self.attention == "flex" and self.ctx.device.type != "cuda" and torch.is_grad_enabled():
+            raise IIMError("attention='flex' trains on CUDA only (torch's FlexAttention has no CPU backward); "
+                           "use attention='auto' on this device")
         dtype = model.transformer.get_cast_dtype()
         x = self._embed().to(dtype)                                      # [T, W] packed
         blocks = model.transformer.resblocks
@@ -250,13 +274,65 @@ class PromptEncoder(nn.Module):
         """One ResidualAttentionBlock on the packed rows; in the last layer keep only the EOT rows."""
         attn = block.attn
         qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)   # [T, 3W]
+        if self.attention == "flex":
+            o = self._attend_flex(qkv, attn.num_heads)
+            if last:
+                x, o = _Rows.apply(x, self.eot_index), _Rows.apply(o, self.eot_index)
+        else:
+            o = self._attend_segments(qkv, attn.num_heads, last)
+            if last:
+                x = _Rows.apply(x, self.eot_index)
+        x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    def visible(self, query_rows: torch.Tensor, key_rows: torch.Tensor) -> torch.Tensor:
+        """Whether packed row ``key_rows`` is visible to ``query_rows`` (broadcast): same prompt and not
+        later in it, or a shared-prefix row for a class-suffix query. The mask of attention="flex"."""
+        doc, pos, prefix_doc = self.row_doc, self.row_pos, len(self.classnames) + self.n_neg
+        same = doc[query_rows] == doc[key_rows]
+        shared = self.row_reads_prefix[query_rows] & (doc[key_rows] == prefix_doc)
+        return (same | shared) & (pos[key_rows] <= pos[query_rows])
+
+    def block_mask(self):
+        """The FlexAttention block mask of :meth:`visible` over the packed rows, built once, one block
+        row at a time (torch's ``create_block_mask`` would hold T x T int64 temporaries: ~6 GB per
+        array at ImageNet-1k with class-specific contexts)."""
+        if self._block_mask is not None and self._block_mask.kv_indices.device == self.row_doc.device:
+            return self._block_mask
+        from torch.nn.attention.flex_attention import BlockMask
+        rows = torch.arange(len(self.row_doc), device=self.row_doc.device)
+        n = len(rows) // FLEX_BLOCK
+        some = torch.zeros(n, n, dtype=torch.bool, device=rows.device)
+        every = torch.zeros_like(some)
+        for b, queries in enumerate(rows.view(n, FLEX_BLOCK)):
+            seen = self.visible(queries[:, None], rows[None]).view(FLEX_BLOCK, n, FLEX_BLOCK)
+            some[b], every[b] = seen.any(-1).any(0), seen.all(-1).all(0)
+
+        def listed(blocks):   # per query block: how many key blocks, and which (listed first)
+            order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True)
+            return blocks.sum(-1).int()[None, None], order.int()[None, None]
+
+        self._block_mask = BlockMask.from_kv_blocks(
+            *listed(some & ~every), *listed(every), BLOCK_SIZE=FLEX_BLOCK,
+            mask_mod=lambda b, h, q, kv: self.visible(q, kv), seq_lengths=(self.n_tokens, self.n_tokens))
+        return self._block_mask
+
+    def _attend_flex(self, qkv: torch.Tensor, heads: int) -> torch.Tensor:
+        """Attention of every packed row in one FlexAttention call -> ``[T, W]``."""
+        T = qkv.shape[0]
+        q, k, v = qkv.view(T, 3, heads, -1).permute(1, 2, 0, 3).unsqueeze(1)   # each [1, heads, T, dim]
+        o = _flex_attention(q.device)(q, k, v, block_mask=self.block_mask())
+        return o[0].transpose(0, 1).reshape(T, -1)
+
+    def _attend_segments(self, qkv: torch.Tensor, heads: int, last: bool) -> torch.Tensor:
+        """Attention per right-padded segment, outputs back in packed order (EOT rows only if ``last``)."""
         outs = []
         for seg in self.segments:
-            qkv_seg = _Rows.apply(qkv, seg.index).view(seg.n, seg.n_queries, 3, attn.num_heads, -1)
+            qkv_seg = _Rows.apply(qkv, seg.index).view(seg.n, seg.n_queries, 3, heads, -1)
             q, k, v = qkv_seg.permute(2, 0, 3, 1, 4)                           # [n, heads, rows, dim]
             if seg.n_prefix:   # every row's keys/values start with the shared prefix's; expand's
                 # backward sums the prefix gradient over the classes (a reduction, no atomics)
-                pre = qkv[:seg.n_prefix].view(1, seg.n_prefix, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+                pre = qkv[:seg.n_prefix].view(1, seg.n_prefix, 3, heads, -1).permute(2, 0, 3, 1, 4)
                 k = torch.cat([pre[1].expand(seg.n, -1, -1, -1), k], dim=2)
                 v = torch.cat([pre[2].expand(seg.n, -1, -1, -1), v], dim=2)
             if self.attention == "bmm":
@@ -266,12 +342,30 @@ class PromptEncoder(nn.Module):
                     o = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, is_causal=seg.mask is None)
             outs.append(o.transpose(1, 2).reshape(seg.n * seg.n_queries, -1))
         o = torch.cat(outs) if len(outs) > 1 else outs[0]
-        if last:                                  # only the EOT rows feed ln_final and the projection
-            x, o = _Rows.apply(x, self.eot_index), _Rows.apply(o, self.eot_out_index)
+        # in the last layer only the EOT rows feed out_proj, the MLP, ln_final and the projection
+        return _Rows.apply(o, self.eot_out_index if last else self.out_index)
+
+
+_FLEX = {}
+
+
+def _flex_attention(device: torch.device):
+    """torch's flex_attention: compiled on CUDA (fused block-sparse kernels, compiled once per shape)
+    or inside an already compiled encoder; eager elsewhere (an unfused reference that materialises
+    the scores: for checks only)."""
+    from torch.nn.attention.flex_attention import flex_attention
+    if torch.compiler.is_compiling():
+        return flex_attention
+    if device.type not in _FLEX:
+        if device.type == "cuda":
+            _FLEX["cuda"] = torch.compile(flex_attention, dynamic=False)
         else:
-            o = _Rows.apply(o, self.out_index)
-        x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
+            def eager(*args, **kwargs):
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
+                    return flex_attention(*args, **kwargs)
+            _FLEX[device.type] = eager
+    return _FLEX[device.type]
 
 
 def _bmm_attention(q, k, v, bias):
