@@ -40,10 +40,14 @@ def step(fn, params, grads, device, bf16):  # noqa: D401
 
 def measure(fns, grads, device, bf16, warmup, repeats):
     """Seconds per step of each ``(function, params)``, ``repeats`` times; the functions alternate, so
-    that load from other processes hits all of them alike. Also returns each one's peak CUDA memory (GiB)."""
+    that load from other processes hits all of them alike. Also returns each one's peak CUDA memory (GiB)
+    and the seconds of its warm-up steps (compiling, for compiled variants)."""
+    warm = []
     for fn, params in fns:
+        t0 = time.perf_counter()
         for _ in range(warmup):
             step(fn, params, grads, device, bf16)
+        warm.append(time.perf_counter() - t0)
     times, peaks = [[] for _ in fns], [float("nan")] * len(fns)
     for _ in range(repeats):
         for i, (fn, params) in enumerate(fns):
@@ -52,7 +56,7 @@ def measure(fns, grads, device, bf16, warmup, repeats):
             times[i].append(step(fn, params, grads, device, bf16))
             if device.type == "cuda":
                 peaks[i] = torch.cuda.max_memory_allocated(device) / 2**30
-    return times, peaks
+    return times, peaks, warm
 
 
 def main():
@@ -70,8 +74,10 @@ def main():
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's; 1 gives steadier figures on a shared machine)")
     p.add_argument("--skip-reference", action="store_true", help="time only the encoder")
-    p.add_argument("--attention", default="auto", help="comma list of SDPA backends to time the encoder "
-                   "with: auto, math, efficient, flash")
+    p.add_argument("--attention", default="auto", help="comma list of attention kernels to time the "
+                   "encoder with: auto, math, efficient, flash, bmm, flex (flex: CUDA only)")
+    p.add_argument("--compile", default="", help="comma list of torch.compile modes (default, "
+                   "reduce-overhead, max-autotune-no-cudagraphs) to also time each --attention kernel with")
     p.add_argument("--cuda-graph", action="store_true",
                    help="also time the encoder replayed from CUDA graphs (CUDA only)")
     args = p.parse_args()
@@ -112,12 +118,18 @@ def main():
     if not args.skip_reference:
         fns.append((ref, params))
         labels.append("reference")
-    for backend in [b for b in args.attention.split(",") if b != "auto"]:
-        other = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
-                              class_specific=args.class_specific, attention=backend)
-        other.load_state_dict(enc.state_dict())
-        fns.append((other, [other.ctx] + ([other.neg_ctx] if args.n_neg else [])))
-        labels.append(f"enc-{backend}")
+    backends = args.attention.split(",")
+    modes = [None] + [m for m in args.compile.split(",") if m]
+    for backend in backends:
+        for mode in modes:
+            if backend == "auto" and mode is None:
+                continue                                   # the "encoder" row
+            other = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
+                                  class_specific=args.class_specific, attention=backend)
+            other.load_state_dict(enc.state_dict())
+            fn = other if mode is None else torch.compile(other, mode=mode, dynamic=False)
+            fns.append((fn, [other.ctx] + ([other.neg_ctx] if args.n_neg else [])))
+            labels.append(f"{backend}" + (f"+{mode}" if mode else ""))
     if args.cuda_graph and cuda:
         genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
                              class_specific=args.class_specific)
@@ -125,17 +137,18 @@ def main():
         gparams = [genc.ctx] + ([genc.neg_ctx] if args.n_neg else [])
         fns.append((cuda_graphed(genc, bf16=args.bf16), gparams))
         labels.append("cuda-graph")
-    times, peaks = measure(fns, grads, device, args.bf16, args.warmup, args.repeats)
-    for label, t, peak in zip(labels, times, peaks):
-        print(f"{label:10s} {statistics.median(t) * 1e3:9.1f} ms/step median, {min(t) * 1e3:9.1f} min "
-              f"of {args.repeats}" + (f", peak {peak:.2f} GiB" if device.type == "cuda" else ""))
+    times, peaks, warm = measure(fns, grads, device, args.bf16, args.warmup, args.repeats)
+    for label, t, peak, w in zip(labels, times, peaks, warm):
+        print(f"{label:26s} {statistics.median(t) * 1e3:9.1f} ms/step median, {min(t) * 1e3:9.1f} min "
+              f"of {args.repeats}" + (f", peak {peak:.2f} GiB" if device.type == "cuda" else "")
+              + f", warm-up {w:.1f} s")
     if not args.skip_reference:
         median, best = (statistics.median(times[1]) / statistics.median(times[0]),
                         min(times[1]) / min(times[0]))
         print(f"speed-up   {median:9.2f}x (medians), {best:.2f}x (minima)")
     if not args.skip_reference:
         for label, t in zip(labels[2:], times[2:]):
-            print(f"speed-up, {label:12s} {statistics.median(times[1]) / statistics.median(t):.2f}x (medians)")
+            print(f"speed-up, {label:28s} {statistics.median(times[1]) / statistics.median(t):.2f}x (medians)")
 
 
 if __name__ == "__main__":

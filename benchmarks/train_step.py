@@ -4,7 +4,9 @@
     python benchmarks/train_step.py --device cpu --C 100 --n-neg 30   # the CPU configuration
 
 iim step:       cached patch features [B, HW, D] (float16) -> shared-prefix PromptEncoder (EOT-cut
-                tokens) -> Eq. 5-11 -> backward -> SGD step.
+                tokens) -> Eq. 5-11 -> backward -> SGD step: the training loop's own
+                ``iim.train.loop.step_function`` + ``train_step``. ``--attention`` and ``--compile`` time
+                more variants of it (every attention kernel x every torch.compile mode).
 reference step: what the peers do each step: the image encoder forward on the B-image batch at full
                 resolution (no grad; global + MaskCLIP local features) + full-length (77-token)
                 encoding of all C + Cn prompts, CoOp-style (token embeddings built once, context
@@ -16,7 +18,8 @@ on CUDA unless --no-bf16, and print the median step time and the ratio.
 
 --loop N (default 512 on GPU, 0 on CPU) also runs the real loop, ``iim.train.loop.train``, for 2 epochs
 on a synthetic cache of N images with the same shapes, once per feature storage (device / host /
-stream), and prints its ms per step in the second epoch (data gather, sync and bookkeeping included).
+stream), and prints its ms per step in the second epoch (data gather, sync and bookkeeping included);
+``--loop-variants`` adds runs with other ``--attention`` / ``--compile`` settings (features on device).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from iim.features import FEATURE_VERSION, encode_image
 from iim.models import create_model, image_size
 from iim.text import PromptEncoder, encode_prompts_reference
 from iim.train import diversity_loss, iim_losses, total_loss
-from iim.train.loop import TrainConfig, train
+from iim.train.loop import TrainConfig, step_function, train, train_step
 from peers import FullLengthPrompts, cuda_graphed
 
 
@@ -57,8 +60,8 @@ def timed(step, *, iters: int, warmup: int, device) -> float:
     return statistics.median(times)
 
 
-def loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_images: int, device) -> dict:
-    """ms per step of the real training loop (second epoch) for each feature storage."""
+def loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_images: int, device, runs) -> dict:
+    """ms per step of the real training loop (second epoch) for each ``label -> TrainConfig overrides``."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         manifest = {"model": args.model, "pretrained": "none", "weights": "none", "image_size": size,
@@ -73,12 +76,12 @@ def loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_images: int, devi
             w.append(rng.standard_normal((b, 2, dim), dtype=np.float32),
                      rng.standard_normal((b, 2, hw, dim), dtype=np.float32))
         w.finish()
-        for where in ("device", "host", "stream"):
-            cfg = TrainConfig(cache=str(Path(tmp) / "cache"), split="train_k1_s1", out=str(Path(tmp) / where),
+        for i, (label, overrides) in enumerate(runs.items()):
+            cfg = TrainConfig(cache=str(Path(tmp) / "cache"), split="train_k1_s1", out=str(Path(tmp) / str(i)),
                               k=args.k, n_neg=n_neg, n_ctx=args.n_ctx, epochs=2, batch_size=args.batch,
-                              device=str(device), bf16=args.bf16, features_in=where)
+                              device=str(device), bf16=args.bf16, **overrides)
             h = train(cfg, progress=False, log=lambda *a: None)["history"][-1]
-            out[where] = 1e3 * h["seconds"] / h["steps"]
+            out[label] = 1e3 * h["seconds"] / h["steps"]
     return out
 
 
@@ -95,7 +98,12 @@ def main():
                     help="bf16 autocast (CUDA only)")
     ap.add_argument("--iters", type=int, default=None, help="timed steps (default 20 GPU, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 1 CPU)")
-    ap.add_argument("--attention", default="auto", help="SDPA backend of the prompt encoder")
+    ap.add_argument("--attention", default="auto", help="comma list of prompt encoder attention kernels "
+                    "(auto, math, efficient, flash, bmm, flex); the first is the main iim step")
+    ap.add_argument("--compile", default="", help="comma list of torch.compile modes (default, "
+                    "reduce-overhead, max-autotune-no-cudagraphs) to also time each kernel with")
+    ap.add_argument("--loop-variants", default="", help="extra loop runs, comma list of KERNEL[+compile] "
+                    "(e.g. flex+compile), features on device")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also time the iim step with the prompt encoder replayed from CUDA graphs")
     ap.add_argument("--loop", type=int, default=None,
@@ -120,19 +128,25 @@ def main():
     images = torch.randn(args.batch, 3, size, size, generator=g).to(device)
 
     def losses(id_f, neg_f, local):
-        t = iim_losses(local, labels, id_f, neg_f, k=args.k)
+        t = iim_losses(local, labels, id_f, neg_f, k=args.k, check_labels=False)   # no mid-step GPU sync
         return total_loss(t["pos"], t["neg"], diversity_loss(id_f, neg_f))
 
-    enc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg, attention=args.attention)
-    opt = torch.optim.SGD([enc.ctx, enc.neg_ctx], lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+    cfg = TrainConfig(cache="-", split="-", out="-", k=args.k, n_neg=n_neg, n_ctx=args.n_ctx)
+    backends = args.attention.split(",")
+    modes = [None] + [m for m in args.compile.split(",") if m]
 
-    def iim_step():
-        with torch.autocast(**amp):
-            id_f, neg_f = enc()
-        loss = losses(id_f, neg_f, feats)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def iim_step_for(attention, mode=None, state=None):
+        """The loop's step (step_function + train_step) with its own encoder and optimizer."""
+        e = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg, attention=attention)
+        if state is not None:
+            e.load_state_dict(state)
+        o = torch.optim.SGD([e.ctx, e.neg_ctx], lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+        forward = step_function(e, cfg, amp)
+        if mode is not None:
+            forward = torch.compile(forward, mode=mode, dynamic=False)
+        return e, lambda: train_step(forward, o, feats, labels)
+
+    enc, iim_step = iim_step_for(backends[0])
 
     ctx = torch.nn.Parameter(enc.ctx.detach().clone())
     neg_ctx = torch.nn.Parameter(enc.neg_ctx.detach().clone())
@@ -157,9 +171,19 @@ def main():
         ref_opt.step()
 
     ms_iim = timed(iim_step, iters=iters, warmup=warmup, device=device)
+    variants = {}
+    for backend in backends:
+        for mode in modes:
+            if (backend, mode) != (backends[0], None):
+                t0 = time.perf_counter()
+                _, fn = iim_step_for(backend, mode, enc.state_dict())
+                fn()
+                first = time.perf_counter() - t0
+                variants[backend + (f"+{mode}" if mode else "")] = (
+                    timed(fn, iters=iters, warmup=warmup, device=device), first)
     ms_graph = None
     if args.cuda_graph and gpu:
-        genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg, attention=args.attention)
+        genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg, attention=backends[0])
         genc.load_state_dict(enc.state_dict())
         genc = cuda_graphed(genc, bf16=amp["enabled"])
         gopt = torch.optim.SGD([genc.ctx, genc.neg_ctx], lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
@@ -179,15 +203,21 @@ def main():
           f"{'bf16 autocast' if amp['enabled'] else 'fp32'}")
     print(f"C={C} Cn={n_neg} B={args.batch} k={args.k} n_ctx={args.n_ctx}; text tokens per step: "
           f"{enc.n_tokens} (iim) vs {ref_tokens} (reference, {ref_tokens / enc.n_tokens:.1f}x)")
-    print(f"iim step        {ms_iim:10.1f} ms")
+    print(f"iim step        {ms_iim:10.1f} ms   (attention {backends[0]}, eager)")
     print(f"reference step  {ms_ref:10.1f} ms   (image encoder forward + 77-token prompts)")
     print(f"speed-up        {ms_ref / ms_iim:10.1f}x")
+    for label, (ms, first) in variants.items():
+        print(f"iim step, {label:32s} {ms:8.1f} ms   speed-up {ms_ref / ms:6.1f}x   (first step {first:.1f} s)")
     if ms_graph is not None:
         print(f"iim step, CUDA-graphed prompt encoder {ms_graph:8.1f} ms   speed-up {ms_ref / ms_graph:6.1f}x")
     n_loop = args.loop if args.loop is not None else (512 if gpu else 0)
     if n_loop:
-        for where, ms in loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_loop, device).items():
-            print(f"training loop, features {where:6s} {ms:8.1f} ms/step  ({n_loop} images, epoch 2)")
+        runs = {f"features {w}": dict(features_in=w, attention=backends[0]) for w in ("device", "host", "stream")}
+        for v in filter(None, args.loop_variants.split(",")):
+            kernel, _, comp = v.partition("+")
+            runs[f"features device, {v}"] = dict(features_in="device", attention=kernel, compile=comp == "compile")
+        for label, ms in loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_loop, device, runs).items():
+            print(f"training loop, {label:32s} {ms:8.1f} ms/step  ({n_loop} images, epoch 2)")
 
 
 if __name__ == "__main__":

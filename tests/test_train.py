@@ -261,3 +261,30 @@ def test_global_prototypes_come_from_the_cache_when_stored(tmp_path):
     ckpt = train(config(tmp_path / "c", tmp_path / "r", split="train_k2_s1", epochs=1), progress=False,
                  log=quiet)
     assert torch.equal(ckpt["prototypes"]["global"], stored)
+
+
+def test_compiled_step_trains_like_the_eager_one(cache_dir, tmp_path):
+    """--compile (torch.compile of prompt encoder + losses, backward included) changes speed, not the
+    result: the same contexts to float32 rounding after two epochs."""
+    a = train(config(cache_dir, tmp_path / "a", epochs=2), progress=False, log=quiet)
+    b = train(config(cache_dir, tmp_path / "b", epochs=2, compile=True), progress=False, log=quiet)
+    assert b["config"]["compile"] is True
+    for key in ("ctx", "neg_ctx"):
+        torch.testing.assert_close(b["contexts"][key], a["contexts"][key], atol=1e-5, rtol=1e-4)
+
+
+def test_flex_attention_is_refused_on_cpu(cache_dir, tmp_path):
+    with pytest.raises(IIMError, match="flex trains on CUDA only"):
+        train(config(cache_dir, tmp_path / "r", attention="flex"), progress=False, log=quiet)
+
+
+def test_a_failing_compile_is_a_one_line_error(cache_dir, tmp_path, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("backend 'inductor' failed: no C compiler\n(long traceback)")
+        return run
+    monkeypatch.setattr(loop.torch, "compile", broken_compile)
+    with pytest.raises(IIMError, match=r"torch.compile failed \(RuntimeError: backend 'inductor' failed: "
+                                       r"no C compiler\); train without --compile"):
+        train(config(cache_dir, tmp_path / "r", compile=True), progress=False, log=quiet)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

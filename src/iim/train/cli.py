@@ -8,6 +8,7 @@ import click
 
 from ..cache import open_cache, train_split_name
 from ..errors import IIMError
+from ..text import SDPA_BACKENDS
 from .losses import OOD_PATCHES
 from .loop import FEATURES_IN, TrainConfig, train as run_training
 
@@ -67,14 +68,19 @@ def resolve_split(cache, shots: int | None, seed: int | None, views: int | None 
 @click.option("--bf16/--no-bf16", default=True, help="bf16 autocast for the text encoder on GPU.")
 @click.option("--features-in", type=click.Choice(FEATURES_IN), default="auto",
               help="Where the train features live: GPU memory, host memory, or streamed per epoch.")
+@click.option("--attention", type=click.Choice(SDPA_BACKENDS), default="auto",
+              help="Prompt encoder attention kernel (same results): auto (torch's SDPA choice), or flex "
+                   "(one block-sparse FlexAttention call per layer; CUDA only).")
+@click.option("--compile/--no-compile", "compile_", default=False,
+              help="torch.compile the step (prompt encoder + losses); the first step compiles.")
 @click.option("--pretrained", default=None,
               help="Path of the cache's local weights file if it moved (checked against its sha256).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing run in --out and start again.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(cache_dir, shots, seed, views, out, k, n_neg, n_ctx, lambda_neg, lambda_div, epochs, batch_size, lr,
-          class_specific, no_hard_negative_mining, ood_patches, device, bf16, features_in, pretrained,
-          resume, overwrite, no_progress):
+          class_specific, no_hard_negative_mining, ood_patches, device, bf16, features_in, attention,
+          compile_, pretrained, resume, overwrite, no_progress):
     """Train IIM prompts (Eq. 5-11) on a cached train split; the image encoder never runs.
 
     \b
@@ -95,5 +101,6 @@ def train(cache_dir, shots, seed, views, out, k, n_neg, n_ctx, lambda_neg, lambd
                       n_ctx=n_ctx, class_specific=class_specific, lambda_neg=lambda_neg,
                       lambda_div=lambda_div, epochs=epochs, batch_size=batch_size, lr=lr,
                       hard_negative_mining=not no_hard_negative_mining, ood_patches=ood_patches,
-                      device=device, bf16=bf16, features_in=features_in, pretrained=pretrained)
+                      device=device, bf16=bf16, features_in=features_in, attention=attention,
+                      compile=compile_, pretrained=pretrained)
     run_training(cfg, resume=resume, overwrite=overwrite, progress=not no_progress)

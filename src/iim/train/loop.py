@@ -33,7 +33,7 @@ from ..cache import manifest_key, open_cache
 from ..cache.store import atomic_write_text
 from ..errors import IIMError
 from ..models import create_model, is_local_checkpoint, resolve_device, weights_id
-from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
+from ..text import CTX_INIT_STD, SDPA_BACKENDS, PromptEncoder, global_prototypes
 from . import checkpoint as ck
 from .losses import OOD_PATCHES, diversity_loss, iim_losses, total_loss
 
@@ -70,6 +70,8 @@ class TrainConfig:
     bf16: bool = True
     features_in: str = "auto"
     pretrained: str | None = None   # where the cache's local checkpoint file is now (sha256-checked)
+    attention: str = "auto"         # the prompt encoder's attention kernel (iim.text.SDPA_BACKENDS)
+    compile: bool = False           # torch.compile the step's forward (prompt encoder + losses)
 
 
 def lr_at_epoch(epoch: int, *, lr: float, epochs: int, warmup_epochs: int = 1,
@@ -198,7 +200,7 @@ def build_encoder(model, classnames, cfg: TrainConfig) -> PromptEncoder:
     """The prompt encoder with contexts drawn from N(0, 0.02) by a CPU generator seeded with the run's
     seed, so that the initial contexts are the same on every device."""
     enc = PromptEncoder(model, classnames, n_ctx=cfg.n_ctx, n_neg=cfg.n_neg,
-                        class_specific=cfg.class_specific)
+                        class_specific=cfg.class_specific, attention=cfg.attention)
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         for p in (enc.ctx, enc.neg_ctx):
@@ -223,6 +225,7 @@ def validate(cfg: TrainConfig, split) -> None:
               (cfg.lambda_neg >= 0 and cfg.lambda_div >= 0, "--lambda-neg / --lambda-div must be >= 0"),
               (cfg.ood_patches in OOD_PATCHES, f"--ood-patches must be one of {', '.join(OOD_PATCHES)}"),
               (cfg.features_in in FEATURES_IN, f"features_in must be one of {', '.join(FEATURES_IN)}"),
+              (cfg.attention in SDPA_BACKENDS, f"--attention must be one of {', '.join(SDPA_BACKENDS)}"),
               (split.n > 0, f"split {split.name} has no images")]
     for ok, msg in checks:
         if not ok:
@@ -258,18 +261,34 @@ def prepare_run(out: Path, config: dict, fingerprint: dict, *, resume: bool, ove
                    f"or --overwrite to start again")
 
 
-def train_step(encoder, optimizer, local, labels, cfg: TrainConfig, amp: dict) -> np.ndarray:
-    """One SGD step on the contexts; returns ``[loss, pos, neg, div]``. A non-finite loss raises
-    ``FloatingPointError`` BEFORE the update, leaving the contexts as they were."""
+def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict) -> torch.Tensor:
+    """The forward of one step: all C + Cn prompts once, then Eq. 5-11 -> ``[loss, pos, neg, div]``.
+    Labels are not range-checked here (``train`` checks the split's once): no GPU sync mid-step."""
     with torch.autocast(**amp):
-        id_f, neg_f = encoder()                                   # all C + Cn prompts, once
+        id_f, neg_f = encoder()
     terms = iim_losses(local, labels, id_f, neg_f, k=cfg.k, logit_scale=cfg.logit_scale,
-                       hard_negative_mining=cfg.hard_negative_mining, ood_patches=cfg.ood_patches)
+                       hard_negative_mining=cfg.hard_negative_mining, ood_patches=cfg.ood_patches,
+                       check_labels=False)
     div = diversity_loss(id_f, neg_f)
     loss = total_loss(terms["pos"], terms["neg"], div, lambda_neg=cfg.lambda_neg, lambda_div=cfg.lambda_div)
+    return torch.stack([loss, terms["pos"], terms["neg"], div])
+
+
+def step_function(encoder, cfg: TrainConfig, amp: dict):
+    """``forward(local, labels) -> [loss, pos, neg, div]`` for :func:`train_step`; compiled with
+    ``torch.compile`` (encoder and losses as one graph, backward included) when ``cfg.compile``."""
+    def forward(local, labels):
+        return step_losses(encoder, local, labels, cfg, amp)
+    return torch.compile(forward, dynamic=False) if cfg.compile else forward
+
+
+def train_step(forward, optimizer, local, labels) -> np.ndarray:
+    """One SGD step on the contexts; returns ``[loss, pos, neg, div]``. A non-finite loss raises
+    ``FloatingPointError`` BEFORE the update, leaving the contexts as they were."""
+    values = forward(local, labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    values = torch.stack([loss, terms["pos"], terms["neg"], div]).detach().float().cpu().numpy()
+    values[0].backward()
+    values = values.detach().float().cpu().numpy()
     if not np.isfinite(values).all():
         raise FloatingPointError(f"loss={values[0]}, pos={values[1]}, neg={values[2]}, div={values[3]}")
     optimizer.step()
@@ -294,6 +313,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         return state
 
     device = resolve_device(cfg.device)
+    if cfg.attention == "flex" and device.type != "cuda":
+        raise IIMError(f"--attention flex trains on CUDA only (torch's FlexAttention has no {device.type} "
+                       f"backward); leave --attention at auto on this device")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -324,6 +346,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} view(s), {len(classnames)} "
         f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    forward = step_function(encoder, cfg, amp)
     n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size))
     bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step",
                disable=None if progress else True,  # None: no bar when stderr is not a terminal
@@ -340,13 +363,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         sums = np.zeros(4)
         for step, idx in enumerate(epoch_batches(order, cfg.batch_size)):
             try:
-                values = train_step(encoder, optimizer, *feats.batch(idx), cfg, amp)
+                values = train_step(forward, optimizer, *feats.batch(idx))
             except FloatingPointError as e:
                 bar.close()
                 kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state
                         else "no checkpoint was written")
                 raise IIMError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({e}); training "
                                f"stopped and {kept}; try a smaller --lr") from None
+            except Exception as e:            # the first compiled step compiles: say what failed
+                if not cfg.compile or bar.n > start * n_steps:
+                    raise
+                bar.close()
+                reason = (str(e).strip().splitlines() or [""])[0][:200]
+                raise IIMError(f"torch.compile failed ({type(e).__name__}: {reason}); train without "
+                               f"--compile") from e
             sums += values
             bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
                             div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)

@@ -79,7 +79,8 @@ def total_loss(pos, neg, div, *, lambda_neg: float = 5.0, lambda_div: float = 0.
 
 def iim_losses(local_feats: torch.Tensor, labels: torch.Tensor, id_proto: torch.Tensor,
                neg_proto: torch.Tensor, *, k: int = 50, logit_scale: float = 100.0,
-               hard_negative_mining: bool = True, ood_patches: str = "next-k") -> dict:
+               hard_negative_mining: bool = True, ood_patches: str = "next-k",
+               check_labels: bool = True) -> dict:
     """IIM's positive and negative terms (Eq. 5-9), batch means: ``{"pos": L_pos, "neg": L_neg}``.
 
     ``local_feats`` [B, HW, D] patch features, ``labels`` [B] class indices, ``id_proto`` [C, D] the ID
@@ -88,7 +89,8 @@ def iim_losses(local_feats: torch.Tensor, labels: torch.Tensor, id_proto: torch.
 
     ``hard_negative_mining=False`` is Table 3's ablation: ``S_k[c]`` for c != y sums over the label's
     positive patches P instead of c's own top-k. ``ood_patches="all-rest"`` uses every patch ranked below
-    k as ID-like OOD patches instead of ranks k+1..2k.
+    k as ID-like OOD patches instead of ranks k+1..2k. ``check_labels=False`` skips the label range check,
+    which reads the labels back from the device (a GPU sync mid-step): for callers that checked them.
     """
     b, hw, _ = local_feats.shape
     n_cls = id_proto.shape[0]
@@ -97,7 +99,7 @@ def iim_losses(local_feats: torch.Tensor, labels: torch.Tensor, id_proto: torch.
                        f"(use --k {hw // 2} or less)")
     if ood_patches not in OOD_PATCHES:
         raise IIMError(f"ood_patches must be one of {', '.join(OOD_PATCHES)}, not {ood_patches!r}")
-    if labels.shape != (b,) or (b and (int(labels.min()) < 0 or int(labels.max()) >= n_cls)):
+    if labels.shape != (b,) or (check_labels and b and (int(labels.min()) < 0 or int(labels.max()) >= n_cls)):
         raise IIMError(f"labels must be {b} class indices in 0..{n_cls - 1}")
     dtype = torch.promote_types(local_feats.dtype, torch.float32)       # float32, or float64 if given
     with torch.autocast(local_feats.device.type, enabled=False):
