@@ -1,20 +1,30 @@
 #!/usr/bin/env bash
-# Every GPU figure in the README, in one go (one lease of a GPU box): benchmark scripts + a CUDA
-# end-to-end smoke run of extract -> train -> score on a generated benchmark.
+# Every GPU figure in the README, in one go (one lease of a GPU box): the GPU-only tests, benchmark
+# scripts and a CUDA end-to-end smoke run of extract -> train -> score on a generated benchmark.
 #   bash benchmarks/gpu_all.sh [OUTDIR]
+#   STEPS="cuda_tests text_encoder train_step" bash benchmarks/gpu_all.sh   # a subset
 # Each step has its own time limit, so one failure does not hide the others.
 set -u
 OUT=${1:-${OUT:-gpu-results}}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src:$PWD/tests"
 PY=${PY:-python3}
-step() { local name=$1 limit=$2; shift 2; echo "=== $name ($(date +%T))"
-         timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"; echo "=== $name rc=${PIPESTATUS[0]}"; }
+STEPS=${STEPS:-cuda_tests text_encoder train_step score_speed extract_speed e2e_cuda}
+step() { local name=$1 limit=$2; shift 2; [[ " $STEPS " == *" $name "* ]] || return 0
+         echo "=== $name ($(date +%T))"
+         timeout "$limit" "$@" 2>&1 | grep -v "^W[0-9]* .*cpp_extension" | tee "$OUT/$name.txt"
+         echo "=== $name rc=${PIPESTATUS[0]} ($(date +%T))"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import torch, open_clip, zarr, faiss; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'zarr', zarr.__version__, 'faiss', faiss.__version__)" | tee -a "$OUT/gpu.txt"
 
-step text_encoder 110 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300
-step train_step   150 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32
+# flex-attention gradients, compiled encoder (CUDA graphs too) and compiled CUDA training vs the reference
+step cuda_tests 200 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py
+# eager (auto, flex) and compiled (default, reduce-overhead) encoders against the full-length path
+step text_encoder 200 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300 \
+    --attention auto,flex --compile default,reduce-overhead --repeats 20
+# the loop's step, eager and compiled, against the peers' step; then the real loop
+step train_step 300 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32 \
+    --attention flex,auto --compile default,reduce-overhead --loop-variants flex+compile
 step score_speed  80 $PY benchmarks/score_speed.py --device cuda
 step extract_speed 140 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda --n 2048
 step e2e_cuda 90 bash -c '
@@ -23,5 +33,6 @@ step e2e_cuda 90 bash -c '
   python3 -m iim.cli extract --benchmark $W/world/bench.toml --model iim-test-tiny --pretrained none \
       --shots 4 --seed 1 --views 2 --out $W/cache --device cuda --no-progress
   python3 -m iim.cli train --cache $W/cache --out $W/run --k 8 --n-neg 6 --n-ctx 4 --epochs 3 --batch-size 4 --device cuda --no-progress
+  python3 -m iim.cli train --cache $W/cache --out $W/run-flex --k 8 --n-neg 6 --n-ctx 4 --epochs 3 --batch-size 4 --device cuda --no-progress --attention flex --compile
   python3 -m iim.cli score --run $W/run --k 8 --device cuda
   ls $W/run'

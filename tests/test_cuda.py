@@ -32,7 +32,9 @@ def test_matches_reference_on_cuda(cuda_model, class_specific, n_neg, attention)
 
 
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
-def test_compiled_flex_encoder_matches_reference(cuda_model, mode):
+def test_compiled_flex_encoder_matches_reference(mode):
+    """torch.compile of the whole encoder (and CUDA graphs with reduce-overhead), on ViT-B-16."""
+    cuda_model = create_model("ViT-B-16", "none", device="cuda")[0]
     torch.manual_seed(0)
     enc = PromptEncoder(cuda_model, NAMES, n_neg=3, attention="flex")
     compiled = torch.compile(enc, mode=mode)
