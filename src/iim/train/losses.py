@@ -61,9 +61,8 @@ def mean_pairwise_cosine(protos: torch.Tensor) -> torch.Tensor:
     n = protos.shape[0]
     if n < 2:
         return protos.new_zeros((), dtype=torch.promote_types(protos.dtype, torch.float32))
-    sim = cosine(protos, protos)
-    i, j = torch.triu_indices(n, n, offset=1, device=sim.device)
-    return sim[i, j].mean()
+    sim = cosine(protos, protos)            # symmetric: the i < j mean is the off-diagonal mean
+    return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
 
 
 def diversity_loss(id_proto: torch.Tensor, neg_proto: torch.Tensor) -> torch.Tensor:
