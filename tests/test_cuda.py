@@ -15,10 +15,15 @@ from test_text import NAMES, assert_matches_reference, grads
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+@pytest.fixture(autouse=True)
+def no_tf32(monkeypatch):
+    """fp32 comparisons at 1e-4: no TF32 matmuls."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
 @pytest.fixture(scope="module", params=["iim-test-tiny", "ViT-B-16"])
 def cuda_model(request):
-    torch.backends.cuda.matmul.allow_tf32 = False      # fp32 comparisons at 1e-4
-    torch.backends.cudnn.allow_tf32 = False
     return create_model(request.param, "none", device="cuda")[0]
 
 
