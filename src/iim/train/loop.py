@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} view(s), {len(classnames)} "
         f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    forward = step_function(encoder, cfg, amp)
+    forward, compiled = step_function(encoder, cfg, amp), False
     n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size))
     bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step",
                disable=None if progress else True,  # None: no bar when stderr is not a terminal
@@ -371,12 +371,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
                 raise IIMError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({e}); training "
                                f"stopped and {kept}; try a smaller --lr") from None
             except Exception as e:            # the first compiled step compiles: say what failed
-                if not cfg.compile or bar.n > start * n_steps:
+                if not cfg.compile or compiled or isinstance(e, IIMError):
                     raise
                 bar.close()
                 reason = (str(e).strip().splitlines() or [""])[0][:200]
                 raise IIMError(f"torch.compile failed ({type(e).__name__}: {reason}); train without "
                                f"--compile") from e
+            compiled = True
             sums += values
             bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
                             div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)
