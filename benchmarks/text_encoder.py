@@ -107,6 +107,7 @@ def main():
 
     full = FullLengthPrompts(model, classnames, args.n_ctx, args.n_neg)
     ref = lambda: full(enc.ctx, enc.neg_ctx)  # noqa: E731
+    want = None
     if not args.skip_reference:   # same features as the full-length path (bf16: to bf16 precision)
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             want = encode_prompts_reference(model, classnames, enc.ctx, enc.neg_ctx)
@@ -128,6 +129,12 @@ def main():
                                   class_specific=args.class_specific, attention=backend)
             other.load_state_dict(enc.state_dict())
             fn = other if mode is None else torch.compile(other, mode=mode, dynamic=False)
+            if want is not None:      # its features, from a first call with gradients (compiles if compiled)
+                t0 = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                    diff = max((a - b).abs().max().item() for a, b in zip(fn(), want) if a.numel())
+                print(f"max |{backend}{'+' + mode if mode else ''} - reference| over the features: {diff:.2e} "
+                      f"(first call {time.perf_counter() - t0:.1f} s)")
             fns.append((fn, [other.ctx] + ([other.neg_ctx] if args.n_neg else [])))
             labels.append(f"{backend}" + (f"+{mode}" if mode else ""))
     if args.cuda_graph and cuda:
