@@ -132,7 +132,10 @@ def main():
             if want is not None:      # its features, from a first call with gradients (compiles if compiled)
                 t0 = time.perf_counter()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                    diff = max((a - b).abs().max().item() for a, b in zip(fn(), want) if a.numel())
+                    feats = fn()
+                diff = max((a - b).abs().max().item() for a, b in zip(feats, want) if a.numel())
+                other_params = [other.ctx] + ([other.neg_ctx] if args.n_neg else [])
+                torch.autograd.grad(sum(f.float().sum() for f in feats), other_params)   # as a step does
                 print(f"max |{backend}{'+' + mode if mode else ''} - reference| over the features: {diff:.2e} "
                       f"(first call {time.perf_counter() - t0:.1f} s)")
             fns.append((fn, [other.ctx] + ([other.neg_ctx] if args.n_neg else [])))
