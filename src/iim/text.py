@@ -235,6 +235,8 @@ class PromptEncoder(nn.Module):
         self.register_buffer("row_pos", torch.tensor(pos, device=device), persistent=False)
         self.register_buffer("row_reads_prefix", torch.tensor(reads_prefix, device=device), persistent=False)
         self._block_mask = None
+        if attention == "flex":   # built now, outside any torch.compile'd forward that calls the encoder
+            self.block_mask()
 
     def extra_repr(self) -> str:
         return (f"classes={len(self.classnames)}, n_ctx={self.n_ctx}, n_neg={self.n_neg}, "
