@@ -20,7 +20,9 @@ masking hides a row's pads from all of its real queries, so no pad reaches a rea
 put the shared prefix's keys/values in front of their own by ``expand``, whose backward sums the
 prefix's gradient over the classes as one reduction (a gather's backward would funnel 1,000 classes'
 gradients into the same 17 rows through atomic adds, slow on a GPU). In the last layer only
-the EOT rows go through out_proj and the MLP. :func:`encode_prompts_reference` is the straightforward
+the EOT rows go through out_proj and the MLP. With ``attention="flex"`` the attention is instead ONE
+FlexAttention call per layer on the packed rows themselves, masked by :meth:`PromptEncoder.visible`
+(block-sparse: no gathers, no padding). :func:`encode_prompts_reference` is the straightforward
 full-length path, for tests and benchmarks.
 """
 from __future__ import annotations
