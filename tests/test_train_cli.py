@@ -126,3 +126,15 @@ def test_resume_after_sigkill_ends_with_the_same_contexts(tmp_path, monkeypatch,
     assert torch.equal(a["contexts"]["neg_ctx"], b["contexts"]["neg_ctx"])
     assert torch.equal(a["prototypes"]["local"], b["prototypes"]["local"])
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+def test_attention_flag_reaches_the_encoder_and_flex_is_refused_on_cpu(tmp_path, monkeypatch, capsys):
+    make_train_cache(tmp_path / "cache", shots=2)
+    base = ["train", "--cache", tmp_path / "cache", "--epochs", "1", *FAST]
+    code, err = iim(monkeypatch, capsys, *base, "--out", tmp_path / "flex", "--attention", "flex", "--device", "cpu")
+    assert code == 2 and err.startswith("Error: --attention flex trains on CUDA only")
+    assert len(err.strip().splitlines()) == 1
+    code, err = iim(monkeypatch, capsys, *base, "--out", tmp_path / "bmm", "--attention", "bmm")
+    assert code == 0, err
+    cfg = load_checkpoint(tmp_path / "bmm")["config"]
+    assert cfg["attention"] == "bmm" and cfg["compile"] is False
