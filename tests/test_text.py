@@ -126,6 +126,28 @@ def test_flex_matches_reference_forward(tiny_model, class_specific, n_neg):
 
 
 @pytest.mark.parametrize("class_specific", [False, True])
+@pytest.mark.parametrize("n_neg", [0, 3])
+def test_flex_layout_gives_exact_gradients(tiny_model, monkeypatch, class_specific, n_neg):
+    """The flex formulation (attention over the packed rows under the mask ``visible``, EOT rows cut in
+    the last layer) has the reference's features AND context gradients. CPU torch has no FlexAttention
+    backward, so the fused kernel is swapped for dense masked attention under the same mask; the
+    kernel itself is torch's (its CUDA gradients: tests/test_cuda.py)."""
+    import torch.nn.functional as F
+    import iim.text
+    model, _ = tiny_model
+    torch.manual_seed(0)
+    enc = PromptEncoder(model, NAMES, n_neg=n_neg, class_specific=class_specific, attention="flex")
+    rows = torch.arange(enc.n_tokens)
+    mask = enc.visible(rows[:, None], rows[None])
+
+    def dense(q, k, v, block_mask):
+        assert block_mask is enc.block_mask()
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    monkeypatch.setattr(iim.text, "_flex_attention", lambda device: dense)
+    assert_matches_reference(model, enc, atol=1e-4)
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
 def test_flex_block_mask_is_torchs(tiny_model, class_specific):
     """The block mask built one block row at a time equals torch's create_block_mask of the same rule,
     over several 128-row blocks; and the rule is: same prompt, not later in it (+ the shared prefix)."""

@@ -246,9 +246,6 @@ class PromptEncoder(nn.Module):
 
     def forward(self):
         model = self.model
-        if self.attention == "flex" and self.ctx.device.type != "cuda" and torch.is_grad_enabled():
-            raise IIMError("attention='flex' trains on CUDA only (torch's FlexAttention has no CPU backward); "
-                           "use attention='auto' on this device")
         dtype = model.transformer.get_cast_dtype()
         x = self._embed().to(dtype)                                      # [T, W] packed
         blocks = model.transformer.resblocks
@@ -358,6 +355,9 @@ def _flex_attention(device: torch.device):
     or inside an already compiled encoder; eager elsewhere (an unfused reference that materialises
     the scores: for checks only)."""
     from torch.nn.attention.flex_attention import flex_attention
+    if device.type != "cuda" and torch.is_grad_enabled():
+        raise IIMError(f"attention='flex' trains on CUDA only (torch's FlexAttention has no {device.type} "
+                       f"backward); use attention='auto' on this device")
     if torch.compiler.is_compiling():
         return flex_attention
     if device.type not in _FLEX:
