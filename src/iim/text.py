@@ -156,6 +156,12 @@ class PromptEncoder(nn.Module):
         self.class_specific, self.checkpoint = class_specific, checkpoint
         if attention not in SDPA_BACKENDS:
             raise IIMError(f"attention must be one of {', '.join(SDPA_BACKENDS)}, not {attention!r}")
+        if attention == "flex":
+            try:
+                from torch.nn.attention.flex_attention import BlockMask  # noqa: F401
+            except ImportError:
+                raise IIMError(f"attention='flex' needs torch's FlexAttention (torch >= 2.5; this is "
+                               f"{torch.__version__}); use attention='auto'") from None
         self.attention = attention
         self.prefix_len = prefix = 1 + n_ctx      # SOT + context
         width = model.transformer.width
