@@ -16,10 +16,16 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 @pytest.fixture(autouse=True)
-def no_tf32(monkeypatch):
-    """fp32 comparisons at 1e-4: no TF32 matmuls."""
+def no_tf32_fresh_compiles(monkeypatch):
+    """fp32 comparisons at 1e-4: no TF32 matmuls. Each test compiles afresh, and passing torch's
+    recompile limit (compiled flex is shared by every token count) fails instead of running the
+    unfused eager flex silently."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    import torch._dynamo
+    torch._dynamo.reset()
+    if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+        monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
 
 
 @pytest.fixture(scope="module", params=["iim-test-tiny", "ViT-B-16"])
@@ -28,9 +34,9 @@ def cuda_model(request):
 
 
 @pytest.mark.parametrize("class_specific", [False, True])
-@pytest.mark.parametrize("n_neg", [0, 3])
-@pytest.mark.parametrize("attention", ["auto", "flex"])
+@pytest.mark.parametrize("n_neg, attention", [(0, "auto"), (3, "auto"), (3, "flex")])
 def test_matches_reference_on_cuda(cuda_model, class_specific, n_neg, attention):
+    """Features and context gradients on CUDA, fp32 (flex with n_neg=0: the CPU formulation test)."""
     torch.manual_seed(0)
     enc = PromptEncoder(cuda_model, NAMES, n_neg=n_neg, class_specific=class_specific, attention=attention)
     assert_matches_reference(cuda_model, enc, atol=1e-4)

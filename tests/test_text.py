@@ -14,7 +14,7 @@ NAMES = ["cat", "goldfish", "great white shark", "tench", "American black bear w
 def grads(feats, params, seed=0):
     """Gradients of a random linear function of the features (a random upstream gradient)."""
     g = torch.Generator().manual_seed(seed)
-    loss = sum((f * torch.randn(f.shape, generator=g, dtype=f.dtype)).sum() for f in feats if f.numel())
+    loss = sum((f * torch.randn(f.shape, generator=g, dtype=f.dtype).to(f.device)).sum() for f in feats if f.numel())
     return torch.autograd.grad(loss, params)
 
 
@@ -158,7 +158,13 @@ def test_flex_block_mask_is_torchs(tiny_model, class_specific):
     T = enc.n_tokens
     assert T > 3 * 128
     ref = create_block_mask(lambda b, h, q, kv: enc.visible(q, kv), None, None, T, T, device="cpu")
-    assert torch.equal(enc.block_mask().to_dense(), ref.to_dense())
+    ours = enc.block_mask()
+    assert torch.equal(ours.to_dense(), ref.to_dense())
+    for count, index in (("kv_num_blocks", "kv_indices"), ("full_kv_num_blocks", "full_kv_indices")):
+        n = getattr(ref, count)
+        assert torch.equal(getattr(ours, count), n)     # partial and full block lists alike
+        for row, k in enumerate(n[0, 0].tolist()):
+            assert set(getattr(ours, index)[0, 0, row, :k].tolist()) == set(getattr(ref, index)[0, 0, row, :k].tolist())
     # the rule, checked on the packed rows: each negative prompt (19 rows at the end) sees itself
     # causally; a class suffix row sees the shared prefix (rows 0..4) when the context is shared
     rows = torch.arange(T)

@@ -267,8 +267,11 @@ def test_compiled_step_trains_like_the_eager_one(cache_dir, tmp_path):
     """--compile (torch.compile of prompt encoder + losses, backward included) changes speed, not the
     result: the same contexts to float32 rounding after two epochs."""
     a = train(config(cache_dir, tmp_path / "a", epochs=2), progress=False, log=quiet)
+    from torch._dynamo.utils import counters
+    graphs = counters["stats"]["unique_graphs"]
     b = train(config(cache_dir, tmp_path / "b", epochs=2, compile=True), progress=False, log=quiet)
     assert b["config"]["compile"] is True
+    assert counters["stats"]["unique_graphs"] > graphs       # it did compile, not fall back to eager
     for key in ("ctx", "neg_ctx"):
         torch.testing.assert_close(b["contexts"][key], a["contexts"][key], atol=1e-5, rtol=1e-4)
 
@@ -278,13 +281,36 @@ def test_flex_attention_is_refused_on_cpu(cache_dir, tmp_path):
         train(config(cache_dir, tmp_path / "r", attention="flex"), progress=False, log=quiet)
 
 
+class InductorError(RuntimeError):     # stands for torch._inductor.exc.InductorError
+    pass
+
+
+InductorError.__module__ = "torch._inductor.exc"
+
+
 def test_a_failing_compile_is_a_one_line_error(cache_dir, tmp_path, monkeypatch):
-    def broken_compile(fn, **kwargs):
-        def run(*args):
-            raise RuntimeError("backend 'inductor' failed: no C compiler\n(long traceback)")
-        return run
-    monkeypatch.setattr(loop.torch, "compile", broken_compile)
-    with pytest.raises(IIMError, match=r"torch.compile failed \(RuntimeError: backend 'inductor' failed: "
+    def compile_raising(error):
+        def broken_compile(fn, **kwargs):
+            def run(*args):
+                raise error
+            return run
+        return broken_compile
+    monkeypatch.setattr(loop.torch, "compile", compile_raising(
+        InductorError("backend 'inductor' failed: no C compiler\n(long traceback)")))
+    with pytest.raises(IIMError, match=r"torch.compile failed \(InductorError: backend 'inductor' failed: "
                                        r"no C compiler\); train without --compile"):
         train(config(cache_dir, tmp_path / "r", compile=True), progress=False, log=quiet)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    # any other error of the first step is not blamed on the compiler
+    monkeypatch.setattr(loop.torch, "compile", compile_raising(MemoryError("out of memory")))
+    with pytest.raises(MemoryError, match="out of memory"):
+        train(config(cache_dir, tmp_path / "r2", compile=True), progress=False, log=quiet)
+
+
+def test_refusals_come_before_overwrite_deletes_the_run(cache_dir, tmp_path):
+    first = train(config(cache_dir, tmp_path / "r", epochs=1), progress=False, log=quiet)
+    with pytest.raises(IIMError, match="flex trains on CUDA only"):
+        train(config(cache_dir, tmp_path / "r", epochs=1, attention="flex"), overwrite=True,
+              progress=False, log=quiet)
+    kept = load_checkpoint(tmp_path / "r")
+    assert torch.equal(kept["contexts"]["ctx"], first["contexts"]["ctx"])

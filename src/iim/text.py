@@ -28,6 +28,7 @@ full-length path, for tests and benchmarks.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
 
 import open_clip
@@ -156,12 +157,9 @@ class PromptEncoder(nn.Module):
         self.class_specific, self.checkpoint = class_specific, checkpoint
         if attention not in SDPA_BACKENDS:
             raise IIMError(f"attention must be one of {', '.join(SDPA_BACKENDS)}, not {attention!r}")
-        if attention == "flex":
-            try:
-                from torch.nn.attention.flex_attention import BlockMask  # noqa: F401
-            except ImportError:
-                raise IIMError(f"attention='flex' needs torch's FlexAttention (torch >= 2.5; this is "
-                               f"{torch.__version__}); use attention='auto'") from None
+        if attention == "flex" and not _has_flex_attention():
+            raise IIMError(f"attention='flex' needs a torch whose FlexAttention takes explicit sequence "
+                           f"lengths (2.6 or newer; this is {torch.__version__}); use attention='auto'")
         self.attention = attention
         self.prefix_len = prefix = 1 + n_ctx      # SOT + context
         width = model.transformer.width
@@ -356,6 +354,14 @@ class PromptEncoder(nn.Module):
 _FLEX = {}
 
 
+def _has_flex_attention() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import BlockMask
+    except ImportError:
+        return False
+    return "seq_lengths" in inspect.signature(BlockMask.from_kv_blocks).parameters
+
+
 def _flex_attention(device: torch.device):
     """torch's flex_attention: compiled on CUDA (fused block-sparse kernels, compiled once per shape)
     or inside an already compiled encoder; eager elsewhere (an unfused reference that materialises
@@ -367,7 +373,8 @@ def _flex_attention(device: torch.device):
     if torch.compiler.is_compiling():
         return flex_attention
     if device.type not in _FLEX:
-        if device.type == "cuda":
+        if device.type == "cuda":   # one compile per token count (an encoder has one: fine in training;
+            # a process building encoders of many sizes passes torch's recompile limit: see test_cuda.py)
             _FLEX["cuda"] = torch.compile(flex_attention, dynamic=False)
         else:
             def eager(*args, **kwargs):

@@ -69,8 +69,9 @@ def resolve_split(cache, shots: int | None, seed: int | None, views: int | None 
 @click.option("--features-in", type=click.Choice(FEATURES_IN), default="auto",
               help="Where the train features live: GPU memory, host memory, or streamed per epoch.")
 @click.option("--attention", type=click.Choice(SDPA_BACKENDS), default="auto",
-              help="Prompt encoder attention kernel (same results): auto (torch's SDPA choice), or flex "
-                   "(one block-sparse FlexAttention call per layer; CUDA only).")
+              help="Prompt encoder attention kernel (same results): auto (torch's SDPA choice), an SDPA "
+                   "backend (math, efficient, flash), bmm (plain matmuls), or flex (one block-sparse "
+                   "FlexAttention call per layer; CUDA only).")
 @click.option("--compile/--no-compile", "compile_", default=False,
               help="torch.compile the step (prompt encoder + losses); the first step compiles.")
 @click.option("--pretrained", default=None,

@@ -154,6 +154,11 @@ class TrainFeatures:
         return local.to(self.device, non_blocking=True), self.labels[idx.to(self.labels.device)]
 
 
+def _compile_error(e: BaseException) -> bool:
+    """Whether ``e`` comes from torch.compile (Dynamo or Inductor), not from the step's own code."""
+    return any(c.__module__.startswith(("torch._dynamo", "torch._inductor")) for c in type(e).__mro__)
+
+
 def _choose_storage(nbytes: int, device: torch.device) -> str:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -305,6 +310,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     if len(classnames) == 0 or labels.min() < 0 or labels.max() >= len(classnames):
         raise IIMError(f"split {cfg.split} has labels outside the cache's {len(classnames)} classes")
     config, fingerprint = full_config(cfg, cache), manifest_key(cache.manifest)
+    device = resolve_device(cfg.device)    # refusals first: --overwrite below deletes the old run
+    if cfg.attention == "flex" and device.type != "cuda":
+        raise IIMError(f"--attention flex trains on CUDA only (torch's FlexAttention has no {device.type} "
+                       f"backward); leave --attention at auto on this device")
     out = Path(cfg.out)
     path = out / ck.CHECKPOINT
     state = prepare_run(out, config, fingerprint, resume=resume, overwrite=overwrite, log=log)
@@ -312,10 +321,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         log(f"{path} is already complete ({state['epoch']} epochs); nothing to do")
         return state
 
-    device = resolve_device(cfg.device)
-    if cfg.attention == "flex" and device.type != "cuda":
-        raise IIMError(f"--attention flex trains on CUDA only (torch's FlexAttention has no {device.type} "
-                       f"backward); leave --attention at auto on this device")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -362,21 +367,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
         sums = np.zeros(4)
         for step, idx in enumerate(epoch_batches(order, cfg.batch_size)):
+            batch = feats.batch(idx)
             try:
-                values = train_step(forward, optimizer, *feats.batch(idx))
+                values = train_step(forward, optimizer, *batch)
             except FloatingPointError as e:
                 bar.close()
                 kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state
                         else "no checkpoint was written")
                 raise IIMError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({e}); training "
                                f"stopped and {kept}; try a smaller --lr") from None
-            except Exception as e:            # the first compiled step compiles: say what failed
-                if not cfg.compile or compiled or isinstance(e, IIMError):
+            except Exception as e:            # the first step compiles (--compile, flex): say what failed
+                if compiled or not _compile_error(e):
                     raise
                 bar.close()
                 reason = (str(e).strip().splitlines() or [""])[0][:200]
-                raise IIMError(f"torch.compile failed ({type(e).__name__}: {reason}); train without "
-                               f"--compile") from e
+                hint = "without --compile" if cfg.compile else "with --attention auto"
+                raise IIMError(f"torch.compile failed ({type(e).__name__}: {reason}); train {hint}") from e
             compiled = True
             sums += values
             bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
