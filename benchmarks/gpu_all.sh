@@ -18,13 +18,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 $PY -c "import torch, open_clip, zarr, faiss; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'zarr', zarr.__version__, 'faiss', faiss.__version__)" | tee -a "$OUT/gpu.txt"
 
 # flex-attention gradients, compiled encoder (CUDA graphs too) and compiled CUDA training vs the reference
-step cuda_tests 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py
-# eager (auto, flex) and compiled (default, reduce-overhead) encoders against the full-length path
+step cuda_tests 200 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py
+# eager (auto, flex) and compiled encoders against the full-length path (first calls show compile time)
 step text_encoder 180 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300 \
-    --attention auto,flex --compile default,reduce-overhead --repeats 20
+    --attention auto,flex --compile flex+default,flex+reduce-overhead,auto+default --repeats 20
 # the loop's step, eager and compiled, against the peers' step; then the real loop
-step train_step 240 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32 \
-    --attention flex,auto --compile default --loop-variants flex+compile
+step train_step 210 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32 \
+    --attention flex,auto --compile flex+default,flex+reduce-overhead --loop-variants flex+compile
 step score_speed  80 $PY benchmarks/score_speed.py --device cuda
 step extract_speed 140 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda --n 2048
 step e2e_cuda 90 bash -c '

@@ -22,6 +22,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from iim.models import create_model
 from iim.text import PromptEncoder, encode_prompts_reference
 from peers import FullLengthPrompts, cuda_graphed
+from variants import variant_label, variants
 
 
 def step(fn, params, grads, device, bf16):  # noqa: D401
@@ -77,7 +78,8 @@ def main():
     p.add_argument("--attention", default="auto", help="comma list of attention kernels to time the "
                    "encoder with: auto, math, efficient, flash, bmm, flex (flex: CUDA only)")
     p.add_argument("--compile", default="", help="comma list of torch.compile modes (default, "
-                   "reduce-overhead, max-autotune-no-cudagraphs) to also time each --attention kernel with")
+                   "reduce-overhead, max-autotune-no-cudagraphs) to also time every --attention kernel "
+                   "with, or of KERNEL+MODE items (flex+default: that kernel only)")
     p.add_argument("--cuda-graph", action="store_true",
                    help="also time the encoder replayed from CUDA graphs (CUDA only)")
     args = p.parse_args()
@@ -119,27 +121,24 @@ def main():
     if not args.skip_reference:
         fns.append((ref, params))
         labels.append("reference")
-    backends = args.attention.split(",")
-    modes = [None] + [m for m in args.compile.split(",") if m]
-    for backend in backends:
-        for mode in modes:
-            if backend == "auto" and mode is None:
-                continue                                   # the "encoder" row
-            other = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
-                                  class_specific=args.class_specific, attention=backend)
-            other.load_state_dict(enc.state_dict())
-            fn = other if mode is None else torch.compile(other, mode=mode, dynamic=False)
-            if want is not None:      # its features, from a first call with gradients (compiles if compiled)
-                t0 = time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-                    feats = fn()
-                diff = max((a - b).abs().max().item() for a, b in zip(feats, want) if a.numel())
-                other_params = [other.ctx] + ([other.neg_ctx] if args.n_neg else [])
-                torch.autograd.grad(sum(f.float().sum() for f in feats), other_params)   # as a step does
-                print(f"max |{backend}{'+' + mode if mode else ''} - reference| over the features: {diff:.2e} "
-                      f"(first call {time.perf_counter() - t0:.1f} s)")
-            fns.append((fn, [other.ctx] + ([other.neg_ctx] if args.n_neg else [])))
-            labels.append(f"{backend}" + (f"+{mode}" if mode else ""))
+    for backend, mode in variants(args.attention, args.compile):
+        if (backend, mode) == ("auto", None):
+            continue                                   # the "encoder" row
+        other = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
+                              class_specific=args.class_specific, attention=backend)
+        other.load_state_dict(enc.state_dict())
+        fn = other if mode is None else torch.compile(other, mode=mode, dynamic=False)
+        other_params = [other.ctx] + ([other.neg_ctx] if args.n_neg else [])
+        if want is not None:      # its features, from a first call with gradients (compiles if compiled)
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                feats = fn()
+            diff = max((a - b).abs().max().item() for a, b in zip(feats, want) if a.numel())
+            torch.autograd.grad(sum(f.float().sum() for f in feats), other_params)   # as a step does
+            print(f"max |{variant_label(backend, mode)} - reference| over the features: {diff:.2e} "
+                  f"(first call {time.perf_counter() - t0:.1f} s)")
+        fns.append((fn, other_params))
+        labels.append(variant_label(backend, mode))
     if args.cuda_graph and cuda:
         genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=args.n_neg,
                              class_specific=args.class_specific)

@@ -42,6 +42,7 @@ from iim.text import PromptEncoder, encode_prompts_reference
 from iim.train import diversity_loss, iim_losses, total_loss
 from iim.train.loop import TrainConfig, step_function, train, train_step
 from peers import FullLengthPrompts, cuda_graphed
+from variants import variant_label, variants
 
 
 def timed(step, *, iters: int, warmup: int, device) -> float:
@@ -101,7 +102,8 @@ def main():
     ap.add_argument("--attention", default="auto", help="comma list of prompt encoder attention kernels "
                     "(auto, math, efficient, flash, bmm, flex); the first is the main iim step")
     ap.add_argument("--compile", default="", help="comma list of torch.compile modes (default, "
-                    "reduce-overhead, max-autotune-no-cudagraphs) to also time each kernel with")
+                    "reduce-overhead, max-autotune-no-cudagraphs) to also time every kernel with, or of "
+                    "KERNEL+MODE items (flex+default: that kernel only)")
     ap.add_argument("--loop-variants", default="", help="extra loop runs, comma list of KERNEL[+compile] "
                     "(e.g. flex+compile), features on device")
     ap.add_argument("--cuda-graph", action="store_true",
@@ -133,7 +135,6 @@ def main():
 
     cfg = TrainConfig(cache="-", split="-", out="-", k=args.k, n_neg=n_neg, n_ctx=args.n_ctx)
     backends = args.attention.split(",")
-    modes = [None] + [m for m in args.compile.split(",") if m]
 
     def iim_step_for(attention, mode=None, state=None):
         """The loop's step (step_function + train_step) with its own encoder and optimizer."""
@@ -171,16 +172,13 @@ def main():
         ref_opt.step()
 
     ms_iim = timed(iim_step, iters=iters, warmup=warmup, device=device)
-    variants = {}
-    for backend in backends:
-        for mode in modes:
-            if (backend, mode) != (backends[0], None):
-                t0 = time.perf_counter()
-                _, fn = iim_step_for(backend, mode, enc.state_dict())
-                fn()
-                first = time.perf_counter() - t0
-                variants[backend + (f"+{mode}" if mode else "")] = (
-                    timed(fn, iters=iters, warmup=warmup, device=device), first)
+    others = {}
+    for backend, mode in variants(args.attention, args.compile)[1:]:
+        t0 = time.perf_counter()
+        _, fn = iim_step_for(backend, mode, enc.state_dict())
+        fn()
+        first = time.perf_counter() - t0
+        others[variant_label(backend, mode)] = (timed(fn, iters=iters, warmup=warmup, device=device), first)
     ms_graph = None
     if args.cuda_graph and gpu:
         genc = PromptEncoder(model, classnames, n_ctx=args.n_ctx, n_neg=n_neg, attention=backends[0])
@@ -206,8 +204,8 @@ def main():
     print(f"iim step        {ms_iim:10.1f} ms   (attention {backends[0]}, eager)")
     print(f"reference step  {ms_ref:10.1f} ms   (image encoder forward + 77-token prompts)")
     print(f"speed-up        {ms_ref / ms_iim:10.1f}x")
-    for label, (ms, first) in variants.items():
-        print(f"iim step, {label:32s} {ms:8.1f} ms   speed-up {ms_ref / ms:6.1f}x   (first step {first:.1f} s)")
+    for name, (ms, first) in others.items():
+        print(f"iim step, {name:32s} {ms:8.1f} ms   speed-up {ms_ref / ms:6.1f}x   (first step {first:.1f} s)")
     if ms_graph is not None:
         print(f"iim step, CUDA-graphed prompt encoder {ms_graph:8.1f} ms   speed-up {ms_ref / ms_graph:6.1f}x")
     n_loop = args.loop if args.loop is not None else (512 if gpu else 0)

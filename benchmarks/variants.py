@@ -1,0 +1,21 @@
+"""Which prompt-encoder variants a benchmark times (shared by text_encoder.py and train_step.py)."""
+from __future__ import annotations
+
+
+def variants(attention: str, compile: str) -> list[tuple[str, str | None]]:
+    """``(kernel, torch.compile mode or None)`` pairs, in order, without repeats.
+
+    ``attention``: comma list of kernels, each timed eagerly (``auto,flex``). ``compile``: comma list of
+    items ``MODE`` (every kernel of ``attention`` under that mode) or ``KERNEL+MODE`` (that one only),
+    e.g. ``flex+default,flex+reduce-overhead``.
+    """
+    kernels = [k for k in attention.split(",") if k]
+    out = [(k, None) for k in kernels]
+    for item in filter(None, compile.split(",")):
+        kernel, plus, mode = item.partition("+")
+        out += [(k, mode) for k in kernels] if not plus else [(kernel, mode)]
+    return list(dict.fromkeys(out))
+
+
+def variant_label(kernel: str, mode: str | None) -> str:
+    return kernel + (f"+{mode}" if mode else "")
