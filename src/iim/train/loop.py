@@ -21,6 +21,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,7 +285,11 @@ def step_function(encoder, cfg: TrainConfig, amp: dict):
     ``torch.compile`` (encoder and losses as one graph, backward included) when ``cfg.compile``."""
     def forward(local, labels):
         return step_losses(encoder, local, labels, cfg, amp)
-    return torch.compile(forward, dynamic=False) if cfg.compile else forward
+    if not cfg.compile:
+        return forward
+    # torch's own code warns while compiling; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*_prims_common\.check.* is deprecated", category=FutureWarning)
+    return torch.compile(forward, dynamic=False)
 
 
 def train_step(forward, optimizer, local, labels) -> np.ndarray:
