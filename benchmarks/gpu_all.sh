@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 $PY -c "import torch, open_clip, zarr, faiss; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'zarr', zarr.__version__, 'faiss', faiss.__version__)" | tee -a "$OUT/gpu.txt"
 
 # flex-attention gradients, compiled encoder (CUDA graphs too) and compiled CUDA training vs the reference
-step cuda_tests 200 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py
+step cuda_tests 200 $PY -m pytest -q -rfE -p no:cacheprovider tests/test_cuda.py
 # eager (auto, flex) and compiled encoders against the full-length path (first calls show compile time)
 step text_encoder 180 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300 \
     --attention auto,flex --compile flex+default,flex+reduce-overhead,auto+default --repeats 20
