@@ -24,7 +24,7 @@ step text_encoder 180 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 10
     --attention auto,flex --compile flex+default,flex+reduce-overhead,auto+default --repeats 20
 # the loop's step, eager and compiled, against the peers' step; then the real loop
 step train_step 210 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32 \
-    --attention flex,auto --compile flex+default,flex+reduce-overhead --loop-variants flex+compile
+    --attention flex,auto --compile flex+default,flex+reduce-overhead --loop-variants flex+default,flex+reduce-overhead
 step score_speed  80 $PY benchmarks/score_speed.py --device cuda
 step extract_speed 140 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda --n 2048
 step e2e_cuda 90 bash -c '
@@ -33,6 +33,6 @@ step e2e_cuda 90 bash -c '
   python3 -m iim.cli extract --benchmark $W/world/bench.toml --model iim-test-tiny --pretrained none \
       --shots 4 --seed 1 --views 2 --out $W/cache --device cuda --no-progress
   python3 -m iim.cli train --cache $W/cache --out $W/run --k 8 --n-neg 6 --n-ctx 4 --epochs 3 --batch-size 4 --device cuda --no-progress
-  python3 -m iim.cli train --cache $W/cache --out $W/run-flex --k 8 --n-neg 6 --n-ctx 4 --epochs 3 --batch-size 4 --device cuda --no-progress --attention flex --compile
+  python3 -m iim.cli train --cache $W/cache --out $W/run-flex --k 8 --n-neg 6 --n-ctx 4 --epochs 3 --batch-size 4 --device cuda --no-progress --attention flex --compile reduce-overhead
   python3 -m iim.cli score --run $W/run --k 8 --device cuda
   ls $W/run'

@@ -104,8 +104,9 @@ def main():
     ap.add_argument("--compile", default="", help="comma list of torch.compile modes (default, "
                     "reduce-overhead, max-autotune-no-cudagraphs) to also time every kernel with, or of "
                     "KERNEL+MODE items (flex+default: that kernel only)")
-    ap.add_argument("--loop-variants", default="", help="extra loop runs, comma list of KERNEL[+compile] "
-                    "(e.g. flex+compile), features on device")
+    ap.add_argument("--loop-variants", default="", help="extra loop runs, comma list of KERNEL[+MODE] "
+                    "(e.g. flex, flex+default, flex+reduce-overhead: iim train --attention KERNEL "
+                    "--compile MODE), features on device")
     ap.add_argument("--cuda-graph", action="store_true",
                     help="also time the iim step with the prompt encoder replayed from CUDA graphs")
     ap.add_argument("--loop", type=int, default=None,
@@ -212,8 +213,8 @@ def main():
     if n_loop:
         runs = {f"features {w}": dict(features_in=w, attention=backends[0]) for w in ("device", "host", "stream")}
         for v in filter(None, args.loop_variants.split(",")):
-            kernel, _, comp = v.partition("+")
-            runs[f"features device, {v}"] = dict(features_in="device", attention=kernel, compile=comp == "compile")
+            kernel, _, mode = v.partition("+")
+            runs[f"features device, {v}"] = dict(features_in="device", attention=kernel, compile=mode or "off")
         for label, ms in loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_loop, device, runs).items():
             print(f"training loop, {label:32s} {ms:8.1f} ms/step  ({n_loop} images, epoch 2)")
 

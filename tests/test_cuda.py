@@ -76,14 +76,15 @@ def test_flex_bf16_stays_close():
         assert (g - r).norm() / r.norm() < 0.03
 
 
-def test_cuda_training_flex_compiled_matches_eager(tmp_path):
-    """The loop on CUDA: flex + compile trains like the eager default (fp32, no autocast)."""
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_training_flex_compiled_matches_eager(tmp_path, mode):
+    """The loop on CUDA: flex + compile (CUDA graphs too) trains like the eager default (fp32)."""
     from test_train import config, make_train_cache, quiet
     from iim.train.loop import train
     make_train_cache(tmp_path / "cache")
     common = dict(epochs=2, device="cuda", bf16=False)
     a = train(config(tmp_path / "cache", tmp_path / "a", **common), progress=False, log=quiet)
-    b = train(config(tmp_path / "cache", tmp_path / "b", attention="flex", compile=True, **common),
+    b = train(config(tmp_path / "cache", tmp_path / "b", attention="flex", compile=mode, **common),
               progress=False, log=quiet)
     for key in ("ctx", "neg_ctx"):
         torch.testing.assert_close(b["contexts"][key], a["contexts"][key], atol=1e-4, rtol=1e-3)

@@ -269,8 +269,8 @@ def test_compiled_step_trains_like_the_eager_one(cache_dir, tmp_path):
     a = train(config(cache_dir, tmp_path / "a", epochs=2), progress=False, log=quiet)
     from torch._dynamo.utils import counters
     graphs = counters["stats"]["unique_graphs"]
-    b = train(config(cache_dir, tmp_path / "b", epochs=2, compile=True), progress=False, log=quiet)
-    assert b["config"]["compile"] is True
+    b = train(config(cache_dir, tmp_path / "b", epochs=2, compile="default"), progress=False, log=quiet)
+    assert b["config"]["compile"] == "default"
     assert counters["stats"]["unique_graphs"] > graphs       # it did compile, not fall back to eager
     for key in ("ctx", "neg_ctx"):
         torch.testing.assert_close(b["contexts"][key], a["contexts"][key], atol=1e-5, rtol=1e-4)
@@ -299,12 +299,12 @@ def test_a_failing_compile_is_a_one_line_error(cache_dir, tmp_path, monkeypatch)
         InductorError("backend 'inductor' failed: no C compiler\n(long traceback)")))
     with pytest.raises(IIMError, match=r"torch.compile failed \(InductorError: backend 'inductor' failed: "
                                        r"no C compiler\); train without --compile"):
-        train(config(cache_dir, tmp_path / "r", compile=True), progress=False, log=quiet)
+        train(config(cache_dir, tmp_path / "r", compile="default"), progress=False, log=quiet)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
     # any other error of the first step is not blamed on the compiler
     monkeypatch.setattr(loop.torch, "compile", compile_raising(MemoryError("out of memory")))
     with pytest.raises(MemoryError, match="out of memory"):
-        train(config(cache_dir, tmp_path / "r2", compile=True), progress=False, log=quiet)
+        train(config(cache_dir, tmp_path / "r2", compile="default"), progress=False, log=quiet)
 
 
 def test_refusals_come_before_overwrite_deletes_the_run(cache_dir, tmp_path):

@@ -137,4 +137,18 @@ def test_attention_flag_reaches_the_encoder_and_flex_is_refused_on_cpu(tmp_path,
     code, err = iim(monkeypatch, capsys, *base, "--out", tmp_path / "bmm", "--attention", "bmm")
     assert code == 0, err
     cfg = load_checkpoint(tmp_path / "bmm")["config"]
-    assert cfg["attention"] == "bmm" and cfg["compile"] is False
+    assert cfg["attention"] == "bmm" and cfg["compile"] == "off"
+
+
+def test_compile_takes_an_optional_mode(tmp_path, monkeypatch, capsys):
+    """--compile alone means torch.compile's default mode; a mode may follow; off by default."""
+    import iim.train.cli as cli
+    make_train_cache(tmp_path / "cache", shots=2)
+    seen = []
+    monkeypatch.setattr(cli, "run_training", lambda cfg, **kw: seen.append(cfg.compile))
+    for extra in ([], ["--compile"], ["--compile", "reduce-overhead"]):
+        code, err = iim(monkeypatch, capsys, "train", "--cache", tmp_path / "cache", *extra, *FAST)
+        assert code == 0, err
+    assert seen == ["off", "default", "reduce-overhead"]
+    code, err = iim(monkeypatch, capsys, "train", "--cache", tmp_path / "cache", "--compile", "fast", *FAST)
+    assert code == 2 and "'fast' is not one of" in err

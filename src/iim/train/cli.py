@@ -10,7 +10,7 @@ from ..cache import open_cache, train_split_name
 from ..errors import IIMError
 from ..text import SDPA_BACKENDS
 from .losses import OOD_PATCHES
-from .loop import FEATURES_IN, TrainConfig, train as run_training
+from .loop import COMPILE_MODES, FEATURES_IN, TrainConfig, train as run_training
 
 _TRAIN = re.compile(r"train_k(\d+)_s(\d+)(?:_v(\d+))?$")
 
@@ -72,8 +72,9 @@ def resolve_split(cache, shots: int | None, seed: int | None, views: int | None 
               help="Prompt encoder attention kernel (same results): auto (torch's SDPA choice), an SDPA "
                    "backend (math, efficient, flash), bmm (plain matmuls), or flex (one block-sparse "
                    "FlexAttention call per layer; CUDA only).")
-@click.option("--compile/--no-compile", "compile_", default=False,
-              help="torch.compile the step (prompt encoder + losses); the first step compiles.")
+@click.option("--compile", "compile_", type=click.Choice(COMPILE_MODES), default="off", is_flag=False,
+              flag_value="default", help="torch.compile the step (prompt encoder + losses) in this mode "
+              "(--compile alone: default; reduce-overhead adds CUDA graphs); the first step compiles.")
 @click.option("--pretrained", default=None,
               help="Path of the cache's local weights file if it moved (checked against its sha256).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")

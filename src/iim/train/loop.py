@@ -39,6 +39,7 @@ from . import checkpoint as ck
 from .losses import OOD_PATCHES, diversity_loss, iim_losses, total_loss
 
 FEATURES_IN = ("auto", "device", "host", "stream")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")   # torch.compile modes
 WHERE = {"device": "in device memory", "host": "in host memory", "stream": "streamed per epoch"}
 SCORE_OUTPUTS = ("results.json", "results.csv", "scores_*.npz")   # removed by --overwrite
 
@@ -72,7 +73,7 @@ class TrainConfig:
     features_in: str = "auto"
     pretrained: str | None = None   # where the cache's local checkpoint file is now (sha256-checked)
     attention: str = "auto"         # the prompt encoder's attention kernel (iim.text.SDPA_BACKENDS)
-    compile: bool = False           # torch.compile the step's forward (prompt encoder + losses)
+    compile: str = "off"            # torch.compile mode of the step's forward (COMPILE_MODES)
 
 
 def lr_at_epoch(epoch: int, *, lr: float, epochs: int, warmup_epochs: int = 1,
@@ -232,6 +233,7 @@ def validate(cfg: TrainConfig, split) -> None:
               (cfg.ood_patches in OOD_PATCHES, f"--ood-patches must be one of {', '.join(OOD_PATCHES)}"),
               (cfg.features_in in FEATURES_IN, f"features_in must be one of {', '.join(FEATURES_IN)}"),
               (cfg.attention in SDPA_BACKENDS, f"--attention must be one of {', '.join(SDPA_BACKENDS)}"),
+              (cfg.compile in COMPILE_MODES, f"--compile must be one of {', '.join(COMPILE_MODES)}"),
               (split.n > 0, f"split {split.name} has no images")]
     for ok, msg in checks:
         if not ok:
@@ -282,14 +284,15 @@ def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict) -> torch.Te
 
 def step_function(encoder, cfg: TrainConfig, amp: dict):
     """``forward(local, labels) -> [loss, pos, neg, div]`` for :func:`train_step`; compiled with
-    ``torch.compile`` (encoder and losses as one graph, backward included) when ``cfg.compile``."""
+    ``torch.compile`` in mode ``cfg.compile`` (encoder and losses as one graph, backward included;
+    ``reduce-overhead`` also replays it from CUDA graphs) unless that is ``"off"``."""
     def forward(local, labels):
         return step_losses(encoder, local, labels, cfg, amp)
-    if not cfg.compile:
+    if cfg.compile == "off":
         return forward
     # torch's own code warns while compiling; nothing a user can act on
     warnings.filterwarnings("ignore", message=r".*_prims_common\.check.* is deprecated", category=FutureWarning)
-    return torch.compile(forward, dynamic=False)
+    return torch.compile(forward, mode=None if cfg.compile == "default" else cfg.compile, dynamic=False)
 
 
 def train_step(forward, optimizer, local, labels) -> np.ndarray:
@@ -386,7 +389,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
                     raise
                 bar.close()
                 reason = (str(e).strip().splitlines() or [""])[0][:200]
-                hint = "without --compile" if cfg.compile else "with --attention auto"
+                hint = "without --compile" if cfg.compile != "off" else "with --attention auto"
                 raise IIMError(f"torch.compile failed ({type(e).__name__}: {reason}); train {hint}") from e
             compiled = True
             sums += values
