@@ -22,8 +22,8 @@ prefix's gradient over the classes as one reduction (a gather's backward would f
 gradients into the same 17 rows through atomic adds, slow on a GPU). In the last layer only
 the EOT rows go through out_proj and the MLP. With ``attention="flex"`` the attention is instead ONE
 FlexAttention call per layer on the packed rows themselves, masked by :meth:`PromptEncoder.visible`
-(block-sparse: no gathers, no padding). :func:`encode_prompts_reference` is the straightforward
-full-length path, for tests and benchmarks.
+(block-sparse: no padding, no gathers but the last layer's EOT rows).
+:func:`encode_prompts_reference` is the straightforward full-length path, for tests and benchmarks.
 """
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ class PromptEncoder(nn.Module):
             ``"efficient"``, ``"flash"``, or ``"bmm"``: two batched matmuls and a softmax with a precomputed
             additive mask (the prompts' sequences are short: 2-30 tokens, below fused kernels' tiles), or
             ``"flex"``: ONE FlexAttention call per layer on the packed rows themselves, with a block-sparse
-            mask (own prompt, causal; class suffixes also see the shared prefix): no gathers, no padding.
+            mask (own prompt, causal; class suffixes also see the shared prefix): no padding, no gathers.
             Compiled on CUDA; on CPU torch offers it without gradients only (for checks).
 
     ``forward()`` returns ``(id_features [C, D], neg_features [n_neg, D])``, unnormalised, float32
