@@ -2,7 +2,8 @@
 # Every GPU figure in the README, in one go (one lease of a GPU box): the GPU-only tests, benchmark
 # scripts and a CUDA end-to-end smoke run of extract -> train -> score on a generated benchmark.
 #   bash benchmarks/gpu_all.sh [OUTDIR]
-#   STEPS="cuda_tests text_encoder train_step" bash benchmarks/gpu_all.sh   # a subset
+#   STEPS="text_encoder train_step" bash benchmarks/gpu_all.sh   # a subset (each step has its limit:
+#   the whole script takes more than one 10-minute device call; split it by STEPS)
 # Each step has its own time limit, so one failure does not hide the others.
 set -u
 OUT=${1:-${OUT:-gpu-results}}; mkdir -p "$OUT"
@@ -17,14 +18,15 @@ step() { local name=$1 limit=$2; shift 2; [[ " $STEPS " == *" $name "* ]] || ret
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 $PY -c "import torch, open_clip, zarr, faiss; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'zarr', zarr.__version__, 'faiss', faiss.__version__)" | tee -a "$OUT/gpu.txt"
 
-# flex-attention gradients, compiled encoder (CUDA graphs too) and compiled CUDA training vs the reference
-step cuda_tests 200 $PY -m pytest -q -rfE -p no:cacheprovider tests/test_cuda.py
-# eager (auto, flex) and compiled encoders against the full-length path (first calls show compile time)
-step text_encoder 180 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300 \
-    --attention auto,flex --compile flex+default,flex+reduce-overhead,auto+default --repeats 20
+# flex / blocks attention and compiled steps against the reference: features, gradients, training
+step cuda_tests 300 $PY -m pytest -q -rfE -p no:cacheprovider tests/test_cuda.py
+# eager (auto, flex, blocks) and compiled encoders against the full-length path (first calls: compile time)
+step text_encoder 240 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 1000 --n-neg 300 \
+    --attention auto,flex,blocks --compile flex+default,blocks+default,flex+reduce-overhead --repeats 20
 # the loop's step, eager and compiled, against the peers' step; then the real loop
-step train_step 210 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32 \
-    --attention flex,auto --compile flex+default,flex+reduce-overhead --loop-variants flex+default,flex+reduce-overhead
+step train_step 300 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32 \
+    --attention flex,auto,blocks --compile flex+default,blocks+default,flex+reduce-overhead \
+    --loop-variants blocks,flex+default,flex+reduce-overhead
 step score_speed  80 $PY benchmarks/score_speed.py --device cuda
 step extract_speed 140 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda --n 2048
 step e2e_cuda 90 bash -c '

@@ -34,7 +34,7 @@ def cuda_model(request):
 
 
 @pytest.mark.parametrize("class_specific", [False, True])
-@pytest.mark.parametrize("n_neg, attention", [(0, "auto"), (3, "auto"), (3, "flex")])
+@pytest.mark.parametrize("n_neg, attention", [(0, "auto"), (3, "auto"), (3, "flex"), (3, "blocks")])
 def test_matches_reference_on_cuda(cuda_model, class_specific, n_neg, attention):
     """Features and context gradients on CUDA, fp32 (flex with n_neg=0: the CPU formulation test)."""
     torch.manual_seed(0)

@@ -46,7 +46,7 @@ def test_reference_is_open_clip_encode_text(tiny_model):
     assert neg_prompt(3) == "X X X ."
 
 
-@pytest.mark.parametrize("attention", ["auto", "bmm"])
+@pytest.mark.parametrize("attention", ["auto", "bmm", "blocks"])
 @pytest.mark.parametrize("class_specific", [False, True])
 @pytest.mark.parametrize("n_neg", [0, 3])
 def test_tiny_matches_reference(tiny_model, class_specific, n_neg, attention):
@@ -64,7 +64,7 @@ def test_tiny_exact_in_float64(tiny_model):
     model64 = create_model("iim-test-tiny", "none")[0].double()
     model64.iim_model_name = "iim-test-tiny"
     for class_specific in (False, True):
-        for attention in ("auto", "bmm"):
+        for attention in ("auto", "bmm", "blocks"):
             torch.manual_seed(1)
             enc = PromptEncoder(model64, NAMES, n_ctx=4, n_neg=2, class_specific=class_specific,
                                 attention=attention).double()
@@ -73,19 +73,38 @@ def test_tiny_exact_in_float64(tiny_model):
 
 def test_vit_b16_matches_reference():
     model, _ = create_model("ViT-B-16", "none")
-    for class_specific in (False, True):
+    for class_specific, attention in ((False, "auto"), (True, "auto"), (False, "blocks")):
         torch.manual_seed(0)
-        enc = PromptEncoder(model, NAMES, n_neg=3, class_specific=class_specific)
+        enc = PromptEncoder(model, NAMES, n_neg=3, class_specific=class_specific, attention=attention)
         assert_matches_reference(model, enc, atol=1e-4)
 
 
-def test_bf16_autocast_stays_close(tiny_model):
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_blocks_plan_covers_every_visible_key(tiny_model, class_specific):
+    """attention="blocks": each query block's gathered key blocks hold every key its rows see, and its
+    mask marks exactly those (no more: pad slots and unseen rows are masked)."""
+    model, _ = tiny_model
+    names = open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES[:60]
+    enc = PromptEncoder(model, names, n_ctx=4, n_neg=20, class_specific=class_specific, attention="blocks")
+    rows = torch.arange(len(enc.row_doc))
+    dense = enc.visible(rows[:, None], rows[None])                                 # [R, R]
+    n, K = enc.kv_blocks.shape
+    assert n > 4 and K < n                                                          # several blocks, sparse
+    B = len(rows) // n
+    keys = (enc.kv_blocks[:, :, None] * B + torch.arange(B)).view(n, K * B)
+    mask = enc.block_attn_mask                                                      # [n, B, K*B]
+    assert torch.equal(mask.sum(-1).flatten(), dense.sum(-1))                       # as many keys as seen
+    assert dense[rows.view(n, B)[:, :, None], keys[:, None, :]][mask].all()       # and the right ones
+
+
+@pytest.mark.parametrize("attention", ["auto", "blocks"])
+def test_bf16_autocast_stays_close(tiny_model, attention):
     """Under bf16 autocast (the GPU training setting) both paths agree to bf16 precision, with 200
     classes reading the shared prefix."""
     model, _ = tiny_model
     names = open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES[:200]
     torch.manual_seed(0)
-    enc = PromptEncoder(model, names, n_neg=5)
+    enc = PromptEncoder(model, names, n_neg=5, attention=attention)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feats = enc()
         ref = encode_prompts_reference(model, names, enc.ctx, enc.neg_ctx)

@@ -314,3 +314,13 @@ def test_refusals_come_before_overwrite_deletes_the_run(cache_dir, tmp_path):
               progress=False, log=quiet)
     kept = load_checkpoint(tmp_path / "r")
     assert torch.equal(kept["contexts"]["ctx"], first["contexts"]["ctx"])
+
+
+def test_attention_kernels_train_alike(cache_dir, tmp_path):
+    """--attention changes how attention is computed, not what: the same contexts (N(0, 0.02) at the
+    start) up to rounding, amplified over 2 epochs to ~2e-5 at most (a non-causal mask: by ~1)."""
+    runs = [train(config(cache_dir, tmp_path / a, epochs=2, attention=a), progress=False, log=quiet)
+            for a in ("auto", "bmm", "blocks")]
+    for other in runs[1:]:
+        for key in ("ctx", "neg_ctx"):
+            torch.testing.assert_close(other["contexts"][key], runs[0]["contexts"][key], atol=1e-4, rtol=0)

@@ -44,11 +44,12 @@ try:   # causal mask aligned to the last key: lets CUDA use flash attention (tor
 except ImportError:  # pragma: no cover
     causal_lower_right = None
 
-SDPA_BACKENDS = ("auto", "math", "efficient", "flash", "bmm", "flex")
+SDPA_BACKENDS = ("auto", "math", "efficient", "flash", "bmm", "flex", "blocks")
 GLOBAL_TEMPLATE = "a photo of a {}."
 CTX_TOKEN = "X"       # placeholder word whose embeddings the learnable context replaces (CoOp)
 CTX_INIT_STD = 0.02   # SPEC §2: contexts init N(0, 0.02)
 FLEX_BLOCK = 128      # FlexAttention's block size (queries and keys)
+ROW_BLOCK = 64        # attention="blocks": packed rows per query / key block (divides FLEX_BLOCK)
 
 
 def id_prompt(classname: str, n_ctx: int) -> str:
@@ -243,6 +244,10 @@ class PromptEncoder(nn.Module):
         self._block_mask = None
         if attention == "flex":   # built now, outside any torch.compile'd forward that calls the encoder
             self.block_mask()
+        if attention == "blocks":
+            kv_blocks, mask = self._block_plan(ROW_BLOCK)
+            self.register_buffer("kv_blocks", kv_blocks, persistent=False)
+            self.register_buffer("block_attn_mask", mask, persistent=False)
 
     def extra_repr(self) -> str:
         return (f"classes={len(self.classnames)}, n_ctx={self.n_ctx}, n_neg={self.n_neg}, "
@@ -279,8 +284,9 @@ class PromptEncoder(nn.Module):
         """One ResidualAttentionBlock on the packed rows; in the last layer keep only the EOT rows."""
         attn = block.attn
         qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)   # [T, 3W]
-        if self.attention == "flex":
-            o = self._attend_flex(qkv, attn.num_heads)
+        if self.attention in ("flex", "blocks"):   # outputs in packed-row order
+            attend = self._attend_flex if self.attention == "flex" else self._attend_blocks
+            o = attend(qkv, attn.num_heads)
             if last:
                 x, o = _Rows.apply(x, self.eot_index), _Rows.apply(o, self.eot_index)
         else:
@@ -305,13 +311,7 @@ class PromptEncoder(nn.Module):
         if self._block_mask is not None and self._block_mask.kv_indices.device == self.row_doc.device:
             return self._block_mask
         from torch.nn.attention.flex_attention import BlockMask
-        rows = torch.arange(len(self.row_doc), device=self.row_doc.device)
-        n = len(rows) // FLEX_BLOCK
-        some = torch.zeros(n, n, dtype=torch.bool, device=rows.device)
-        every = torch.zeros_like(some)
-        for b, queries in enumerate(rows.view(n, FLEX_BLOCK)):
-            seen = self.visible(queries[:, None], rows[None]).view(FLEX_BLOCK, n, FLEX_BLOCK)
-            some[b], every[b] = seen.any(-1).any(0), seen.all(-1).all(0)
+        some, every = self._block_visibility(FLEX_BLOCK)
 
         def listed(blocks):   # per query block: how many key blocks, and which (listed first)
             order = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True)
@@ -321,6 +321,46 @@ class PromptEncoder(nn.Module):
             *listed(some & ~every), *listed(every), BLOCK_SIZE=FLEX_BLOCK,
             mask_mod=lambda b, h, q, kv: self.visible(q, kv), seq_lengths=(self.n_tokens, self.n_tokens))
         return self._block_mask
+
+    def _block_visibility(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(some, every)`` ``[n, n]`` bool over blocks of ``block`` packed rows (padded): whether query
+        block i sees some / every row of key block j. Computed one query block at a time."""
+        rows = torch.arange(len(self.row_doc), device=self.row_doc.device)
+        n = len(rows) // block
+        some = torch.zeros(n, n, dtype=torch.bool, device=rows.device)
+        every = torch.zeros_like(some)
+        for b, queries in enumerate(rows.view(n, block)):
+            seen = self.visible(queries[:, None], rows[None]).view(block, n, block)
+            some[b], every[b] = seen.any(-1).any(0), seen.all(-1).all(0)
+        return some, every
+
+    def _block_plan(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """attention="blocks": for each block of ``block`` query rows, the K key blocks it reads
+        (``[n, K]``; a block that reads fewer repeats one, masked out) and the query x key visibility
+        over them (``[n, block, K * block]`` bool). Every row sees itself, so no row is fully masked."""
+        some, _ = self._block_visibility(block)
+        counts = some.sum(-1)
+        K = int(counts.max())
+        order = torch.argsort(some.to(torch.int8), dim=-1, descending=True, stable=True)[:, :K]
+        used = torch.arange(K, device=some.device)[None] < counts[:, None]                # [n, K]
+        kv_blocks = torch.where(used, order, order[:, :1])
+        n = len(some)
+        queries = torch.arange(n * block, device=some.device).view(n, block)
+        keys = (kv_blocks[:, :, None] * block + torch.arange(block, device=some.device)).view(n, K * block)
+        mask = self.visible(queries[:, :, None], keys[:, None, :]) & used.repeat_interleave(block, 1)[:, None]
+        return kv_blocks, mask
+
+    def _attend_blocks(self, qkv: torch.Tensor, heads: int) -> torch.Tensor:
+        """Attention of every packed row by blocks -> ``[T, W]``: each block of query rows reads only
+        the key blocks it sees (gathered: ~3 at ImageNet scale), in one batched SDPA call."""
+        T = qkv.shape[0]
+        (n, K), B = self.kv_blocks.shape, ROW_BLOCK
+        blocks = F.pad(qkv, (0, 0, 0, n * B - T)).view(n, B, 3, heads, -1)
+        q = blocks[:, :, 0].transpose(1, 2)                                            # [n, heads, B, dim]
+        kv = _Rows.apply(blocks.view(n, -1), self.kv_blocks.flatten()).view(n, K * B, 3, heads, -1)
+        k, v = kv[:, :, 1].transpose(1, 2), kv[:, :, 2].transpose(1, 2)                # [n, heads, K*B, dim]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.block_attn_mask[:, None])
+        return o.transpose(1, 2).reshape(n * B, -1)[:T]
 
     def _attend_flex(self, qkv: torch.Tensor, heads: int) -> torch.Tensor:
         """Attention of every packed row in one FlexAttention call -> ``[T, W]``."""
