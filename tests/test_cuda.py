@@ -61,12 +61,13 @@ def test_compiled_flex_encoder_matches_reference(mode):
         torch.testing.assert_close(g, r, atol=1e-4 * max(1.0, r.abs().max().item()), rtol=0)
 
 
-def test_flex_bf16_stays_close():
+@pytest.mark.parametrize("attention", ["flex", "blocks"])
+def test_bf16_stays_close(attention):
     """bf16 autocast (the GPU training setting), ViT-B-16, 300 classes reading the shared prefix."""
     cuda_model = create_model("ViT-B-16", "none", device="cuda")[0]
     names = open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES[:300]
     torch.manual_seed(0)
-    enc = PromptEncoder(cuda_model, names, n_neg=30, attention="flex")
+    enc = PromptEncoder(cuda_model, names, n_neg=30, attention=attention)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         feats = enc()
         ref = encode_prompts_reference(cuda_model, names, enc.ctx, enc.neg_ctx)

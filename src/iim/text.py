@@ -22,7 +22,8 @@ prefix's gradient over the classes as one reduction (a gather's backward would f
 gradients into the same 17 rows through atomic adds, slow on a GPU). In the last layer only
 the EOT rows go through out_proj and the MLP. With ``attention="flex"`` the attention is instead ONE
 FlexAttention call per layer on the packed rows themselves, masked by :meth:`PromptEncoder.visible`
-(block-sparse: no padding, no gathers but the last layer's EOT rows).
+(block-sparse: no padding, no gathers but the last layer's EOT rows); ``attention="blocks"`` does the
+same in plain PyTorch, each block of 64 rows gathering the few key blocks it sees.
 :func:`encode_prompts_reference` is the straightforward full-length path, for tests and benchmarks.
 """
 from __future__ import annotations
@@ -139,7 +140,9 @@ class PromptEncoder(nn.Module):
             additive mask (the prompts' sequences are short: 2-30 tokens, below fused kernels' tiles), or
             ``"flex"``: ONE FlexAttention call per layer on the packed rows themselves, with a block-sparse
             mask (own prompt, causal; class suffixes also see the shared prefix): no padding, no gathers.
-            Compiled on CUDA; on CPU torch offers it without gradients only (for checks).
+            Compiled on CUDA; on CPU torch offers it without gradients only (for checks). ``"blocks"``:
+            the same mask in plain PyTorch on any device: blocks of 64 packed rows each gather the few
+            key blocks they see, and all attend in one batched SDPA call per layer.
 
     ``forward()`` returns ``(id_features [C, D], neg_features [n_neg, D])``, unnormalised, float32
     (float64 for a float64 model).
@@ -182,7 +185,8 @@ class PromptEncoder(nn.Module):
         neg_len = int(neg_tokens.argmax()) + 1 - prefix             # ".", EOT
 
         # Packed token rows: the heads (SOT + context: once if shared, per class otherwise), then every
-        # class suffix (class name, ".", EOT) in class order, then the negative prompts, each whole.
+        # class suffix (class name, ".", EOT) in class order, then the negative prompts, each whole
+        # (class-specific: then reordered prompt by prompt, see embed_order).
         n_heads = C if class_specific else 1
         with torch.no_grad():   # frozen token embeddings + positions of the fixed tokens
             pos = model.positional_embedding
@@ -204,6 +208,13 @@ class PromptEncoder(nn.Module):
             prompts.append(list(range(start, start + prefix + neg_len)))
             start += prefix + neg_len
         self.n_tokens = start   # tokens one forward pass runs (the full-length path runs 77 per prompt)
+        order = None
+        if class_specific:      # no row is shared: reorder so that each prompt's rows are contiguous
+            order = [t for row in prompts for t in row]              # (block-sparse attention reads
+            new_row = {t: i for i, t in enumerate(order)}            # fewer key blocks)
+            prompts = [[new_row[t] for t in row] for row in prompts]
+            order = torch.tensor(order, device=device)
+        self.register_buffer("embed_order", order, persistent=False)
 
         # Attention segments: "full" rows attend causally over their own tokens (the shared prefix,
         # class-specific prompts, negatives); shared-context class rows query their suffix only, with
@@ -245,9 +256,9 @@ class PromptEncoder(nn.Module):
         if attention == "flex":   # built now, outside any torch.compile'd forward that calls the encoder
             self.block_mask()
         if attention == "blocks":
-            kv_blocks, mask = self._block_plan(ROW_BLOCK)
+            kv_blocks, bias = self._block_plan(ROW_BLOCK)
             self.register_buffer("kv_blocks", kv_blocks, persistent=False)
-            self.register_buffer("block_attn_mask", mask, persistent=False)
+            self.register_buffer("block_attn_bias", bias, persistent=False)
 
     def extra_repr(self) -> str:
         return (f"classes={len(self.classnames)}, n_ctx={self.n_ctx}, n_neg={self.n_neg}, "
@@ -278,7 +289,8 @@ class PromptEncoder(nn.Module):
             neg = torch.cat([self.sot.expand(self.n_neg, 1, width), self.neg_ctx + self.ctx_pos,
                              self.neg_suffix.expand(self.n_neg, -1, -1)], dim=1)
             parts.append(neg.reshape(-1, width))
-        return torch.cat(parts)
+        x = torch.cat(parts)
+        return x if self.embed_order is None else x.index_select(0, self.embed_order)
 
     def _layer(self, block, x: torch.Tensor, last: bool) -> torch.Tensor:
         """One ResidualAttentionBlock on the packed rows; in the last layer keep only the EOT rows."""
@@ -335,31 +347,43 @@ class PromptEncoder(nn.Module):
         return some, every
 
     def _block_plan(self, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """attention="blocks": for each block of ``block`` query rows, the K key blocks it reads
-        (``[n, K]``; a block that reads fewer repeats one, masked out) and the query x key visibility
-        over them (``[n, block, K * block]`` bool). Every row sees itself, so no row is fully masked."""
+        """attention="blocks": ``(kv_blocks [n, K], bias [n, block, keys])``. Query block i reads key
+        blocks ``kv_blocks[i]`` (gathered; a block that reads fewer repeats one, masked out). With a
+        shared context, block 0 (the shared prefix, read by every class suffix) comes first for every
+        query block, by ``expand``: its backward is one sum, not hundreds of atomic adds into the same
+        rows. ``bias`` is 0 where a query row sees a key row, -inf elsewhere; every row sees itself."""
         some, _ = self._block_visibility(block)
+        first = not self.class_specific
+        if first:
+            some = some.clone()
+            some[:, 0] = False
+        n, dev = len(some), some.device
         counts = some.sum(-1)
-        K = int(counts.max())
+        K = max(int(counts.max()), 1)
         order = torch.argsort(some.to(torch.int8), dim=-1, descending=True, stable=True)[:, :K]
-        used = torch.arange(K, device=some.device)[None] < counts[:, None]                # [n, K]
+        used = torch.arange(K, device=dev)[None] < counts[:, None]                        # [n, K]
         kv_blocks = torch.where(used, order, order[:, :1])
-        n = len(some)
-        queries = torch.arange(n * block, device=some.device).view(n, block)
-        keys = (kv_blocks[:, :, None] * block + torch.arange(block, device=some.device)).view(n, K * block)
-        mask = self.visible(queries[:, :, None], keys[:, None, :]) & used.repeat_interleave(block, 1)[:, None]
-        return kv_blocks, mask
+        keys = (kv_blocks[:, :, None] * block + torch.arange(block, device=dev)).view(n, K * block)
+        used = used.repeat_interleave(block, 1)
+        if first:
+            keys = torch.cat([torch.arange(block, device=dev).expand(n, block), keys], dim=1)
+            used = torch.cat([torch.ones(n, block, dtype=torch.bool, device=dev), used], dim=1)
+        queries = torch.arange(n * block, device=dev).view(n, block)
+        seen = self.visible(queries[:, :, None], keys[:, None, :]) & used[:, None]
+        return kv_blocks, torch.zeros(seen.shape, device=dev).masked_fill_(~seen, float("-inf"))
 
     def _attend_blocks(self, qkv: torch.Tensor, heads: int) -> torch.Tensor:
         """Attention of every packed row by blocks -> ``[T, W]``: each block of query rows reads only
-        the key blocks it sees (gathered: ~3 at ImageNet scale), in one batched SDPA call."""
+        the key blocks it sees (see :meth:`_block_plan`), all blocks in one batched SDPA call."""
         T = qkv.shape[0]
         (n, K), B = self.kv_blocks.shape, ROW_BLOCK
         blocks = F.pad(qkv, (0, 0, 0, n * B - T)).view(n, B, 3, heads, -1)
-        q = blocks[:, :, 0].transpose(1, 2)                                            # [n, heads, B, dim]
         kv = _Rows.apply(blocks.view(n, -1), self.kv_blocks.flatten()).view(n, K * B, 3, heads, -1)
-        k, v = kv[:, :, 1].transpose(1, 2), kv[:, :, 2].transpose(1, 2)                # [n, heads, K*B, dim]
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.block_attn_mask[:, None])
+        if not self.class_specific:                  # block 0 (the shared prefix) first, by expand
+            kv = torch.cat([blocks[:1].expand(n, -1, -1, -1, -1), kv], dim=1)
+        q, (_, k, v) = blocks.unbind(2)[0], kv.unbind(2)                 # [n, rows, heads, dim]
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=self.block_attn_bias.to(q.dtype)[:, None])
         return o.transpose(1, 2).reshape(n * B, -1)[:T]
 
     def _attend_flex(self, qkv: torch.Tensor, heads: int) -> torch.Tensor:

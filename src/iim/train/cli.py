@@ -70,8 +70,8 @@ def resolve_split(cache, shots: int | None, seed: int | None, views: int | None 
               help="Where the train features live: GPU memory, host memory, or streamed per epoch.")
 @click.option("--attention", type=click.Choice(SDPA_BACKENDS), default="auto",
               help="Prompt encoder attention kernel (same results): auto (torch's SDPA choice), an SDPA "
-                   "backend (math, efficient, flash), bmm (plain matmuls), or flex (one block-sparse "
-                   "FlexAttention call per layer; CUDA only).")
+                   "backend (math, efficient, flash), bmm (plain matmuls), blocks (block-sparse, one "
+                   "batched SDPA call per layer), or flex (one FlexAttention call per layer; CUDA only).")
 @click.option("--compile", "compile_", type=click.Choice(COMPILE_MODES), default="off", is_flag=False,
               flag_value="default", help="torch.compile the step (prompt encoder + losses) in this mode "
               "(--compile alone: default; reduce-overhead adds CUDA graphs); the first step compiles.")
