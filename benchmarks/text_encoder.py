@@ -22,7 +22,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from iim.models import create_model
 from iim.text import PromptEncoder, encode_prompts_reference
 from peers import FullLengthPrompts, cuda_graphed
-from variants import variant_label, variants
+from variants import allow_many_compiles, variant_label, variants
 
 
 def step(fn, params, grads, device, bf16):  # noqa: D401
@@ -83,6 +83,7 @@ def main():
     p.add_argument("--cuda-graph", action="store_true",
                    help="also time the encoder replayed from CUDA graphs (CUDA only)")
     args = p.parse_args()
+    allow_many_compiles()
 
     if args.threads:
         torch.set_num_threads(args.threads)

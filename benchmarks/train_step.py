@@ -42,7 +42,7 @@ from iim.text import PromptEncoder, encode_prompts_reference
 from iim.train import diversity_loss, iim_losses, total_loss
 from iim.train.loop import TrainConfig, step_function, train, train_step
 from peers import FullLengthPrompts, cuda_graphed
-from variants import variant_label, variants
+from variants import allow_many_compiles, variant_label, variants
 
 
 def timed(step, *, iters: int, warmup: int, device) -> float:
@@ -112,6 +112,7 @@ def main():
     ap.add_argument("--loop", type=int, default=None,
                     help="images of a synthetic cache to time the real loop on (default 512 GPU, 0 CPU)")
     args = ap.parse_args()
+    allow_many_compiles()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     C = args.C or (1000 if gpu else 100)

@@ -1,6 +1,8 @@
 """Which prompt-encoder variants a benchmark times (shared by text_encoder.py and train_step.py)."""
 from __future__ import annotations
 
+import torch
+
 
 def variants(attention: str, compile: str) -> list[tuple[str, str | None]]:
     """``(kernel, torch.compile mode or None)`` pairs, in order, without repeats.
@@ -19,3 +21,12 @@ def variants(attention: str, compile: str) -> list[tuple[str, str | None]]:
 
 def variant_label(kernel: str, mode: str | None) -> str:
     return kernel + (f"+{mode}" if mode else "")
+
+
+def allow_many_compiles(limit: int = 64) -> None:
+    """A benchmark compiles the same code (the encoder's forward, the loop's step) once per variant;
+    past torch's recompile limit (8) it would silently run eager code under a "compiled" label."""
+    import torch._dynamo
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(limit, getattr(torch._dynamo.config, name)))
