@@ -25,7 +25,7 @@ step text_encoder 240 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 10
     --attention auto,flex,blocks --compile flex+default,blocks+default,flex+reduce-overhead --repeats 20
 # the loop's step, eager and compiled, against the peers' step; then the real loop
 step train_step 300 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32 \
-    --attention flex,auto,blocks --compile flex+default,blocks+default,flex+reduce-overhead \
+    --attention auto,flex,blocks --compile flex+default,blocks+default,flex+reduce-overhead \
     --loop-variants blocks,flex+default,flex+reduce-overhead
 step score_speed  80 $PY benchmarks/score_speed.py --device cuda
 step extract_speed 140 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda --n 2048

@@ -81,7 +81,11 @@ def loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_images: int, devi
             cfg = TrainConfig(cache=str(Path(tmp) / "cache"), split="train_k1_s1", out=str(Path(tmp) / str(i)),
                               k=args.k, n_neg=n_neg, n_ctx=args.n_ctx, epochs=2, batch_size=args.batch,
                               device=str(device), bf16=args.bf16, **overrides)
-            h = train(cfg, progress=False, log=lambda *a: None)["history"][-1]
+            try:
+                h = train(cfg, progress=False, log=lambda *a: None)["history"][-1]
+            except Exception as e:            # reported, and the other runs go on
+                print(f"training loop, {label}: FAILED ({type(e).__name__}: {str(e).strip()[:300]})")
+                continue
             out[label] = 1e3 * h["seconds"] / h["steps"]
     return out
 
@@ -177,8 +181,13 @@ def main():
     others = {}
     for backend, mode in variants(args.attention, args.compile)[1:]:
         t0 = time.perf_counter()
-        _, fn = iim_step_for(backend, mode, enc.state_dict())
-        fn()
+        try:                                  # one broken variant must not cost the others' figures
+            _, fn = iim_step_for(backend, mode, enc.state_dict())
+            fn()
+        except Exception as e:
+            print(f"iim step, {variant_label(backend, mode)}: FAILED ({type(e).__name__}: "
+                  f"{(str(e).strip().splitlines() or [''])[0][:300]})")
+            continue
         first = time.perf_counter() - t0
         others[variant_label(backend, mode)] = (timed(fn, iters=iters, warmup=warmup, device=device), first)
     ms_graph = None
