@@ -22,7 +22,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from iim.models import create_model
 from iim.text import PromptEncoder, encode_prompts_reference
 from peers import FullLengthPrompts, cuda_graphed
-from variants import allow_many_compiles, variant_label, variants
+from variants import add_variant_options, allow_many_compiles, variant_label, variants
 
 
 def step(fn, params, grads, device, bf16):  # noqa: D401
@@ -75,11 +75,7 @@ def main():
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's; 1 gives steadier figures on a shared machine)")
     p.add_argument("--skip-reference", action="store_true", help="time only the encoder")
-    p.add_argument("--attention", default="auto", help="comma list of attention kernels to time the "
-                   "encoder with: auto, math, efficient, flash, bmm, flex (flex: CUDA only)")
-    p.add_argument("--compile", default="", help="comma list of torch.compile modes (default, "
-                   "reduce-overhead, max-autotune-no-cudagraphs) to also time every --attention kernel "
-                   "with, or of KERNEL+MODE items (flex+default: that kernel only)")
+    add_variant_options(p, " to time the encoder with")
     p.add_argument("--cuda-graph", action="store_true",
                    help="also time the encoder replayed from CUDA graphs (CUDA only)")
     args = p.parse_args()

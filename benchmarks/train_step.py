@@ -42,7 +42,7 @@ from iim.text import PromptEncoder, encode_prompts_reference
 from iim.train import diversity_loss, iim_losses, total_loss
 from iim.train.loop import TrainConfig, step_function, train, train_step
 from peers import FullLengthPrompts, cuda_graphed
-from variants import allow_many_compiles, variant_label, variants
+from variants import add_variant_options, allow_many_compiles, variant_label, variants
 
 
 def timed(step, *, iters: int, warmup: int, device) -> float:
@@ -103,11 +103,7 @@ def main():
                     help="bf16 autocast (CUDA only)")
     ap.add_argument("--iters", type=int, default=None, help="timed steps (default 20 GPU, 3 CPU)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5 GPU, 1 CPU)")
-    ap.add_argument("--attention", default="auto", help="comma list of prompt encoder attention kernels "
-                    "(auto, math, efficient, flash, bmm, flex); the first is the main iim step")
-    ap.add_argument("--compile", default="", help="comma list of torch.compile modes (default, "
-                    "reduce-overhead, max-autotune-no-cudagraphs) to also time every kernel with, or of "
-                    "KERNEL+MODE items (flex+default: that kernel only)")
+    add_variant_options(ap, "; the first is the main iim step")
     ap.add_argument("--loop-variants", default="", help="extra loop runs, comma list of KERNEL[+MODE] "
                     "(e.g. flex, flex+default, flex+reduce-overhead: iim train --attention KERNEL "
                     "--compile MODE), features on device")

@@ -4,6 +4,15 @@ from __future__ import annotations
 import torch
 
 
+def add_variant_options(parser, attention_help: str) -> None:
+    """The ``--attention`` / ``--compile`` options that :func:`variants` reads."""
+    parser.add_argument("--attention", default="auto", help="comma list of prompt encoder attention kernels "
+                        "(auto, math, efficient, flash, bmm, blocks, flex; flex: CUDA only)" + attention_help)
+    parser.add_argument("--compile", default="", help="comma list of torch.compile modes (default, "
+                        "reduce-overhead, max-autotune-no-cudagraphs) to also time every --attention kernel "
+                        "with, or of KERNEL+MODE items (flex+default: that kernel only)")
+
+
 def variants(attention: str, compile: str) -> list[tuple[str, str | None]]:
     """``(kernel, torch.compile mode or None)`` pairs, in order, without repeats.
 

@@ -4,13 +4,12 @@ CPU torch has no FlexAttention backward and no CUDA graphs, so the prompt encode
 gradients and the compiled CUDA training step are proved here, against the same full-length reference
 as the CPU tests.
 """
-import open_clip
 import pytest
 import torch
 
 from iim.models import create_model
 from iim.text import PromptEncoder, encode_prompts_reference
-from test_text import NAMES, assert_matches_reference, grads
+from test_text import NAMES, assert_matches_reference, bf16_pairs, grads
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -64,16 +63,10 @@ def test_compiled_flex_encoder_matches_reference(mode):
 @pytest.mark.parametrize("attention", ["flex", "blocks"])
 def test_bf16_stays_close(attention):
     """bf16 autocast (the GPU training setting), ViT-B-16, 300 classes reading the shared prefix."""
-    cuda_model = create_model("ViT-B-16", "none", device="cuda")[0]
-    names = open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES[:300]
-    torch.manual_seed(0)
-    enc = PromptEncoder(cuda_model, names, n_neg=30, attention=attention)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        feats = enc()
-        ref = encode_prompts_reference(cuda_model, names, enc.ctx, enc.neg_ctx)
-    for f, r in zip(feats, ref):
+    feat_pairs, grad_pairs = bf16_pairs(create_model("ViT-B-16", "none", device="cuda")[0], 300, 30, attention)
+    for f, r in feat_pairs:
         assert (f - r).norm() / r.norm() < 0.02
-    for g, r in zip(grads(feats, [enc.ctx, enc.neg_ctx]), grads(ref, [enc.ctx, enc.neg_ctx])):
+    for g, r in grad_pairs:
         assert (g - r).norm() / r.norm() < 0.03
 
 

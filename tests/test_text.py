@@ -101,21 +101,28 @@ def test_blocks_plan_is_exactly_the_visible_keys(tiny_model, class_specific):
     assert torch.equal(rebuilt, dense.int())    # every visible key once, nothing else
 
 
+def bf16_pairs(model, n_classes, n_neg, attention):
+    """``(feature pairs, gradient pairs)`` (encoder, reference) under bf16 autocast on the model's
+    device, for the first ``n_classes`` ImageNet class names reading the shared prefix."""
+    names = open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES[:n_classes]
+    torch.manual_seed(0)
+    enc = PromptEncoder(model, names, n_neg=n_neg, attention=attention)
+    with torch.autocast(enc.ctx.device.type, dtype=torch.bfloat16):
+        feats = enc()
+        ref = encode_prompts_reference(model, names, enc.ctx, enc.neg_ctx)
+    params = [enc.ctx, enc.neg_ctx]
+    return list(zip(feats, ref)), list(zip(grads(feats, params), grads(ref, params)))
+
+
 @pytest.mark.parametrize("attention", ["auto", "blocks"])
 def test_bf16_autocast_stays_close(tiny_model, attention):
     """Under bf16 autocast (the GPU training setting) both paths agree to bf16 precision, with 200
     classes reading the shared prefix."""
-    model, _ = tiny_model
-    names = open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES[:200]
-    torch.manual_seed(0)
-    enc = PromptEncoder(model, names, n_neg=5, attention=attention)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats = enc()
-        ref = encode_prompts_reference(model, names, enc.ctx, enc.neg_ctx)
-    for f, r in zip(feats, ref):
+    feat_pairs, grad_pairs = bf16_pairs(tiny_model[0], 200, 5, attention)
+    for f, r in feat_pairs:
         assert f.dtype == torch.float32
         torch.testing.assert_close(f, r, atol=0.05, rtol=0)
-    for g, r in zip(grads(feats, [enc.ctx, enc.neg_ctx]), grads(ref, [enc.ctx, enc.neg_ctx])):
+    for g, r in grad_pairs:
         assert (g - r).norm() / r.norm() < 0.02
 
 
