@@ -157,7 +157,7 @@ def main():
     full = FullLengthPrompts(model, classnames, args.n_ctx, n_neg)
     with torch.no_grad():                     # the two text paths compute the same features
         want = encode_prompts_reference(model, classnames[:8], ctx, neg_ctx[:4])
-        got = FullLengthPrompts(model, classnames[:8], args.n_ctx, 4)(ctx, neg_ctx[:4])
+        got = FullLengthPrompts(model, classnames[:8], args.n_ctx, len(neg_ctx[:4]))(ctx, neg_ctx[:4])
         fast = enc()
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
