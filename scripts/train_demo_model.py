@@ -10,21 +10,35 @@ the 80 shape x colour concepts, cluttered scenes and textures -- never a benchma
 
 Objective = CLIP + a documented auxiliary patch term:
 
-* **CLIP loss** on (image, caption): symmetric cross-entropy over the batch at the learned logit scale.
-  The world has only 87 concepts, so a batch holds several captions about the same concept; each counts
-  as a positive for the other's image (target mass spread evenly over them).
+* **CLIP loss** over the batch's B images and T texts: the B captions, plus the world's 87 concept
+  captions ("a picture of a red star.", random template per step, the patch loss's targets) and 18
+  attribute captions naming one attribute only (shape-only "a photo of a star.", colour-only "a photo
+  of a red shape."). A text is a positive of every image it describes (a full concept: same concept;
+  an attribute caption: every object of that shape, or colour); target mass is spread evenly over the
+  positives, symmetric cross-entropy at the learned logit scale. So every image meets every
+  same-colour, other-shape caption as a hard negative in every step, and the shape-only captions make
+  the text tower carry the shape word on its own -- with captions of the pool only, a small CLIP
+  learns colour (trivial) long before shape, and its text tower weighs colour far above shape.
 * **Patch loss** (weight ``--patch-weight``): a small CLIP trained only on the CLS token has weak
   MaskCLIP value-path patch features, and those are what IIM and S-MCM read. So each patch's value-path
   feature -- computed by :func:`iim.features.encode_image`, exactly what ``iim extract`` stores -- is
-  classified against the text embeddings of the 87 concepts (random caption template per step), its
-  target the concept of the object covering at least 40 % of the patch, else the background texture
-  ("a photo of a striped texture."). After training the model is used like any CLIP.
+  classified against the text embeddings of the 87 concepts, its target the concept of the object
+  covering at least 40 % of the patch, else the background texture ("a photo of a striped texture.").
+  After training the model is used like any CLIP.
 
 Training images are generated once into an in-memory pool (``--pool``, multiprocessing ``--workers``)
-and sampled with horizontal flips. At the end the script prints the zero-shot accuracy on ID-style
-images (20 demo classes, "a photo of a {c}.", from a stream the benchmark never uses), the accuracy of
-dominant-object patches classified from their local features, and the best-patch image accuracy, and
-records them with the recipe in the safetensors metadata. It computes no OOD number.
+and sampled with horizontal flips. Each distinct text of a step is encoded once, short and long ones
+apart (exact under the causal mask, and most of the text tower's cost saved). ``--checkpoint-every N``
+writes model, optimiser, schedule and random states atomically (default ``<out>.ckpt``); ``--resume``
+continues from there and ends bit for bit where an uninterrupted run ends (same threads; tested in
+``tests/test_train_demo_model.py``). ``--eval-every N`` prints the ID-style figures during training.
+
+At the end the script prints, on ID-style images from a stream the benchmark never uses (20 demo
+classes, "a photo of a {c}."), the zero-shot accuracy and the shape / colour accuracy of its
+predictions, the accuracy of dominant-object patches classified from their local features, the
+best-patch image accuracy, and the mean cosine of same-colour / different-shape and same-shape /
+different-colour prototype pairs, and records them with the recipe and command in the safetensors
+metadata. It computes no OOD number.
 """
 from __future__ import annotations
 
@@ -141,15 +155,61 @@ def concept_prompts(rng: np.random.Generator) -> list[str]:
     return out
 
 
+def attribute_prompts(rng: np.random.Generator) -> list[str]:
+    """Shape-only ("a photo of a star.", one per shape) and colour-only ("a photo of a red shape.", one per
+    colour) captions, random template: they name one attribute, so only that attribute can match them."""
+    pick = lambda: W.OBJECT_TEMPLATES[rng.integers(len(W.OBJECT_TEMPLATES))]
+    return [pick().format(s) for s in W.SHAPES] + [pick().format(f"{c} shape") for c in W.COLOURS]
+
+
+N_OBJ = len(W.CONCEPTS)
+# what each extra text says: full concept id (>= 0) or -1 for an attribute prompt, its colour, its shape (-1: any)
+EXTRA_CONCEPT = torch.tensor(list(range(len(W.WEB_CONCEPTS))) + [-1] * (len(W.SHAPES) + len(W.COLOURS)))
+EXTRA_COLOUR = torch.tensor([-1] * (len(W.WEB_CONCEPTS) + len(W.SHAPES)) + list(range(len(W.COLOURS))))
+EXTRA_SHAPE = torch.tensor([-1] * len(W.WEB_CONCEPTS) + list(range(len(W.SHAPES))) + [-1] * len(W.COLOURS))
+
+
+def matches(image_concept: torch.Tensor, text_concept: torch.Tensor, text_colour: torch.Tensor,
+            text_shape: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool: does text t describe image i's concept? A full-concept text matches its concept; an
+    attribute text matches every object concept with that colour (or shape)."""
+    ic = image_concept[:, None]
+    obj = ic < N_OBJ
+    colour_ok = (text_colour[None] < 0) | (ic // len(W.SHAPES) == text_colour[None])
+    shape_ok = (text_shape[None] < 0) | (ic % len(W.SHAPES) == text_shape[None])
+    return torch.where(text_concept[None] >= 0, ic == text_concept[None], obj & colour_ok & shape_ok)
+
+
+def encode_texts(model, tokens: "Tokens", texts: list[str], device, *, split: int = 24) -> torch.Tensor:
+    """``encode_text_fast`` of ``texts``, each distinct text once, short ones (<= ``split`` tokens) apart
+    from long ones: the same values, a fraction of the cost (most captions are ~10 tokens, a few ~50)."""
+    uniq = list(dict.fromkeys(texts))
+    t = tokens(uniq).to(device)
+    length = t.argmax(-1)
+    out = None
+    for group in (length <= split, length > split):
+        rows = group.nonzero().flatten()
+        if len(rows):
+            e = encode_text_fast(model, t[rows])
+            out = e.new_empty(len(uniq), e.shape[1]) if out is None else out
+            out = out.index_copy(0, rows, e)
+    where = {c: i for i, c in enumerate(uniq)}
+    return out[torch.tensor([where[c] for c in texts], device=device)]
+
+
 # --------------------------------------------------------------------------------------------------
 # losses
 
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, concepts: torch.Tensor, scale: torch.Tensor):
-    """Symmetric contrastive loss; pairs whose captions share a concept are positives of each other."""
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, pos: torch.Tensor, scale: torch.Tensor):
+    """Symmetric contrastive loss over B images and T >= B texts; ``pos`` [B, T] marks every text that
+    describes an image (target mass spread evenly over them). Texts no image of the batch matches only
+    serve as negatives of the image -> text direction."""
     logits = scale * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
-    pos = (concepts[:, None] == concepts[None, :]).float()
-    target = pos / pos.sum(1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    pos = pos.float()
+    i2t = F.cross_entropy(logits, pos / pos.sum(1, keepdim=True))
+    has = pos.sum(0) > 0
+    t2i = F.cross_entropy(logits.T[has], (pos.T / pos.sum(0)[:, None].clamp_min(1))[has])
+    return 0.5 * (i2t + t2i)
 
 
 def patch_loss(local: torch.Tensor, concept_txt: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor):
@@ -163,11 +223,15 @@ def patch_loss(local: torch.Tensor, concept_txt: torch.Tensor, labels: torch.Ten
 
 @torch.no_grad()
 def evaluate(model, tokens: Tokens, *, per_class: int = 20, device="cpu") -> dict:
-    """Zero-shot accuracy (global feature), dominant-patch accuracy and best-patch image accuracy on
-    ``per_class`` ID-style images per demo class, from a stream the benchmark never uses."""
+    """ID-style figures on ``per_class`` images per demo class, from a stream the benchmark never uses:
+    zero-shot accuracy (global feature vs "a photo of a {c}."), the shape / colour accuracy of those
+    zero-shot predictions, dominant-patch accuracy and best-patch image accuracy (local features), and
+    the mean cosine of same-colour / different-shape and same-shape / different-colour prototype pairs."""
+    was_training = model.training
     model.eval()
-    samples = [W.id_sample(EVAL_SEED, EVAL_STREAM, i, c) for c in range(len(W.ID_CLASSES)) for i in range(per_class)]
-    labels = torch.tensor([c for c in range(len(W.ID_CLASSES)) for _ in range(per_class)], device=device)
+    n = len(W.ID_CLASSES)
+    samples = [W.id_sample(EVAL_SEED, EVAL_STREAM, i, c) for c in range(n) for i in range(per_class)]
+    labels = torch.tensor([c for c in range(n) for _ in range(per_class)], device=device)
     x = normalise(torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).to(device))
     protos = F.normalize(model.encode_text(tokens([f"a photo of a {c}." for c in W.ID_CLASSES]).to(device)).float(), dim=-1)
     g, l = [], []
@@ -175,14 +239,32 @@ def evaluate(model, tokens: Tokens, *, per_class: int = 20, device="cpu") -> dic
         gi, li = encode_image(model, x[i:i + 256])
         g.append(gi.float()), l.append(li.float())
     g, l = F.normalize(torch.cat(g), dim=-1), F.normalize(torch.cat(l), dim=-1)
-    zs = (g @ protos.T).argmax(1) == labels
+    pred = (g @ protos.T).argmax(1)
+    n_shapes = len(W.ID_SHAPES)                        # ID_CLASSES is colour-major: class = colour * 5 + shape
     sim = l @ protos.T                                                  # [N, HW, C]
     best_patch = sim.max(1).values.argmax(1) == labels
     dom = torch.tensor(np.stack([[lab == s.dominant.concept for lab in s.patch_labels()] for s in samples]),
                        device=device)
     patch_ok = (sim.argmax(-1) == labels[:, None]) & dom
-    return {"zero_shot_acc": zs.float().mean().item(), "best_patch_acc": best_patch.float().mean().item(),
-            "patch_acc": (patch_ok.sum() / dom.sum()).item(), "eval_images": len(samples)}
+    cls = torch.arange(n, device=device)
+    same_colour = (cls[:, None] // n_shapes == cls[None] // n_shapes) & (cls[:, None] != cls[None])
+    same_shape = (cls[:, None] % n_shapes == cls[None] % n_shapes) & (cls[:, None] != cls[None])
+    cos = protos @ protos.T
+    if was_training:
+        model.train()
+    return {"zero_shot_acc": (pred == labels).float().mean().item(),
+            "shape_acc": (pred % n_shapes == labels % n_shapes).float().mean().item(),
+            "colour_acc": (pred // n_shapes == labels // n_shapes).float().mean().item(),
+            "best_patch_acc": best_patch.float().mean().item(),
+            "patch_acc": (patch_ok.sum() / dom.sum()).item(),
+            "cos_same_colour": cos[same_colour].mean().item(), "cos_same_shape": cos[same_shape].mean().item(),
+            "eval_images": len(samples)}
+
+
+def report(acc: dict) -> str:
+    return (f"zero-shot {acc['zero_shot_acc']:.1%} (shape {acc['shape_acc']:.1%}, colour {acc['colour_acc']:.1%}), "
+            f"dominant-patch {acc['patch_acc']:.1%}, best-patch {acc['best_patch_acc']:.1%}, prototype cosine "
+            f"same colour {acc['cos_same_colour']:.3f} / same shape {acc['cos_same_shape']:.3f}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,30 +288,58 @@ def save(model, path: str, meta: dict) -> None:
     os.replace(tmp, path)
 
 
+RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "patch_weight", "attribute_prompts")
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """torch.save to a temporary file, then an atomic rename: a stopped run never leaves half a checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="src/iim/weights/iim-demo.safetensors")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=None, help="default: 6000 on cuda, 600 on cpu")
-    ap.add_argument("--batch", type=int, default=None, help="default: 512 on cuda, 128 on cpu")
+    ap.add_argument("--steps", type=int, default=None, help="default: 6000 on cuda, 1300 on cpu")
+    ap.add_argument("--batch", type=int, default=None, help="default: 512 on cuda, 64 on cpu")
     ap.add_argument("--pool", type=int, default=None, help="pre-generated images; default 400k on cuda, 30k on cpu")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
     ap.add_argument("--patch-weight", type=float, default=1.0)
+    ap.add_argument("--no-attribute-prompts", dest="attribute_prompts", action="store_false",
+                    help="leave out the shape-only / colour-only captions")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--eval-per-class", type=int, default=20)
+    ap.add_argument("--eval-every", type=int, default=0, help="print the ID-style figures every N steps (0: at the end only)")
     ap.add_argument("--log-every", type=int, default=100)
+    ap.add_argument("--checkpoint", default=None, help="checkpoint file; default: <out>.ckpt")
+    ap.add_argument("--checkpoint-every", type=int, default=0, help="write the checkpoint every N steps (0: never)")
+    ap.add_argument("--resume", action="store_true", help="continue from the checkpoint (same recipe; same result)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    steps = args.steps or (6000 if cuda else 600)
-    batch = args.batch or (512 if cuda else 128)
-    pool_n = args.pool or (400_000 if cuda else 30_000)
+    args.steps = args.steps or (6000 if cuda else 1300)
+    args.batch = args.batch or (512 if cuda else 64)
+    args.pool = args.pool or (400_000 if cuda else 30_000)
+    steps, batch, pool_n = args.steps, args.batch, args.pool
+    ckpt_path = args.checkpoint or args.out + ".ckpt"
+    recipe = {k: getattr(args, k) for k in RECIPE_KEYS}
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    resume = None
+    if args.resume:
+        if not os.path.isfile(ckpt_path):
+            sys.exit(f"Error: --resume: no checkpoint {ckpt_path}")
+        resume = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if resume["recipe"] != recipe:
+            sys.exit(f"Error: --resume: {ckpt_path} is from another recipe ({resume['recipe']}, not {recipe})")
 
     t0 = time.time()
     images, concepts, patches, captions = make_pool(WORLD_SEED_OFFSET + args.seed, pool_n, args.workers)
@@ -242,9 +352,13 @@ def main(argv=None):
     with torch.no_grad():   # the fast text path must equal open_clip's encode_text
         t = tokens(captions[:8]).to(device)
         assert torch.allclose(encode_text_fast(model, t), model.encode_text(t), atol=1e-3)
-    cap_tokens = tokens(captions).to(device)          # the whole pool lives on the device
+        assert torch.allclose(encode_texts(model, tokens, captions[:64], device),
+                              model.encode_text(tokens(captions[:64]).to(device)), atol=1e-3)
     images = images.to(device)
     concepts, patches = concepts.to(device), patches.to(device)
+    extra = [e.to(device) for e in (EXTRA_CONCEPT, EXTRA_COLOUR, EXTRA_SHAPE)]
+    n_extra = len(W.WEB_CONCEPTS) + (len(W.SHAPES) + len(W.COLOURS) if args.attribute_prompts else 0)
+    extra = [e[:n_extra] for e in extra]
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
 
@@ -257,23 +371,35 @@ def main(argv=None):
         opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    start, t_before = 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["opt"])
+        sched.load_state_dict(resume["sched"])
+        rng.bit_generator.state = resume["rng"]
+        gen.set_state(resume["gen"])
+        start, t_before = resume["step"], resume["train_seconds"]
+        print(f"resumed from {ckpt_path} at step {start}", flush=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 
     print(f"training {MODEL}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
           f"{steps} steps x batch {batch} on {device}", flush=True)
-    t1 = time.time()
+    t1 = time.time() - t_before
     model.train()
-    for step in range(steps):
+    for step in range(start, steps):
         idx = torch.randint(0, pool_n, (batch,), generator=gen)
+        x, plab = flip(images[idx.to(device)], patches[idx.to(device)], (torch.rand(batch, generator=gen) < 0.5).to(device))
+        prompts = concept_prompts(rng) + (attribute_prompts(rng) if args.attribute_prompts else [])
         idx = idx.to(device)
-        x, plab = flip(images[idx], patches[idx], (torch.rand(batch, generator=gen) < 0.5).to(device))
-        txt_tokens = torch.cat([cap_tokens[idx], tokens(concept_prompts(rng)).to(device)])
         with autocast:
             g, l = encode_image_grad(model, normalise(x))
-            txt = encode_text_fast(model, txt_tokens)
+            txt = encode_texts(model, tokens, [captions[i] for i in idx.tolist()] + prompts, device)
             scale = model.logit_scale.exp()
-            lc = clip_loss(g.float(), txt[:batch].float(), concepts[idx], scale)
-            lp = patch_loss(l.float(), txt[batch:].float(), plab, scale)
+            pos = matches(concepts[idx], torch.cat([concepts[idx], extra[0]]),
+                          torch.cat([concepts.new_full((batch,), -1), extra[1]]),
+                          torch.cat([concepts.new_full((batch,), -1), extra[2]]))
+            lc = clip_loss(g.float(), txt.float(), pos, scale)
+            lp = patch_loss(l.float(), txt[batch:batch + len(W.WEB_CONCEPTS)].float(), plab, scale)
             loss = lc + args.patch_weight * lp
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -281,24 +407,32 @@ def main(argv=None):
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
-        if step % args.log_every == 0 or step == steps - 1:
+        done = step + 1
+        if step % args.log_every == 0 or done == steps:
             el = time.time() - t1
             print(f"step {step:5d}/{steps}  clip {lc.item():.3f}  patch {lp.item():.3f}  "
-                  f"scale {scale.item():.1f}  {el:.0f}s ({(step + 1) * batch / el:.0f} img/s, "
-                  f"{el / (step + 1) * (steps - step - 1):.0f}s to go)", flush=True)
+                  f"scale {scale.item():.1f}  {el:.0f}s ({(done - start) * batch / max(1e-9, el - t_before):.0f} img/s, "
+                  f"{(el - t_before) / (done - start) * (steps - done):.0f}s to go)", flush=True)
+        if args.eval_every and done % args.eval_every == 0 and done < steps:
+            print(f"  probe @ {done}: " + report(evaluate(model, tokens, per_class=args.eval_per_class, device=device)),
+                  flush=True)
+        if args.checkpoint_every and done % args.checkpoint_every == 0 and done < steps:
+            save_checkpoint(ckpt_path, {"recipe": recipe, "step": done, "model": model.state_dict(),
+                                        "opt": opt.state_dict(), "sched": sched.state_dict(),
+                                        "rng": rng.bit_generator.state, "gen": gen.get_state(),
+                                        "train_seconds": time.time() - t1})
     t_train = time.time() - t1
 
     model = model.float().eval()
     acc = evaluate(model, tokens, per_class=args.eval_per_class, device=device)
-    meta = {"model": MODEL, "seed": args.seed, "device": str(device), "steps": steps, "batch": batch,
-            "pool": pool_n, "lr": args.lr, "wd": args.wd, "warmup": args.warmup,
-            "patch_weight": args.patch_weight, "world_seed": WORLD_SEED_OFFSET + args.seed,
+    command = [a for a in argv if a != "--resume"]
+    meta = {"model": MODEL, **recipe, "world_seed": WORLD_SEED_OFFSET + args.seed,
             "eval": {"seed": EVAL_SEED, "stream": EVAL_STREAM, "per_class": args.eval_per_class},
-            "train_seconds": round(t_train, 1), **{k: round(v, 4) if isinstance(v, float) else v for k, v in acc.items()},
-            "command": " ".join(["scripts/train_demo_model.py"] + (argv if argv is not None else sys.argv[1:]))}
+            "train_seconds": round(t_train, 1), "resumed": resume is not None,
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in acc.items()},
+            "command": " ".join(["scripts/train_demo_model.py"] + command)}
     save(model, args.out, meta)
-    print(f"zero-shot accuracy {acc['zero_shot_acc']:.1%} (20 ID classes, chance 5%), dominant-patch accuracy "
-          f"{acc['patch_acc']:.1%}, best-patch image accuracy {acc['best_patch_acc']:.1%}", flush=True)
+    print(report(acc) + " (20 ID classes, chance 5%)", flush=True)
     print(f"pool {t_pool:.0f}s + training {t_train:.0f}s; wrote {args.out} "
           f"({os.path.getsize(args.out) / 1e6:.1f} MB)", flush=True)
     return acc

@@ -1,0 +1,82 @@
+"""scripts/train_demo_model.py: a run stopped and resumed from its checkpoint ends bit for bit where an
+uninterrupted run ends; the new loss pieces (caption matching, length-split text encoding) are exact."""
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_model.py"
+
+
+@pytest.fixture(scope="module")
+def tdm():
+    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+    return load_file(str(path))
+
+
+def test_resumed_run_equals_uninterrupted_run(tdm, tmp_path):
+    torch.set_num_threads(1)
+    args = ["--steps", "6", "--batch", "8", "--pool", "48", "--workers", "1", "--threads", "1",
+            "--eval-per-class", "1", "--log-every", "100", "--checkpoint-every", "3"]
+    full = tmp_path / "full.safetensors"
+    tdm.main(args + ["--out", str(full), "--checkpoint", str(tmp_path / "a.ckpt")])
+    # the uninterrupted run left its step-3 checkpoint: resume from it as a stopped run would
+    resumed = tmp_path / "resumed.safetensors"
+    ckpt = torch.load(tmp_path / "a.ckpt", weights_only=False)
+    assert ckpt["step"] == 3
+    tdm.main(args + ["--out", str(resumed), "--checkpoint", str(tmp_path / "a.ckpt"), "--resume"])
+    a, b = _tensors(full), _tensors(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # a checkpoint of another recipe is refused
+    with pytest.raises(SystemExit, match="another recipe"):
+        tdm.main([*args[:1], "7", *args[2:], "--out", str(resumed), "--checkpoint", str(tmp_path / "a.ckpt"),
+                  "--resume"])
+
+
+def test_matches_marks_the_captions_that_describe_each_image(tdm):
+    W = tdm.W
+    cid = {c: i for i, c in enumerate(W.WEB_CONCEPTS)}
+    images = torch.tensor([cid["red star"], cid["blue star"], cid["dotted texture"]])
+    texts = ["red star", "blue circle", "star", "red", "blue", "circle", "dotted texture", "cluttered scene"]
+    concept = torch.tensor([cid["red star"], cid["blue circle"], -1, -1, -1, -1, cid["dotted texture"],
+                            cid["cluttered scene"]])
+    colour = torch.tensor([-1, -1, -1, W.COLOURS.index("red"), W.COLOURS.index("blue"), -1, -1, -1])
+    shape = torch.tensor([-1, -1, W.SHAPES.index("star"), -1, -1, W.SHAPES.index("circle"), -1, -1])
+    got = tdm.matches(images, concept, colour, shape)
+    words = {0: {"red star", "star", "red"}, 1: {"star", "blue"}, 2: {"dotted texture"}}
+    for i in range(3):                       # brute force: a text matches if every word it names fits
+        assert {t for t, m in zip(texts, got[i].tolist()) if m} == words[i]
+    # the extra texts' descriptors agree with their prompts
+    rng = __import__("numpy").random.default_rng(0)
+    prompts = tdm.concept_prompts(rng) + tdm.attribute_prompts(rng)
+    assert len(prompts) == len(tdm.EXTRA_CONCEPT) == len(tdm.EXTRA_COLOUR) == len(tdm.EXTRA_SHAPE)
+    for p, c, col, sh in zip(prompts, tdm.EXTRA_CONCEPT.tolist(), tdm.EXTRA_COLOUR.tolist(), tdm.EXTRA_SHAPE.tolist()):
+        if c >= 0:
+            assert W.WEB_CONCEPTS[c].split(" ")[0] in p
+        else:
+            assert (W.COLOURS[col] if col >= 0 else W.SHAPES[sh]) in p and (col < 0) != (sh < 0)
+
+
+def test_encode_texts_equals_open_clip_encode_text(tdm):
+    import open_clip
+    from iim.demo import world as W
+    model = tdm.build_model(0, "cpu").eval()
+    tokens = tdm.Tokens(open_clip.get_tokenizer(tdm.MODEL))
+    texts = [W.web_sample(1000, i).caption for i in range(12)]
+    texts = texts + texts[:3] + ["a photo of a star."]
+    with torch.no_grad():
+        got = tdm.encode_texts(model, tokens, texts, "cpu", split=12)
+        ref = model.encode_text(tokens(texts))
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert math.isclose(float((got - ref).abs().max()), 0.0, abs_tol=1e-5)
