@@ -20,7 +20,8 @@ import torch
 
 from iim.score import evaluate, similarities
 from iim.score.pipeline import auto_chunk_rows
-from iim.score.sweep import ALPHA_GRID, K_GRID, parse_grid
+from iim.options import parse_grid
+from iim.score.options import ALPHA_GRID, K_GRID
 
 
 def one_pass(feats, protos, device, chunk, k, alpha):

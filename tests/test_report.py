@@ -60,3 +60,17 @@ def test_report_refuses_runs_that_differ_in_more_than_the_seed(scored, capsys, t
     assert code == 2 and "lambda_neg" in err and err.count("\n") == 1
     code, _, err = run_cli(capsys, "report", runs[0], runs[0])
     assert code == 2 and "twice" in err
+
+
+def test_report_averages_runs_that_differ_only_in_execution_options(scored, capsys, tmp_path):
+    """--attention, --compile, --device, ... change how a run is computed, not what it computes."""
+    root, cache, runs = scored
+    execution = {"attention": "blocks", "compile": "default", "device": "cuda", "bf16": False,
+                 "features_in": "stream", "pretrained": "/elsewhere/weights.pt"}
+    other = make_fake_run(tmp_path / "blocks", cache, seed=6, config=execution)
+    for run in (runs[0], other):
+        code, _, err = run_cli(capsys, "score", "--run", run, "--k", 10, "--no-plots")
+        assert code == 0, err
+    code, out, err = run_cli(capsys, "report", runs[0], other)
+    assert code == 0, err
+    assert "Mean over 2 runs" in out

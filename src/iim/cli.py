@@ -71,6 +71,9 @@ def _run(command: click.Command, **kw):
     except IIMError as e:
         click.echo(f"Error: {e}", err=True)
         raise SystemExit(2)
+    except click.UsageError as e:                 # bad flag or value: one line, like every other error
+        click.echo(f"Error: {e.format_message()}", err=True)
+        raise SystemExit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         raise SystemExit(130)

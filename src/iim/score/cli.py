@@ -8,50 +8,40 @@ import click
 import numpy as np
 
 from .. import metrics as M
+from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
+from ..options import click_options
 from . import plots, report
 from .knn import KNNScorer, memory_bank
 from ..models import resolve_device
 from .pipeline import Job, ood_split_names, prepare_run, prepare_zero_shot, stream_split
 from .scores import check_k
-from .sweep import ALPHA_GRID, K_GRID, best_settings, parse_grid, sweep_rows
+from .options import ALPHA_GRID, K_GRID, SWEEP_SKIPS, ScoreOptions
+from .sweep import best_settings, sweep_rows
 
 HEADLINE = ("s_mcm", "s_mcm_star")      # the first present is plotted and summarised with MCM
 
 
-def _common(k_default: str, alpha_default: str):
-    """Options shared by ``score`` and ``sweep``."""
+def _common(f):
+    """Options shared by ``score`` and ``sweep`` (besides the scoring options of :class:`ScoreOptions`)."""
     opts = [
-        click.option("--run", type=click.Path(file_okay=False, path_type=Path),
-                     help="Run folder (runs/NAME). Default: the newest run under --runs-dir."),
-        click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-                     show_default=True, help="Where to look for the newest run when --run is not given."),
-        click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
-                     help="Feature cache. Default: the cache recorded in the run's checkpoint."),
+        click.option("--run", type=FOLDER, help="Run folder (runs/NAME). Default: the newest run under --runs-dir."),
+        click.option("--runs-dir", type=FOLDER, default=Path("runs"), show_default=True,
+                     help="Where to look for the newest run when --run is not given."),
+        cache_option("Feature cache. Default: the cache recorded in the run's checkpoint."),
         click.option("--zero-shot", is_flag=True,
                      help="0-shot rows: global prototypes as local prototypes, no negatives, no run "
                           "(needs --cache and --out)."),
-        click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-                     help="Output folder. Default: the run folder."),
-        click.option("--k", "k_text", default=k_default, show_default=True,
-                     help="Top-k of i2t/t2i; a list '1,5,10' or range 'a:b:step' sweeps."),
-        click.option("--alpha", "alpha_text", default=alpha_default, show_default=True,
-                     help="Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps."),
-        click.option("--T", "T", type=float, default=1.0, show_default=True,
-                     help="Temperature of e(v, t) = exp(cos / T)."),
+        out_option("Output folder. Default: the run folder."),
         click.option("--ood", multiple=True,
                      help="Score only this OOD set (repeatable; 'inaturalist' or 'ood_inaturalist'). "
                           "Default: every OOD split in the cache."),
-        click.option("--chunk", type=click.IntRange(min=1), default=None,
-                     help="Images per chunk (bounds memory). Default: ~1 GiB of work on CPU, 8 GiB on GPU."),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N."),
+        device_option,
+        progress_option,
     ]
-
-    def deco(f):
-        for o in reversed(opts):
-            f = o(f)
-        return f
-    return deco
+    for o in reversed(opts):
+        f = o(f)
+    return f
 
 
 def _job(run, runs_dir, cache, zero_shot, out, knn_split=None) -> Job:
@@ -77,15 +67,13 @@ def _splits(job: Job, ood):
 
 
 @click.command("score")
-@_common("50", "1.0")
-@click.option("--knn-k", type=click.IntRange(min=1), default=1, show_default=True,
-              help="KNN baseline: distance to the k-th nearest support feature.")
+@_common
+@click_options(ScoreOptions)
 @click.option("--knn-split", help="KNN memory bank split. Default: the run's train split.")
-@click.option("--knn-all-views", is_flag=True, help="Put every augmented view into the KNN bank (default: view 0).")
 @click.option("--no-knn", is_flag=True, help="Skip the KNN baseline row.")
 @click.option("--no-plots", is_flag=True, help="Skip the histogram / ROC plots.")
-def score(run, runs_dir, cache, zero_shot, out, k_text, alpha_text, T, ood, chunk, device,
-          knn_k, knn_split, knn_all_views, no_knn, no_plots):
+def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk,
+          knn_k, knn_all_views, knn_split, no_knn, no_plots):
     """Score a trained run (or zero-shot) on the cache's test and OOD splits with every evaluator.
 
     \b
@@ -97,23 +85,23 @@ def score(run, runs_dir, cache, zero_shot, out, k_text, alpha_text, T, ood, chun
     Prints the paper-style table (FPR95 / AUROC per OOD set and their average, in percent) and the ID
     accuracy; writes results.json, results.csv, scores_{split}.npz and plots/ into the run folder (--out).
     """
-    ks = parse_grid(k_text, integer=True, name="--k")
-    alphas = parse_grid(alpha_text, name="--alpha")
+    ks, alphas = k, alpha
     sweep = len(ks) > 1 or len(alphas) > 1
     job = _job(run, runs_dir, cache, zero_shot, out, knn_split=None if no_knn or sweep else knn_split)
     _announce(job)
     if sweep:
         click.echo(f"Several k / alpha values: sweeping {len(ks)} x {len(alphas)} settings in one pass"
                    " (a sweep writes sweep.csv only: no KNN row, plots, results.json or ID accuracy)")
-        return run_sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device)
+        return run_sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress)
     knn = None if no_knn else dict(k=knn_k, all_views=knn_all_views)
     return run_score(job, k=ks[0], alpha=alphas[0], T=T, ood=ood, chunk=chunk, device=device, knn=knn,
-                     plot=not no_plots)
+                     plot=not no_plots, progress=progress)
 
 
 @click.command("sweep")
-@_common(K_GRID, ALPHA_GRID)
-def sweep(run, runs_dir, cache, zero_shot, out, k_text, alpha_text, T, ood, chunk, device):
+@_common
+@click_options(ScoreOptions, skip=SWEEP_SKIPS, defaults={"k": K_GRID, "alpha": ALPHA_GRID})
+def sweep(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk):
     """Sweep k and alpha in ONE pass over the cache (one sorted top-k_max; alpha is linear).
 
     \b
@@ -123,16 +111,15 @@ def sweep(run, runs_dir, cache, zero_shot, out, k_text, alpha_text, T, ood, chun
     Writes sweep.csv (k, alpha, method, ood_set, fpr95, auroc; percent; ood_set 'average' = mean over
     sets) into the run folder (--out) and prints the best setting per method.
     """
-    ks = parse_grid(k_text, integer=True, name="--k")
-    alphas = parse_grid(alpha_text, name="--alpha")
+    ks, alphas = k, alpha
     job = _job(run, runs_dir, cache, zero_shot, out)
     _announce(job)
-    return run_sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device)
+    return run_sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress)
 
 
 # ---- the two passes -----------------------------------------------------------------------------
 def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="auto", knn=None,
-              plot=True) -> dict:
+              plot=True, progress=True) -> dict:
     """Score every split, compute the metrics, write the result files, print the table; returns results."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
@@ -146,7 +133,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         click.echo(f"KNN baseline: k={knn['k']}, memory bank {job.knn_split} "
                    f"({len(bank)} features{', all views' if knn['all_views'] else ', view 0'}"
                    f"{', faiss-gpu' if scorer.on_gpu else ''})")
-    stream = dict(k=k, alpha=alpha, T=T, rows=chunk, device=dev, knn=scorer)
+    stream = dict(k=k, alpha=alpha, T=T, rows=chunk, device=dev, knn=scorer, progress=progress)
     id_scores, preds = stream_split(test, job, predict=True, **stream)
     labels = test.labels
     valid = labels >= 0
@@ -163,7 +150,8 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "settings": {"k": k, "alpha": alpha, "T": T, "accuracy_k": min(k, test.hw), "device": str(dev),
                      "chunk": chunk or "auto", "knn_k": knn["k"] if scorer else None,
                      "knn_split": job.knn_split if scorer else None,
-                     "knn_views": (("all" if knn["all_views"] else 0) if scorer else None)},
+                     "knn_views": (("all" if knn["all_views"] else 0) if scorer else None),
+                     "knn_all_views": knn["all_views"] if scorer else None},
         "units": "percent",
         "id": {"split": "test", "n": int(test.n), "accuracy": accuracy},
         "ood_sets": {report.set_name(n): int(job.cache.split(n).n) for n in ood_names},
@@ -195,13 +183,13 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     return results
 
 
-def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto") -> list[dict]:
+def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto", progress=True) -> list[dict]:
     """One pass over the splits for the whole (k, alpha) grid; writes sweep.csv, prints the best settings."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
     test, ood_names = _splits(job, ood)
     check_k(ks, test.hw, len(job.id_proto))
-    stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev)
+    stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev, progress=progress)
     id_scores = stream_split(test, job, **stream)[0]
     ood_scores = {report.set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
     rows = sweep_rows(ks, alphas, id_scores, ood_scores, {"fpr95": M.fpr95, "auroc": M.auroc})

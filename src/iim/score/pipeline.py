@@ -189,7 +189,7 @@ def auto_chunk_rows(hw: int, n_classes: int, n_neg: int, device: torch.device) -
 
 @torch.no_grad()
 def stream_split(split, job: Job, *, k=50, alpha=1.0, T: float = 1.0, rows: int | None = None,
-                 device="cpu", knn=None, predict: bool = False):
+                 device="cpu", knn=None, predict: bool = False, progress: bool = True):
     """Score every image of ``split``; returns ``(scores {method: numpy}, predictions or None)``.
 
     ``k`` / ``alpha`` as in :func:`iim.score.evaluate` (ints/floats, or lists for a sweep). ``knn`` a
@@ -203,7 +203,7 @@ def stream_split(split, job: Job, *, k=50, alpha=1.0, T: float = 1.0, rows: int 
     scores, preds = defaultdict(list), []
     # disable=None: no bar when stderr is not a terminal (logs, CI)
     with tqdm(total=split.n, unit="img", desc=split.name, leave=False, dynamic_ncols=True,
-              disable=None) as bar:
+              disable=None if progress else True) as bar:
         for chunk in split.iter_chunks(rows=rows):
             g = chunk.global_feats.to(device, non_blocking=True)
             loc = chunk.local_feats.to(device, non_blocking=True)

@@ -3,8 +3,10 @@
     results = [load_results(r) for r in ("runs/in1k-k16-s1-iim", "runs/in1k-k16-s2-iim", ...)]
     summary = summarise(results)     # {"mean": {method: {set: {metric: %}}}, "std": ..., "values": ...}
 
-The runs must have been scored on the same OOD sets with the same k, alpha and T; the standard
-deviation is numpy's default (population, ddof=0) over the runs, in percent like the results.
+The runs must have been scored on the same OOD sets with the same scoring options
+(:data:`iim.score.options.RESULT_KEYS`) and trained with the same result-changing options
+(:data:`iim.train.config.RESULT_KEYS`) but their seed; execution options (device, attention kernel,
+compile mode, ...) may differ. The standard deviation is numpy's default (population, ddof=0) over the runs, in percent like the results.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IIMError
+from ..train.config import RESULT_KEYS as TRAIN_KEYS
+from .options import RESULT_KEYS as SCORE_KEYS
 from .report import AVERAGE, LABELS, TABLE_METHODS
 
 RESULTS = "results.json"
-MUST_MATCH = ("k", "alpha", "T")
+MUST_MATCH = SCORE_KEYS              # scoring settings the averaged results must share
 
 
 def load_results(run_dir) -> dict:
@@ -41,8 +45,9 @@ def summarise(results: list[dict]) -> dict:
     for r in results[1:]:
         if list(r["ood_sets"]) != sets:
             raise IIMError(f"{r.get('run')} was scored on OOD sets {list(r['ood_sets'])}, not {sets}")
-        for key in MUST_MATCH:
-            if r["settings"].get(key) != first["settings"].get(key):
+        for key in MUST_MATCH:              # None: not recorded / no KNN row in that run
+            a, b = first["settings"].get(key), r["settings"].get(key)
+            if a is not None and b is not None and a != b:
                 raise IIMError(f"{r.get('run')} was scored with {key}={r['settings'].get(key)}, "
                                f"{first.get('run')} with {key}={first['settings'].get(key)}; rescore with "
                                f"the same --{key}")
@@ -72,11 +77,11 @@ def _check_same_experiment(results: list[dict]) -> None:
         raise IIMError("zero-shot results and trained runs cannot be averaged together")
 
     def options(r):
-        cfg = dict(r.get("run_config") or {})
-        split = re.sub(r"_s\d+", "", str(cfg.pop("split", "")))       # train_k16_s2_v16 -> train_k16_v16
-        for key in ("seed", "out", "device", "bf16", "features_in", "pretrained", "cache"):
-            cfg.pop(key, None)
-        return dict(cfg, split=split)
+        cfg = r.get("run_config") or {}
+        split = re.sub(r"_s\d+", "", str(cfg.get("split", "")))       # train_k16_s2_v16 -> train_k16_v16
+        keys = [k for k in TRAIN_KEYS if k not in ("seed", "split")] + ["model", "weights", "benchmark",
+                                                                         "classnames"]
+        return dict({k: cfg.get(k) for k in keys}, split=split)
 
     first = options(results[0])
     for r in results[1:]:

@@ -11,40 +11,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..errors import IIMError
 from .scores import Similarities, evaluate
 
-K_GRID = "1,5,10,20,50,100,200"
-ALPHA_GRID = "0:2:0.25"
 ALPHA_METHODS = ("s_mcm", "s_mcm_star")                           # depend on k and alpha
 K_METHODS = ("r_mcm", "r_mcm_star", "i2t", "i2t_star", "t2i")     # depend on k only
-
-
-def parse_grid(text: str, *, integer: bool = False, name: str = "value") -> list:
-    """``"1,5,10"`` or ``"start:stop:step"`` (stop included) or a mix: ``"0:1:0.5,2"`` -> sorted unique values."""
-    values = []
-    try:
-        for part in str(text).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if ":" in part:
-                start, stop, step = (float(x) for x in part.split(":"))
-                if step <= 0 or stop < start:
-                    raise ValueError
-                n = int(np.floor((stop - start) / step + 1e-9)) + 1
-                values += [start + i * step for i in range(n)]
-            else:
-                values.append(float(part))
-    except ValueError:
-        raise IIMError(f"cannot read {name} {text!r}: use a list '1,5,10' or a range 'start:stop:step'") from None
-    if not values:
-        raise IIMError(f"{name} {text!r} names no values")
-    if integer:
-        if any(v != int(v) for v in values):
-            raise IIMError(f"{name} must be whole numbers, got {text!r}")
-        return sorted({int(v) for v in values})
-    return sorted({round(v, 10) for v in values})
 
 
 @torch.no_grad()

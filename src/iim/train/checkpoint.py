@@ -21,15 +21,10 @@ import torch
 
 from ..cache.store import atomic_write
 from ..errors import IIMError
+from .config import RESULT_KEYS
 
 CHECKPOINT = "checkpoint.pt"
 FORMAT = 1
-# Options that change what training produces: a run may only be resumed with the same values.
-# (device, bf16, features_in, pretrained, attention, compile and the cache's path are execution details
-# and may differ.)
-RESULT_KEYS = ("split", "seed", "k", "n_neg", "n_ctx", "class_specific", "lambda_neg", "lambda_div",
-               "epochs", "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "warmup_lr",
-               "logit_scale", "hard_negative_mining", "ood_patches")
 
 
 def save_checkpoint(path, state: dict) -> None:

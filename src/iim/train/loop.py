@@ -22,7 +22,6 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,46 +33,14 @@ from ..cache import manifest_key, open_cache
 from ..cache.store import atomic_write_text
 from ..errors import IIMError
 from ..models import create_model, is_local_checkpoint, resolve_device, weights_id
-from ..text import CTX_INIT_STD, SDPA_BACKENDS, PromptEncoder, global_prototypes
+from ..options import check
+from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
 from . import checkpoint as ck
-from .losses import OOD_PATCHES, diversity_loss, iim_losses, total_loss
+from .config import COMPILE_MODES, FEATURES_IN, TrainConfig  # noqa: F401  (re-exported)
+from .losses import diversity_loss, iim_losses, total_loss
 
-FEATURES_IN = ("auto", "device", "host", "stream")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")   # torch.compile modes
 WHERE = {"device": "in device memory", "host": "in host memory", "stream": "streamed per epoch"}
 SCORE_OUTPUTS = ("results.json", "results.csv", "scores_*.npz")   # removed by --overwrite
-
-
-@dataclass
-class TrainConfig:
-    """Every training option (defaults: SPEC §3 / the paper)."""
-    cache: str
-    split: str
-    out: str
-    seed: int = 1
-    k: int = 50
-    n_neg: int = 300
-    n_ctx: int = 16
-    class_specific: bool = False
-    lambda_neg: float = 5.0
-    lambda_div: float = 0.5
-    epochs: int = 50
-    batch_size: int = 32
-    lr: float = 2.5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: int = 1
-    warmup_lr: float = 1e-5
-    logit_scale: float = 100.0
-    hard_negative_mining: bool = True
-    ood_patches: str = "next-k"
-    # execution only: may differ when resuming
-    device: str = "auto"
-    bf16: bool = True
-    features_in: str = "auto"
-    pretrained: str | None = None   # where the cache's local checkpoint file is now (sha256-checked)
-    attention: str = "auto"         # the prompt encoder's attention kernel (iim.text.SDPA_BACKENDS)
-    compile: str = "off"            # torch.compile mode of the step's forward (COMPILE_MODES)
 
 
 def lr_at_epoch(epoch: int, *, lr: float, epochs: int, warmup_epochs: int = 1,
@@ -224,20 +191,12 @@ def learned_prototypes(encoder: PromptEncoder) -> tuple[torch.Tensor, torch.Tens
 
 
 def validate(cfg: TrainConfig, split) -> None:
-    if cfg.k < 1 or split.hw < 2 * cfg.k:
+    """The option table's checks (:func:`iim.options.check`), plus those that need the split."""
+    check(cfg)
+    if split.hw < 2 * cfg.k:
         raise IIMError(f"--k {cfg.k} needs 2k <= {split.hw} patches per image (use --k {split.hw // 2} or less)")
-    checks = [(cfg.epochs >= 1, "--epochs must be >= 1"), (cfg.batch_size >= 1, "--batch-size must be >= 1"),
-              (cfg.n_neg >= 0, "--n-neg must be >= 0"), (cfg.n_ctx >= 1, "--n-ctx must be >= 1"),
-              (cfg.lr > 0 and cfg.warmup_lr > 0, "--lr must be > 0"),
-              (cfg.lambda_neg >= 0 and cfg.lambda_div >= 0, "--lambda-neg / --lambda-div must be >= 0"),
-              (cfg.ood_patches in OOD_PATCHES, f"--ood-patches must be one of {', '.join(OOD_PATCHES)}"),
-              (cfg.features_in in FEATURES_IN, f"features_in must be one of {', '.join(FEATURES_IN)}"),
-              (cfg.attention in SDPA_BACKENDS, f"--attention must be one of {', '.join(SDPA_BACKENDS)}"),
-              (cfg.compile in COMPILE_MODES, f"--compile must be one of {', '.join(COMPILE_MODES)}"),
-              (split.n > 0, f"split {split.name} has no images")]
-    for ok, msg in checks:
-        if not ok:
-            raise IIMError(msg)
+    if split.n == 0:
+        raise IIMError(f"split {split.name} has no images")
 
 
 def full_config(cfg: TrainConfig, cache) -> dict:

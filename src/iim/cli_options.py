@@ -1,0 +1,47 @@
+"""The click options several commands share, each defined once: ``--device``, ``--out``, ``--cache``,
+``--seed`` and the progress switch ``--progress/--no-progress``.
+
+    @click.command()
+    @cache_option("Feature cache written by 'iim extract'.", required=True)
+    @out_option("Run folder.")
+    @seed_option("Split seed S.")            # many=True: a list "1,2,3"
+    @device_option
+    @progress_option
+    def cmd(cache, out, seed, device, progress): ...
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .options import SEED, Grid
+
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+FOLDER = click.Path(file_okay=False, path_type=Path)
+
+
+def device_option(f):
+    return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(f)
+
+
+def progress_option(f):
+    return click.option("--progress/--no-progress", default=True, show_default=True,
+                        help="Progress bars (shown when stderr is a terminal, never in logs).")(f)
+
+
+def out_option(help: str, *, default=None, short: bool = False):
+    return click.option("--out", *(("-o",) if short else ()), "out", type=FOLDER, default=default,
+                        show_default=default is not None, metavar="DIR", help=help)
+
+
+def cache_option(help: str, *, required: bool = False, default=None, name: str = "cache"):
+    return click.option("--cache", name, type=FOLDER, required=required, default=default,
+                        show_default=default is not None, metavar="DIR", help=help)
+
+
+def seed_option(help: str, *, many: bool = False, default=None, aliases=(), name: str = "seed"):
+    """``--seed S`` (``many``: ``S[,S...]``, a list) with values in 0 .. 2^32 - 1."""
+    return click.option("--seed", *aliases, name, type=Grid(integer=True, element=SEED) if many else SEED,
+                        default=default, show_default=default is not None,
+                        metavar="S[,S...]" if many else "S", help=help)

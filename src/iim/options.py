@@ -1,0 +1,142 @@
+"""Options as data: each option is declared ONCE, as a dataclass field, with its default, help text,
+validation and whether it changes the result; the click options, the resume check and the report's
+grouping are derived from that declaration.
+
+    @dataclass
+    class TrainConfig:
+        k: int = option(50, "Top-k positive patches.", type=click.IntRange(min=1))
+        device: str = option("auto", "Where to train.", result=False)
+
+    @click_options(TrainConfig)      # --k, --device, ... (one click option per field with cli=True)
+    def train(**kw): ...
+    result_keys(TrainConfig)         # ("k",): options a resumed or averaged run must share
+    check(cfg)                       # the same validation for Python callers (IIMError)
+
+A bool field becomes ``--name/--no-name`` when it defaults to True and a plain ``--name`` flag otherwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import click
+import numpy as np
+
+from .errors import IIMError
+
+SEED = click.IntRange(0, 2**32 - 1)      # every --seed: numpy's SeedSequence and torch accept this range
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, type: click.ParamType | None = None,
+           result: bool = True, cli: bool = True, flag: str | None = None, **click_kw):
+    """A dataclass field declaring one option. ``result``: changing it changes what the stage
+    produces (resume and report refuse to mix values); ``cli=False``: no click option of its own
+    (set by the command from other flags, e.g. the split from --shots/--seed/--views); ``flag``: the
+    option's name when it is not ``--field-name``; ``click_kw``: anything else for ``click.option``."""
+    return dataclasses.field(default=default, metadata=dict(help=help, type=type, result=result, cli=cli,
+                                                            flag=flag, click=click_kw))
+
+
+def declared(cls) -> list[dataclasses.Field]:
+    """The fields of ``cls`` declared with :func:`option`."""
+    return [f for f in dataclasses.fields(cls) if "result" in f.metadata]
+
+
+def result_keys(cls) -> tuple[str, ...]:
+    """Names of the options that change the result."""
+    return tuple(f.name for f in declared(cls) if f.metadata["result"])
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def click_options(cls, *, skip=(), defaults: dict | None = None):
+    """Decorator adding one click option per declared field of ``cls`` (except ``cli=False`` fields and
+    ``skip``); the command receives each as a keyword argument named like the field."""
+    defaults = defaults or {}
+    decorators = []
+    for f in declared(cls):
+        m = f.metadata
+        if not m["cli"] or f.name in skip:
+            continue
+        default = defaults.get(f.name, f.default)
+        name = flag_name(f)
+        kw = dict(default=default, help=m["help"], show_default=True, **m["click"])
+        if isinstance(default, bool) and f.type in (bool, "bool"):
+            decl = f"{name}/--no-{name[2:]}" if default else name
+            if not default:
+                kw["is_flag"] = True
+        else:
+            decl = name
+            if m["type"] is not None:
+                kw["type"] = m["type"]
+        decorators.append(click.option(decl, f.name, **kw))
+
+    def deco(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+    return deco
+
+
+def check(obj) -> None:
+    """Validate a config built in Python with the same types click applies on the command line; a bad
+    value is a one-line :class:`IIMError` naming the flag."""
+    for f in declared(type(obj)):
+        t, value = f.metadata["type"], getattr(obj, f.name)
+        if t is None or (value is None and f.default is None):
+            continue
+        try:
+            t.convert(value, None, None)
+        except click.BadParameter as e:
+            raise IIMError(f"{flag_name(f)} {value!r}: {e.message}") from None
+
+
+def parse_grid(text, *, integer: bool = False, name: str = "value") -> list:
+    """``"1,5,10"`` or ``"start:stop:step"`` (stop included) or a mix: ``"0:1:0.5,2"`` -> sorted unique values."""
+    if isinstance(text, (list, tuple)):
+        text = ",".join(str(v) for v in text)
+    values = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if ":" in part:
+                start, stop, step = (float(x) for x in part.split(":"))
+                if step <= 0 or stop < start:
+                    raise ValueError
+                n = int(np.floor((stop - start) / step + 1e-9)) + 1
+                values += [start + i * step for i in range(n)]
+            else:
+                values.append(float(part))
+    except ValueError:
+        raise IIMError(f"cannot read {name} {text!r}: use a list '1,5,10' or a range 'start:stop:step'") from None
+    if not values:
+        raise IIMError(f"{name} {text!r} names no values")
+    if integer:
+        if any(v != int(v) for v in values):
+            raise IIMError(f"{name} must be whole numbers, got {text!r}")
+        return sorted({int(v) for v in values})
+    return sorted({round(v, 10) for v in values})
+
+
+class Grid(click.ParamType):
+    """A click type for ``"1,5,10"`` / ``"0:2:0.25"`` (see :func:`parse_grid`) -> a sorted list. With
+    ``element`` (a click type) every value is also checked by it."""
+    name = "list"
+
+    def __init__(self, *, integer: bool = False, element: click.ParamType | None = None):
+        self.integer, self.element = integer, element
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        name = param.opts[0] if param is not None else "value"
+        try:
+            values = parse_grid(value, integer=self.integer, name=name)
+        except IIMError as e:
+            self.fail(str(e), param, ctx)
+        if self.element is not None:
+            values = [self.element.convert(v, param, ctx) for v in values]
+        return values

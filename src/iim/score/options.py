@@ -1,0 +1,33 @@
+"""The scoring options, declared once (:mod:`iim.options`): ``iim score`` / ``iim sweep`` take their
+flags from this table, and ``iim report`` averages only results scored with the same values of the
+options that change the result (:data:`RESULT_KEYS`). Adding an option = one field here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+
+from ..options import Grid, option, result_keys
+
+K_GRID = "1,5,10,20,50,100,200"       # iim sweep's defaults
+ALPHA_GRID = "0:2:0.25"
+
+
+@dataclass
+class ScoreOptions:
+    """How a run (or the zero-shot prototypes) is scored (SPEC §4)."""
+    k: list = option(50, "Top-k of i2t/t2i; a list '1,5,10' or range 'a:b:step' sweeps.",
+                     type=Grid(integer=True, element=click.IntRange(min=1)))
+    alpha: list = option(1.0, "Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps.", type=Grid())
+    T: float = option(1.0, "Temperature of e(v, t) = exp(cos / T).", flag="--T",
+                      type=click.FloatRange(min=0, min_open=True))
+    chunk: int | None = option(None, "Images per chunk (bounds memory). Default: ~1 GiB of work on CPU, "
+                               "8 GiB on GPU.", type=click.IntRange(min=1), result=False)
+    knn_k: int = option(1, "KNN baseline: distance to the k-th nearest support feature.",
+                        type=click.IntRange(min=1))
+    knn_all_views: bool = option(False, "Put every augmented view into the KNN bank (default: view 0).")
+
+
+RESULT_KEYS = result_keys(ScoreOptions)   # results scored with other values are not averaged
+SWEEP_SKIPS = ("knn_k", "knn_all_views")  # a sweep has no KNN row
