@@ -24,25 +24,9 @@ COMMANDS = {
 }
 
 
-def _not_built(name: str) -> click.Command:
-    @click.command(name, context_settings={"ignore_unknown_options": True},
-                   help=f"({name}: not built yet)")
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def cmd(args):
-        raise click.ClickException(f"'iim {name}' is not built yet")
-    return cmd
-
-
 def load_command(name: str) -> click.Command:
     module, attr = COMMANDS[name].split(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):   # the stage's module does not exist yet
-            return _not_built(name)
-        raise
-    except AttributeError:
-        return _not_built(name)
+    return getattr(importlib.import_module(module), attr)
 
 
 class _Group(click.Group):

@@ -92,7 +92,3 @@ def aupr_out(id_scores, ood_scores) -> float:
     return float(average_precision_score(~is_id, -scores))
 
 
-def all_metrics(id_scores, ood_scores) -> dict[str, float]:
-    """Every metric of :data:`METRICS` for one (ID, OOD) pair, as fractions."""
-    s_id, s_ood = _as_array(id_scores), _as_array(ood_scores)
-    return {name: globals()[name](s_id, s_ood) for name in METRICS}

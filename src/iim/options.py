@@ -111,7 +111,8 @@ def parse_grid(text, *, integer: bool = False, name: str = "value") -> list:
             else:
                 values.append(float(part))
     except ValueError:
-        raise IIMError(f"cannot read {name} {text!r}: use a list '1,5,10' or a range 'start:stop:step'") from None
+        what = "integers separated by commas" if integer else "a list '1,5,10'"
+        raise IIMError(f"cannot read {name} {text!r}: {name} takes {what} or a range 'start:stop:step'") from None
     if not values:
         raise IIMError(f"{name} {text!r} names no values")
     if integer:

@@ -16,8 +16,9 @@ Reading:
     for chunk in test.iter_chunks(rows=512):     # bounded memory
         chunk.global_feats, chunk.local_feats, chunk.labels
 """
-from .store import (Cache, Chunk, Split, SplitWriter, create_cache, manifest_key, open_cache,
-                    train_split_name, ood_split_name)
+from .names import ood_split_name, parse_train_split, train_split_name
+from .fingerprint import compare, fingerprint as manifest_key
+from .store import Cache, Chunk, Split, SplitWriter, create_cache, open_cache
 
-__all__ = ["Cache", "Chunk", "Split", "SplitWriter", "create_cache", "open_cache", "manifest_key",
-           "train_split_name", "ood_split_name"]
+__all__ = ["Cache", "Chunk", "Split", "SplitWriter", "create_cache", "open_cache", "manifest_key", "compare",
+           "train_split_name", "parse_train_split", "ood_split_name"]

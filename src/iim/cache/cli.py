@@ -8,6 +8,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import IIMError
+from .names import is_ood
 from .store import MANIFEST, Cache, open_cache
 
 
@@ -116,9 +117,9 @@ def check_cache(c: Cache, *, deep: bool = True, progress: bool = True) -> list[s
         labels = np.asarray(split.group["label"][:])
         if len(labels) != n or len(split.group["path"][:]) != n:
             problems.append(f"{where}: label/path arrays do not have {n} rows")
-        elif name.startswith("ood_") and (labels != -1).any():
+        elif is_ood(name) and (labels != -1).any():
             problems.append(f"{where}: OOD labels must all be -1")
-        elif not name.startswith("ood_") and ((labels < 0) | (labels >= n_cls)).any():
+        elif not is_ood(name) and ((labels < 0) | (labels >= n_cls)).any():
             problems.append(f"{where}: labels outside 0..{n_cls - 1}")
         if deep:
             bar = tqdm(total=split.n, unit="img", desc=f"verify {name}", leave=False,

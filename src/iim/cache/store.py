@@ -16,46 +16,13 @@ import torch
 import zarr
 
 from ..errors import IIMError
+from ..atomic import atomic_write, atomic_write_text  # noqa: F401 (store's own writes)
+from .fingerprint import compare
+from .names import is_ood, parse_train_split
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-# Fields that must agree for two extractions to share a cache (mixing features is never allowed).
-KEY_FIELDS = ("model", "weights", "image_size", "feature_version", "benchmark", "classnames")
 CHUNK_BYTES = 16 << 20   # target size of one chunk of `local`
-
-
-def train_split_name(shots: int, seed: int, views: int = 1) -> str:
-    """``train_k{K}_s{S}``; a split of V > 1 augmented views is ``train_k{K}_s{S}_v{V}``."""
-    return f"train_k{shots}_s{seed}" + (f"_v{views}" if views != 1 else "")
-
-
-def ood_split_name(name: str) -> str:
-    return f"ood_{name}"
-
-
-def manifest_key(manifest: dict) -> dict:
-    return {k: manifest.get(k) for k in KEY_FIELDS}
-
-
-def atomic_write(path, write, *, binary: bool = False) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync, then ``os.replace`` it onto
-    ``path``: readers (and a crash) see the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)   # mkstemp creates 0600; caches and runs are usually shared with colleagues
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
 
 
 @dataclass
@@ -234,10 +201,10 @@ class Cache:
         return self.split_names(complete_only=True)
 
     def train_splits(self) -> list[str]:
-        return [n for n in self.splits() if n.startswith("train_")]
+        return [n for n in self.splits() if parse_train_split(n)]
 
     def ood_splits(self) -> list[str]:
-        return [n for n in self.splits() if n.startswith("ood_")]
+        return [n for n in self.splits() if is_ood(n)]
 
     def has_split(self, name: str) -> bool:
         return name in self.split_names()
@@ -348,18 +315,16 @@ def create_cache(root, manifest: dict) -> Cache:
     """Open the cache at ``root`` for writing, creating it if needed.
 
     An existing cache must have been made with the same model, weights, image size, feature definition,
-    benchmark and classes (:data:`KEY_FIELDS`); anything else is refused so that features never mix.
+    benchmark and classes (:data:`iim.cache.fingerprint.KEY_FIELDS`); anything else is refused so that features never mix.
     """
     root = Path(root)
     manifest = dict(manifest, format_version=FORMAT_VERSION)
     if (root / MANIFEST).is_file():
         old = _read_manifest(root)
-        new_key, old_key = manifest_key(manifest), manifest_key(old)
-        diff = [k for k in KEY_FIELDS if new_key[k] != old_key[k]]
+        diff = compare(old, manifest)
         if diff:
-            k = diff[0]
-            shown = lambda v: (f"{len(v)} classes" if k == "classnames" else repr(v))  # noqa: E731
-            raise IIMError(f"cache {root} was made with {k}={shown(old_key[k])}, not {shown(new_key[k])}; "
+            was, now = diff[0].shown()
+            raise IIMError(f"cache {root} was made with {diff[0].key}={was}, not {now}; "
                            f"use another --out folder (caches are never mixed)")
         return Cache(root, old)
     if root.exists() and any(root.iterdir()):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..cache.store import ood_split_name, train_split_name
+from ..cache.names import ood_split_name, train_split_name
 from ..errors import IIMError
 from .benchmarks import Benchmark
 from .folders import list_images

@@ -1,21 +1,10 @@
 """``iim extract``: stage one from the command line."""
 from __future__ import annotations
-
-
 import click
 
+from ..cli_options import device_option, out_option, progress_option, seed_option
 from ..errors import IIMError
-
-
-def parse_ints(text: str | None, option: str) -> list[int]:
-    """``"1,2,4"`` -> ``[1, 2, 4]`` (a one-line error for anything else)."""
-    if text is None or text == "":
-        return []
-    try:
-        values = [int(v) for v in str(text).replace(" ", "").split(",") if v]
-    except ValueError:
-        raise IIMError(f"{option} takes integers separated by commas, not {text!r}") from None
-    return list(dict.fromkeys(values))
+from ..options import Grid
 
 
 def _list_benchmarks(ctx, _param, value):
@@ -34,28 +23,28 @@ def _list_benchmarks(ctx, _param, value):
                    "see --list) or a user benchmark TOML file.")
 @click.option("--data-root", envvar="IIM_DATA_ROOT", metavar="DIR",
               help="Folder holding imagenet/ and the OOD sets [env: IIM_DATA_ROOT].")
-@click.option("--out", "-o", metavar="DIR", help="Cache folder  [default: cache/<benchmark>]")
+@out_option("Cache folder  [default: cache/<benchmark>]", short=True)
 @click.option("--model", default="ViT-B-16", show_default=True, help="open_clip model name.")
 @click.option("--pretrained", default="openai", show_default=True,
               help="open_clip pretrained tag, a local checkpoint file, or 'none' (random weights).")
 @click.option("--splits", metavar="LIST",
               help="Comma list of train, test, ood, ood_<name>  [default: test and every OOD set, "
                    "plus train when --shots is given]")
-@click.option("--shots", metavar="K[,K...]", help="Images per class of the few-shot train splits, "
-              "e.g. 16 or 1,2,4,8,16.")
-@click.option("--seed", "seeds", default="1", show_default=True, metavar="S[,S...]",
-              help="Few-shot sampling seeds; one train split per (shots, seed).")
+@click.option("--shots", metavar="K[,K...]", type=Grid(integer=True, element=click.IntRange(min=1)),
+              help="Images per class of the few-shot train splits, e.g. 16 or 1,2,4,8,16.")
+@seed_option("Few-shot sampling seeds; one train split per (shots, seed).", many=True, default="1",
+             name="seeds")
 @click.option("--views", default=1, show_default=True, type=int,
               help="Augmented views per train image (1 = the eval preprocess, no augmentation).")
 @click.option("--batch-size", default=128, show_default=True, type=int,
               help="Images (views) per forward pass.")
 @click.option("--workers", type=int, help="DataLoader worker processes  [default: min(8, CPUs)]")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@device_option
 @click.option("--amp", type=click.Choice(["auto", "fp16", "bf16", "off"]), default="auto",
               show_default=True, help="Autocast dtype on CUDA (auto = fp16; CPU runs float32).")
 @click.option("--skip-bad", is_flag=True,
               help="Skip unreadable images (listed in the manifest) instead of stopping.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+@progress_option
 @click.option("--chunk-mb", type=float, hidden=True, help="Storage chunk size of `local` in MiB.")
 @click.option("--list", "list_", is_flag=True, is_eager=True, expose_value=False, callback=_list_benchmarks,
               help="List the registered benchmarks and exit.")
@@ -70,9 +59,7 @@ def extract(benchmark, data_root, out, model, pretrained, splits, shots, seeds, 
     from ..cache.store import CHUNK_BYTES
     from .run import extract as run_extract
 
-    shot_list, seed_list = parse_ints(shots, "--shots"), parse_ints(seeds, "--seed")
-    if not seed_list:
-        raise IIMError("--seed needs at least one value")
+    shot_list, seed_list = shots or [], seeds
     split_list = None if splits is None else [s.strip() for s in splits.split(",") if s.strip()]
     if workers is not None and workers < 0:
         raise IIMError("--workers must be 0 or more")

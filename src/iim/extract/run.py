@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, ood_split_name
+from ..cache.names import is_ood, ood_split_name
+from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache
 from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ImageRows
 from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, train_pools
@@ -67,7 +68,7 @@ def plan_splits(bench: Benchmark, splits=None, *, shots=(), seeds=(1,), views: i
             plans.append(plan_test(bench, warn=warn))
         elif token == "ood":
             plans += [plan_ood(bench, name, warn=warn) for name in bench.ood]
-        elif token.startswith("ood_") or token.startswith("ood:"):
+        elif is_ood(token) or token.startswith("ood:"):
             plans.append(plan_ood(bench, token[4:], warn=warn))
         else:
             oods = ", ".join(ood_split_name(n) for n in bench.ood)

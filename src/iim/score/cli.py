@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from .. import metrics as M
+from ..cache.names import ood_set_name
 from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..options import click_options
@@ -138,7 +139,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     labels = test.labels
     valid = labels >= 0
     accuracy = 100 * float(np.mean(preds[valid] == labels[valid])) if valid.any() else None
-    ood_scores = {report.set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
+    ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
     metrics = report.compute_metrics(id_scores, ood_scores)
 
     results = {
@@ -154,7 +155,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
                      "knn_all_views": knn["all_views"] if scorer else None},
         "units": "percent",
         "id": {"split": "test", "n": int(test.n), "accuracy": accuracy},
-        "ood_sets": {report.set_name(n): int(job.cache.split(n).n) for n in ood_names},
+        "ood_sets": {ood_set_name(n): int(job.cache.split(n).n) for n in ood_names},
         "metrics": metrics,
         "notes": job.notes + job.warnings,
         "run_config": job.checkpoint.get("config"),
@@ -165,7 +166,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     report.write_npz(out / "scores_test.npz", {**id_scores, "index": np.arange(test.n), "label": labels,
                                                "pred": preds})
     for n in ood_names:
-        report.write_npz(out / f"scores_{n}.npz", ood_scores[report.set_name(n)])
+        report.write_npz(out / f"scores_{n}.npz", ood_scores[ood_set_name(n)])
     if plot:
         head = next(m for m in HEADLINE if m in id_scores)
         for m in (head, "mcm"):
@@ -191,7 +192,7 @@ def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto",
     check_k(ks, test.hw, len(job.id_proto))
     stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev, progress=progress)
     id_scores = stream_split(test, job, **stream)[0]
-    ood_scores = {report.set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
+    ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
     rows = sweep_rows(ks, alphas, id_scores, ood_scores, {"fpr95": M.fpr95, "auroc": M.auroc})
     out = job.out_dir
     report.write_csv(out / "sweep.csv", rows, ["k", "alpha", "method", "ood_set", "fpr95", "auroc"])
@@ -217,8 +218,7 @@ def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto",
 
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Also write summary.json and summary.md (mean ± std table) into this folder.")
+@out_option("Also write summary.json and summary.md (mean ± std table) into this folder.")
 @click.option("--metrics", "columns", default="fpr95,auroc", show_default=True,
               help="Columns of the printed tables: fpr95, auroc, aupr_in, aupr_out, fpr95_openood.")
 def report_cmd(runs, out, columns):

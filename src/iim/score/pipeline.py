@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cache import manifest_key, open_cache
+from ..cache import open_cache
+from ..cache.fingerprint import compare
+from ..cache.names import ood_split_name
 from ..errors import IIMError
 from ..train import checkpoint as train_checkpoint
 from ..train.checkpoint import CHECKPOINT
@@ -53,31 +55,17 @@ def newest_run(runs_dir) -> Path:
     return found[-1].parent
 
 
-def load_checkpoint(run_dir: Path) -> dict:
-    """The run's checkpoint; scoring needs its config and prototypes only."""
-    return train_checkpoint.load_checkpoint(run_dir, need=("prototypes",))
-
-
 def _check_compatible(ckpt: dict, cache, run_dir: Path) -> None:
     """The run must have been trained on features like the cache's: same model, weights, classes, D."""
     cfg, man = ckpt["config"], cache.manifest
-    where = f"run {run_dir} and cache {cache.root} disagree"
-    for key in ("model", "weights"):
-        if key in cfg and cfg[key] != man.get(key):
-            raise IIMError(f"{where} in {key}: {cfg[key]!r} vs {man.get(key)!r}; pass the cache the run "
-                           f"was trained on with --cache")
-    run_names, cache_names = list(cfg.get("classnames") or []), cache.classnames
-    if run_names != cache_names:
-        if len(run_names) != len(cache_names):
-            raise IIMError(f"{where} in classes: {len(run_names)} vs {len(cache_names)} classes")
-        i = next(i for i, (a, b) in enumerate(zip(run_names, cache_names)) if a != b)
-        raise IIMError(f"{where} in class names: #{i} is {run_names[i]!r} vs {cache_names[i]!r}")
-    fp = ckpt.get("cache_fingerprint")
-    if fp:
-        key = manifest_key(man)
-        diff = [k for k in key if k in fp and fp[k] != key[k]]
-        if diff:
-            raise IIMError(f"{where} in {diff[0]}: {fp[diff[0]]!r} vs {key[diff[0]]!r}")
+    run_fp = dict(ckpt.get("cache_fingerprint") or {}, **{k: cfg[k] for k in ("model", "weights") if k in cfg},
+                  classnames=list(cfg.get("classnames") or []))
+    diff = compare(run_fp, dict(man, classnames=cache.classnames), missing_ok=True)
+    if diff:
+        d = diff[0]
+        where = f"run {run_dir} and cache {cache.root} disagree"
+        fix = "; pass the cache the run was trained on with --cache" if d.key in ("model", "weights") else ""
+        raise IIMError(f"{where} in {d}{fix}")
 
 
 def _check_protos(glob, loc, neg, n_classes: int, dim: int, origin: str) -> None:
@@ -99,7 +87,7 @@ def prepare_run(run=None, *, runs_dir="runs", cache_path=None, out=None, knn_spl
     else:
         run_dir = Path(run)
         chose = f"Scoring run {run_dir}"
-    ckpt = load_checkpoint(run_dir)
+    ckpt = train_checkpoint.load_checkpoint(run_dir, need=("prototypes",))   # config and prototypes only
     cfg = ckpt["config"]
     cache_path = cache_path or cfg.get("cache")
     if not cache_path:
@@ -166,7 +154,7 @@ def _knn_split(cache, name, *, explicit: bool, job: Job) -> str | None:
 def ood_split_names(cache, wanted=None) -> list[str]:
     """The OOD splits to score (all complete ``ood_*`` splits, or the named ones); none is an error."""
     if wanted:
-        names = list(dict.fromkeys(w if w.startswith("ood_") else f"ood_{w}" for w in wanted))
+        names = list(dict.fromkeys(ood_split_name(w) for w in wanted))
         for n in names:
             cache.split(n)    # missing / incomplete -> one-line error
     else:

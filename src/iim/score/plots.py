@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from ..cache.store import atomic_write
+from ..atomic import atomic_write
 
 
 def _figure(n_panels: int = 1, width: float = 4.0):

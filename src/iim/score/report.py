@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics as M
-from ..cache.store import atomic_write, atomic_write_text
+from ..atomic import atomic_write, atomic_write_text
 
 LABELS = {"mcm": "MCM", "gl_mcm": "GL-MCM", "r_mcm": "R-MCM", "r_mcm_star": "R-MCM*", "s_mcm": "S-MCM",
           "s_mcm_star": "S-MCM*", "i2t": "i2t", "i2t_star": "i2t*", "t2i": "t2i", "knn": "KNN"}
@@ -20,9 +20,6 @@ TABLE_METHODS = ("mcm", "gl_mcm", "r_mcm_star", "r_mcm", "s_mcm_star", "s_mcm", 
 AVERAGE = "average"
 
 
-def set_name(split: str) -> str:
-    """``ood_inaturalist`` -> ``inaturalist``."""
-    return split[4:] if split.startswith("ood_") else split
 
 
 def write_text(path, text: str) -> None:

@@ -23,7 +23,6 @@ from ..errors import IIMError
 from . import evaluators as ev
 
 SCORE_KEYS = ("mcm", "gl_mcm", "r_mcm", "r_mcm_star", "s_mcm", "s_mcm_star", "i2t", "i2t_star", "t2i")
-NEEDS_NEGATIVES = ("r_mcm", "s_mcm", "i2t")
 
 
 @dataclass

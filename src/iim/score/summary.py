@@ -11,11 +11,12 @@ compile mode, ...) may differ. The standard deviation is numpy's default (popula
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
+from ..cache.fingerprint import compare
+from ..cache.names import without_seed
 from ..errors import IIMError
 from ..train.config import RESULT_KEYS as TRAIN_KEYS
 from .options import RESULT_KEYS as SCORE_KEYS
@@ -78,7 +79,7 @@ def _check_same_experiment(results: list[dict]) -> None:
 
     def options(r):
         cfg = r.get("run_config") or {}
-        split = re.sub(r"_s\d+", "", str(cfg.get("split", "")))       # train_k16_s2_v16 -> train_k16_v16
+        split = without_seed(cfg.get("split", ""))
         keys = [k for k in TRAIN_KEYS if k not in ("seed", "split")] + ["model", "weights", "benchmark",
                                                                          "classnames"]
         return dict({k: cfg.get(k) for k in keys}, split=split)
@@ -86,11 +87,11 @@ def _check_same_experiment(results: list[dict]) -> None:
     first = options(results[0])
     for r in results[1:]:
         other = options(r)
-        diff = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
+        diff = compare(other, first, sorted(set(first) | set(other)))
         if diff:
-            k = diff[0]
-            raise IIMError(f"{r.get('run')} was trained with {k}={other.get(k)!r}, {results[0].get('run')} "
-                           f"with {k}={first.get(k)!r}; only runs that differ in their seed are averaged")
+            d = diff[0]
+            raise IIMError(f"{r.get('run')} was trained with {d.key}={d.a!r}, {results[0].get('run')} "
+                           f"with {d.key}={d.b!r}; only runs that differ in their seed are averaged")
 
 
 def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS) -> str:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache.store import atomic_write
+from ..cache.fingerprint import compare
+from ..atomic import atomic_write
 from ..errors import IIMError
 from .config import RESULT_KEYS
 
@@ -55,22 +56,19 @@ def load_checkpoint(path, *, need=("contexts",)) -> dict:
 def check_compatible(ckpt: dict, config: dict, fingerprint: dict, *, path="checkpoint") -> None:
     """Refuse to resume ``ckpt`` on another cache (model, weights, classes, features) or with options
     that change the result (:data:`RESULT_KEYS`)."""
-    old_fp = ckpt.get("cache_fingerprint") or {}
-    if old_fp.get("classnames") != fingerprint.get("classnames"):
-        n_old, n_new = len(old_fp.get("classnames") or []), len(fingerprint.get("classnames") or [])
-        detail = f"{n_old} vs {n_new} classes" if n_old != n_new else "same number, other names/order"
-        raise IIMError(f"{path} was trained on other classes than the cache holds ({detail}); "
-                       f"use another --out folder")
-    for key in ("model", "weights", "image_size", "feature_version", "benchmark"):
-        if old_fp.get(key) != fingerprint.get(key):
-            raise IIMError(f"{path} was trained on a cache with {key}={old_fp.get(key)!r}, but this cache "
-                           f"has {key}={fingerprint.get(key)!r}; use another --out folder")
-    old = ckpt["config"]
-    for key in RESULT_KEYS:
-        if old.get(key) != config.get(key):
-            flag = "--" + key.replace("_", "-")
-            raise IIMError(f"{path} was trained with {flag} {old.get(key)!r}, not {config.get(key)!r}; "
-                           f"resume with the same options, or use --overwrite / another --out folder")
+    diff = compare(ckpt.get("cache_fingerprint") or {}, fingerprint)
+    if diff:
+        d = diff[0]
+        if d.key == "classnames":
+            raise IIMError(f"{path} was trained on other classes than the cache holds ({d}); "
+                           f"use another --out folder")
+        raise IIMError(f"{path} was trained on a cache with {d.key}={d.a!r}, but this cache "
+                       f"has {d.key}={d.b!r}; use another --out folder")
+    diff = compare(ckpt["config"], config, RESULT_KEYS)
+    if diff:
+        d = diff[0]
+        raise IIMError(f"{path} was trained with --{d.key.replace('_', '-')} {d.a!r}, not {d.b!r}; "
+                       f"resume with the same options, or use --overwrite / another --out folder")
 
 
 def rng_state() -> dict:

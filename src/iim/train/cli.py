@@ -1,26 +1,24 @@
 """``iim train``: IIM prompt training from a feature cache (SPEC §3)."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import click
 
-from ..cache import open_cache, train_split_name
+from ..cache import open_cache
+from ..cache.names import parse_train_split, train_split_name
 from ..cli_options import cache_option, device_option, out_option, progress_option, seed_option
 from ..errors import IIMError
 from ..options import click_options
 from .config import TrainConfig
 from .loop import train as run_training
 
-_TRAIN = re.compile(r"train_k(\d+)_s(\d+)(?:_v(\d+))?$")
-
 
 def resolve_split(cache, shots: int | None, seed: int | None, views: int | None = None):
     """Pick the train split ``train_k{K}_s{S}`` (``_v{V}`` for V > 1 views) -> ``(name, K, S, V)``.
     Options left out are filled in when exactly one complete train split matches the others; several
     matches are listed."""
-    found = [(n, int(m[1]), int(m[2]), int(m[3] or 1)) for n in cache.split_names() if (m := _TRAIN.match(n))]
+    found = [t for n in cache.split_names() if (t := parse_train_split(n))]
     match = [f for f in found if all(want is None or want == got
                                      for want, got in zip((shots, seed, views), f[1:]))]
     complete = [f for f in match if cache.is_complete(f[0])]

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..cache import manifest_key, open_cache
-from ..cache.store import atomic_write_text
+from ..atomic import atomic_write_text
 from ..errors import IIMError
 from ..models import create_model, is_local_checkpoint, resolve_device, weights_id
 from ..options import check
@@ -205,7 +205,7 @@ def full_config(cfg: TrainConfig, cache) -> dict:
                 weights=m.get("weights"), benchmark=m.get("benchmark"), classnames=cache.classnames)
 
 
-def prepare_run(out: Path, config: dict, fingerprint: dict, *, resume: bool, overwrite: bool, log):
+def open_run_folder(out: Path, config: dict, fingerprint: dict, *, resume: bool, overwrite: bool, log):
     """The checkpoint to continue from (``--resume``), or None to start; refuses to silently replace a
     run, and on ``--overwrite`` removes the old checkpoint and its score outputs."""
     path = out / ck.CHECKPOINT
@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
                        f"backward); leave --attention at auto on this device")
     out = Path(cfg.out)
     path = out / ck.CHECKPOINT
-    state = prepare_run(out, config, fingerprint, resume=resume, overwrite=overwrite, log=log)
+    state = open_run_folder(out, config, fingerprint, resume=resume, overwrite=overwrite, log=log)
     if state is not None and state.get("complete"):
         log(f"{path} is already complete ({state['epoch']} epochs); nothing to do")
         return state
