@@ -10,6 +10,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -57,11 +58,23 @@ def find_dir(root, rel: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The RGB image the encoder sees. PIL's own ``convert("RGB")`` for every mode (grayscale, palette,
+    CMYK, RGBA: alpha dropped, as CLIP's preprocessing does), except 16-bit grayscale, which PIL would
+    clip at 255 (almost all white): it is scaled to 8 bits (``v >> 8``) first."""
+    if image.mode in SIXTEEN_BIT:
+        image = Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
+    return image.convert("RGB")
+
+
 def load_rgb(path) -> Image.Image:
-    """Open and fully decode an image as RGB (raises on unreadable or truncated files)."""
+    """Open and fully decode an image as RGB with :func:`to_rgb` (raises on unreadable or truncated files)."""
     with Image.open(path) as im:
         im.load()
-        return im.convert("RGB")
+        return to_rgb(im)
 
 
 def view_seed(seed: int, rel_path: str, view: int) -> int:

@@ -134,6 +134,30 @@ def chunk_rows_for(row_bytes: int, batch: int, chunk_bytes: int = CHUNK_BYTES) -
     return max(batch, (chunk_bytes // max(1, row_bytes)) // batch * batch)
 
 
+def image_loader(root, files: list[str], preprocess, model, *, batch_size: int, device: torch.device,
+                 workers: int = 0, start: int = 0, views: int = 1, augment=None, seed: int = 0):
+    """The batches stage one encodes: :class:`~iim.data.folders.ImageRows` (decode, :func:`~iim.data.folders.to_rgb`,
+    preprocess; unreadable files as errors) in ``batch_size`` rows from row ``start``, in DataLoader
+    workers, pinned on CUDA. Yields ``(rows, images [b, V, 3, H, W], errors)``."""
+    dataset = ImageRows(root, files, preprocess, image_size=image_size(model), views=views, augment=augment,
+                        seed=seed)
+    n = len(files)
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(start, n, batch_size)]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                                       pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
+
+
+def encode_batch(model, images: torch.Tensor, *, device: torch.device, amp_dtype=None):
+    """SPEC §1 features of ``images [b, V, 3, H, W]`` as the cache stores them: float16
+    ``(global [b, V, D], local [b, V, HW, D])`` on ``device`` (autocast ``amp_dtype`` on CUDA)."""
+    b, views = images.shape[:2]
+    x = images.flatten(0, 1).to(device, non_blocking=True)
+    cuda = device.type == "cuda"
+    with torch.autocast("cuda", dtype=amp_dtype) if cuda and amp_dtype else nullcontext():
+        g, l = encode_image(model, x)
+    return g.to(torch.float16).unflatten(0, (b, views)), l.to(torch.float16).unflatten(0, (b, views))
+
+
 def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: torch.device,
                   amp_dtype=None, batch_size: int = 128, workers: int = 4, skip_bad: bool = False,
                   chunk_bytes: int = CHUNK_BYTES, progress: bool = True, log=_stderr) -> None:
@@ -148,13 +172,10 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
     start = writer.rows_written
     if start:
         log(f"{plan.name}: resuming at row {start} of {plan.n}")
-    dataset = ImageRows(plan.root, plan.files, preprocess, image_size=image_size(model), views=views,
-                        augment=train_transform(model) if views > 1 else None, seed=plan.seed)
-    batches = [list(range(i, min(i + rows_per_batch, plan.n))) for i in range(start, plan.n, rows_per_batch)]
     cuda = device.type == "cuda"
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                                         pin_memory=cuda, prefetch_factor=4 if workers else None)
-    autocast = torch.autocast("cuda", dtype=amp_dtype) if cuda and amp_dtype else nullcontext()
+    loader = image_loader(plan.root, plan.files, preprocess, model, batch_size=rows_per_batch, start=start,
+                          workers=workers, device=device, views=views, seed=plan.seed,
+                          augment=train_transform(model) if views > 1 else None)
     batches_iter = iter(loader)                       # start the workers before the writer thread
     sink = AsyncWriter(writer)
     bar = tqdm(total=plan.n, initial=start, unit="img", desc=plan.name, dynamic_ncols=True, file=sys.stderr,
@@ -170,11 +191,7 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
                         "fix or remove it, or pass --skip-bad to skip unreadable images")
                 raise IIMError(f"cannot read image {plan.root / plan.files[rows[i]]} ({errors[i]}); {hint}")
             b = images.shape[0]
-            x = images.flatten(0, 1).to(device, non_blocking=True)
-            with autocast:
-                g, l = encode_image(model, x)
-            g = g.to(torch.float16).unflatten(0, (b, views))
-            l = l.to(torch.float16).unflatten(0, (b, views))
+            g, l = encode_batch(model, images, device=device, amp_dtype=amp_dtype)
             if bad:
                 g[bad], l[bad] = 0, 0                        # skipped rows hold zeros
             ready = None
