@@ -6,6 +6,7 @@ in percent (x 100).
 
     fpr95(id, ood)          paper / MCM definition: OOD accepted at the threshold whose ID recall is
                             nearest to 95 %
+    recall_threshold(id)    that threshold from the ID scores alone (what ``iim predict --tpr`` uses)
     fpr95_openood(id, ood)  OpenOOD v1.5's FPR@95: OOD positive, first ROC point with TPR >= 95 %
     auroc(id, ood)          sklearn, ID positive
     aupr_in(id, ood)        sklearn average precision, ID positive
@@ -60,6 +61,20 @@ def fpr95(id_scores, ood_scores, recall: float = RECALL) -> float:
     dist = np.abs(tp[:stop + 1] / n_id - recall)
     best = stop - int(np.argmin(dist[::-1]))       # nearest; on ties the lowest threshold
     return float(fp[best] / n_ood)
+
+
+def recall_threshold(id_scores, recall: float = RECALL) -> float:
+    """The decision threshold at ``recall`` of ID images kept (accept = score >= threshold), chosen as
+    :func:`fpr95` chooses its point: among the distinct ID scores, the one whose ID recall is NEAREST to
+    ``recall``, ties to the lower threshold. The OOD images it keeps are at most FPR95's (which also
+    counts OOD scores between it and the next lower ID score)."""
+    s = _as_array(id_scores)
+    if len(s) == 0:
+        raise IIMError("need ID scores to set a threshold (got none)")
+    values = np.unique(s)[::-1]                                        # distinct, high to low
+    kept = len(s) - np.searchsorted(np.sort(s), values, side="left")    # ID scores >= each value
+    dist = np.abs(kept / len(s) - recall)
+    return float(values[len(values) - 1 - int(np.argmin(dist[::-1]))])  # nearest; ties: lowest
 
 
 def fpr95_openood(id_scores, ood_scores, recall: float = RECALL) -> float:

@@ -104,9 +104,16 @@ def evaluate(sims: Similarities, *, k: int | Sequence[int] = 50, alpha=1.0):
     return {key: out[key] for key in SCORE_KEYS if key in out}, p_star
 
 
+def id_class_probabilities(sims: Similarities, p_star: torch.Tensor, k: int) -> torch.Tensor:
+    """SPEC §4 ID classification scores with ``min(k, HW)``, halved -> ``[N, C]`` in [0, 1]: per class, the
+    mean of its global softmax probability and its top-k mean patch probability p* (not normalised
+    over classes)."""
+    return ev.id_class_scores(sims.global_logits, p_star, min(k, sims.hw)) / 2
+
+
 def id_predictions(sims: Similarities, p_star: torch.Tensor, k: int) -> torch.Tensor:
     """SPEC §4 ID classification: argmax over classes of ``id_class_scores`` with ``min(k, HW)``."""
-    return ev.id_class_scores(sims.global_logits, p_star, min(k, sims.hw)).argmax(-1)
+    return id_class_probabilities(sims, p_star, k).argmax(-1)
 
 
 @torch.no_grad()
