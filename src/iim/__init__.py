@@ -10,6 +10,7 @@ Pipeline (one module per stage):
     train      stage two: IIM prompt learning from the cache
     score      OOD scores (MCM, GL-MCM, R-MCM, S-MCM) and sweeps from the cache
     metrics    FPR95, AUROC, AUPR
+    predict    iim.Detector: a trained run (or zero-shot) on new images; ``iim predict``
     cli        the `iim` command line
 """
 
@@ -18,3 +19,10 @@ __version__ = "0.1.0"
 from . import models as _models  # noqa: E402  registers the project's open_clip architectures
 
 _models.register_model_configs()
+
+
+def __getattr__(name):   # iim.Detector, imported on first use (keeps `import iim` light)
+    if name in ("Detector", "Predictions"):
+        from . import predict
+        return getattr(predict, name)
+    raise AttributeError(f"module 'iim' has no attribute {name!r}")
