@@ -9,7 +9,7 @@ set -u
 OUT=${1:-${OUT:-gpu-results}}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src:$PWD/tests"
 PY=${PY:-python3}
-STEPS=${STEPS:-cuda_tests text_encoder train_step score_speed extract_speed e2e_cuda}
+STEPS=${STEPS:-cuda_tests text_encoder train_step score_speed extract_speed predict_speed e2e_cuda}
 step() { local name=$1 limit=$2; shift 2; [[ " $STEPS " == *" $name "* ]] || return 0
          echo "=== $name ($(date +%T))"
          timeout "$limit" "$@" 2>&1 | grep -v "^W[0-9]* .*cpp_extension" | tee "$OUT/$name.txt"
@@ -29,6 +29,8 @@ step train_step 300 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 
     --loop-variants blocks,flex+default,flex+reduce-overhead
 step score_speed  80 $PY benchmarks/score_speed.py --device cuda
 step extract_speed 140 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda --n 2048
+# iim predict vs iim extract on the same images (one encoder pass each; predict scores S-MCM on the GPU)
+step predict_speed 150 $PY benchmarks/predict_speed.py --models ViT-B-16 --device cuda --n 2048
 step e2e_cuda 90 bash -c '
   set -e; W=$(mktemp -d)
   python3 -c "import imagegen; imagegen.make_world(\"$W/world\", train_per_class=8, test_per_class=6)"
@@ -37,4 +39,5 @@ step e2e_cuda 90 bash -c '
   python3 -m iim.cli train --cache $W/cache --out $W/run --k 8 --n-neg 6 --n-ctx 4 --epochs 3 --batch-size 4 --device cuda --no-progress
   python3 -m iim.cli train --cache $W/cache --out $W/run-flex --k 8 --n-neg 6 --n-ctx 4 --epochs 3 --batch-size 4 --device cuda --no-progress --attention flex --compile reduce-overhead
   python3 -m iim.cli score --run $W/run --k 8 --device cuda
+  python3 -m iim.cli predict --run $W/run $W/world/test $W/world/ood --device cuda --no-progress | tail -3
   ls $W/run'
