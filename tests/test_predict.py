@@ -299,3 +299,12 @@ def test_a_moved_checkpoint_file_names_the_fix(setup, capsys, monkeypatch, tmp_p
     torch.save(other.state_dict(), tmp_path / "w2.pt")
     with pytest.raises(IIMError, match="are not the weights cache"):
         iim.Detector.from_run(run, device="cpu", pretrained=str(tmp_path / "w2.pt")).load_encoder()
+
+
+def test_readme_documents_every_flag(capsys, monkeypatch):
+    code, out, _ = run_cli(["predict", "--help"], capsys, monkeypatch)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("### `iim predict`")[1].split("\n## ")[0]
+    flags = {w.strip(",.;:()[]") for w in out.split() if w.startswith("--") and w != "--help"}
+    assert code == 0 and len(flags) > 12
+    assert not [f for f in sorted(flags) if f"`{f.split('/')[0]}" not in section]
