@@ -62,7 +62,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="iim-test-tiny,ViT-B-16", help="comma list of open_clip names")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--n", type=int, default=None, help="images (default: tiny 512; ViT-B-16 2048 on CUDA, 32 on CPU)")
+    ap.add_argument("--n", type=int, default=None,
+                    help="images (default: tiny 512; ViT-B-16 2048 on CUDA, 32 on CPU)")
     ap.add_argument("--batch", type=int, default=None, help="batch size (default 128 on CUDA, 16 on CPU)")
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     ap.add_argument("--amp", default="fp16", choices=["fp16", "bf16", "off"], help="autocast dtype on CUDA")

@@ -111,7 +111,10 @@ def test_sixteen_bit_images_are_scaled_not_clipped(setup, tmp_path):
     rgb = np.asarray(load_rgb(setup["files"][0]))
     Image.fromarray(rgb[..., 0]).save(tmp_path / "g8.png")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
-    np.testing.assert_array_equal(np.asarray(load_rgb(tmp_path / "g16.png")), np.asarray(load_rgb(tmp_path / "g8.png")))
+    g16, g8 = (np.asarray(load_rgb(tmp_path / f)) for f in ("g16.png", "g8.png"))
+    np.testing.assert_array_equal(g16, g8)
+    clipped = np.asarray(Image.open(tmp_path / "g16.png").convert("RGB"))      # PIL alone: white above 255
+    assert (clipped == 255).mean() > 0.9 > 0.5 > (g8 == 255).mean()
 
 
 def test_zero_shot_equals_iim_score_zero_shot(setup):

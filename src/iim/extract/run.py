@@ -136,9 +136,10 @@ def chunk_rows_for(row_bytes: int, batch: int, chunk_bytes: int = CHUNK_BYTES) -
 
 def image_loader(root, files: list[str], preprocess, model, *, batch_size: int, device: torch.device,
                  workers: int = 0, start: int = 0, views: int = 1, augment=None, seed: int = 0):
-    """The batches stage one encodes: :class:`~iim.data.folders.ImageRows` (decode, :func:`~iim.data.folders.to_rgb`,
-    preprocess; unreadable files as errors) in ``batch_size`` rows from row ``start``, in DataLoader
-    workers, pinned on CUDA. Yields ``(rows, images [b, V, 3, H, W], errors)``."""
+    """The batches stage one encodes: :class:`~iim.data.folders.ImageRows` (decode,
+    :func:`~iim.data.folders.to_rgb`, preprocess; unreadable files as errors) in ``batch_size`` rows
+    from row ``start``, in DataLoader workers, pinned on CUDA. Yields ``(rows, images [b, V, 3, H, W],
+    errors)``."""
     dataset = ImageRows(root, files, preprocess, image_size=image_size(model), views=views, augment=augment,
                         seed=seed)
     n = len(files)
