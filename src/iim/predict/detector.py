@@ -129,11 +129,12 @@ class Detector:
         if it moved. ``threshold``: a fixed score threshold; else ``tpr`` (default 0.95) of the cache's
         ID test images are kept. ``pretrained``: the cache's weights as a local file, when its tag cannot
         be loaded offline (checked against the manifest)."""
-        from ..score.pipeline import load_checkpoint, prepare_run
+        from ..score.pipeline import prepare_run
+        from ..train.checkpoint import load_checkpoint
 
         run_dir = Path(run)
         if cache is None:
-            recorded = load_checkpoint(run_dir)["config"].get("cache")
+            recorded = load_checkpoint(run_dir, need=("prototypes",))["config"].get("cache")
             if recorded and not Path(recorded).exists():
                 raise IIMError(f"run {run_dir} was trained on cache {recorded}, which is not there any more "
                                f"(moved or deleted?); pass its new location with --cache DIR")
