@@ -19,7 +19,7 @@ from iim.errors import IIMError
 from iim.extract.run import extract
 from iim.metrics import recall_threshold
 from iim.predict.inputs import select_images
-from iim.score.cli import run_score
+from iim.score.run import run_score
 from iim.score.pipeline import prepare_run, prepare_zero_shot
 
 TINY = dict(model="iim-test-tiny", pretrained="none", workers=0, progress=False, log=lambda m: None)

@@ -9,9 +9,7 @@ The stages' own reports go to ``<out>/demo.log``; the console gets progress and 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -49,25 +47,13 @@ ROWS = (("MCM (0-shot)", "zero", "mcm"), ("GL-MCM (0-shot)", "zero", "gl_mcm"),
 KNN = {"k": 1, "all_views": False}   # the scorer's KNN baseline: 1-NN on the support images' global features
 
 
-def _quiet(logfile: Path):
-    """Send a stage's console report (stdout) to the demo log instead."""
-    @contextlib.contextmanager
-    def ctx():
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            yield
-        with open(logfile, "a") as f:
-            f.write(buf.getvalue())
-    return ctx()
-
-
 def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, device="auto",
              settings: DemoSettings = DemoSettings(), plots: bool = True, progress: bool = True,
              echo=print) -> dict:
     """Run the whole demo for the few-shot ``seeds``; return (and write ``<out>/summary.json``) the table."""
     from ..cache import train_split_name
     from ..extract.run import extract
-    from ..score.cli import run_score
+    from ..score.run import format_score, run_score
     from ..score.pipeline import prepare_run, prepare_zero_shot
     from ..train.loop import TrainConfig, train
     from .benchmark import world_benchmark
@@ -89,14 +75,13 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     _check_cache_weights(cache, s.pretrained)
     echo(f"[1/4] demo world + features (model {s.model}, weights {s.pretrained}) -> {cache}")
     bench = world_benchmark(world, progress=progress)
-    with _quiet(logfile):
-        extract(bench, cache, model=s.model, pretrained=s.pretrained, shots=[s.shots], seeds=seeds,
-                views=s.views, workers=0, device=device, progress=progress, log=log)
+    extract(bench, cache, model=s.model, pretrained=s.pretrained, shots=[s.shots], seeds=seeds,
+            views=s.views, workers=0, device=device, progress=progress, log=log)
 
     echo(f"[2/4] 0-shot scores (k={s.k})")
-    with _quiet(logfile):
-        zero = run_score(prepare_zero_shot(cache, out / "zero-shot"), k=s.k, alpha=s.alpha, device=device,
-                         plot=plots)
+    zero = run_score(prepare_zero_shot(cache, out / "zero-shot"), k=s.k, alpha=s.alpha, device=device,
+                     plot=plots, progress=progress)
+    log(format_score(zero))
 
     scale = s.logit_scale
     runs = {}
@@ -109,9 +94,9 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
                           logit_scale=scale, device=device)
         train(cfg, overwrite=True, progress=progress, log=log)
         echo(f"[4/4] S-MCM scores, seed {seed}")
-        with _quiet(logfile):
-            runs[seed] = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
-                                   knn=KNN, plot=plots)
+        runs[seed] = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
+                               knn=KNN, plot=plots, progress=progress)
+        log(format_score(runs[seed]))
 
     summary = summarise(zero, runs, settings=dataclasses.replace(s, logit_scale=scale),
                         seconds=time.perf_counter() - t0)

@@ -7,20 +7,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .. import metrics as M
-from ..cache.names import ood_set_name
 from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..options import click_options
-from . import plots, report
-from .knn import KNNScorer, memory_bank
-from ..models import resolve_device
-from .pipeline import Job, ood_split_names, prepare_run, prepare_zero_shot, stream_split
-from .scores import check_k
+from . import report
 from .options import ALPHA_GRID, K_GRID, SWEEP_SKIPS, ScoreOptions
-from .sweep import best_settings, sweep_rows
-
-HEADLINE = ("s_mcm", "s_mcm_star")      # the first present is plotted and summarised with MCM
+from .pipeline import Job, prepare_run, prepare_zero_shot
+from .run import format_score, format_sweep, run_score, run_sweep
 
 
 def _common(f):
@@ -60,13 +53,6 @@ def _announce(job: Job) -> None:
         click.echo(f"Warning: {w}", err=True)
 
 
-def _splits(job: Job, ood):
-    test = job.cache.split("test")
-    if test.n == 0:
-        raise IIMError(f"split 'test' in {job.cache.root} is empty (0 images)")
-    return test, ood_split_names(job.cache, ood)
-
-
 @click.command("score")
 @_common
 @click_options(ScoreOptions)
@@ -93,9 +79,9 @@ def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
     if sweep:
         click.echo(f"Several k / alpha values: sweeping {len(ks)} x {len(alphas)} settings in one pass"
                    " (a sweep writes sweep.csv only: no KNN row, plots, results.json or ID accuracy)")
-        return run_sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress)
+        return _sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress)
     knn = None if no_knn else dict(k=knn_k, all_views=knn_all_views)
-    return run_score(job, k=ks[0], alpha=alphas[0], T=T, ood=ood, chunk=chunk, device=device, knn=knn,
+    return _score(job, k=ks[0], alpha=alphas[0], T=T, ood=ood, chunk=chunk, device=device, knn=knn,
                      plot=not no_plots, progress=progress)
 
 
@@ -115,104 +101,24 @@ def sweep(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
     ks, alphas = k, alpha
     job = _job(run, runs_dir, cache, zero_shot, out)
     _announce(job)
-    return run_sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress)
+    return _sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress)
 
 
-# ---- the two passes -----------------------------------------------------------------------------
-def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="auto", knn=None,
-              plot=True, progress=True) -> dict:
-    """Score every split, compute the metrics, write the result files, print the table; returns results."""
-    t0 = time.perf_counter()
-    dev = resolve_device(device)
-    test, ood_names = _splits(job, ood)
-    n_classes = len(job.id_proto)
-    check_k(k, test.hw, n_classes)
-    scorer = None
-    if knn is not None and job.knn_split:
-        bank = memory_bank(job.cache.split(job.knn_split), all_views=knn["all_views"])
-        scorer = KNNScorer(bank, knn["k"])
-        click.echo(f"KNN baseline: k={knn['k']}, memory bank {job.knn_split} "
-                   f"({len(bank)} features{', all views' if knn['all_views'] else ', view 0'}"
-                   f"{', faiss-gpu' if scorer.on_gpu else ''})")
-    stream = dict(k=k, alpha=alpha, T=T, rows=chunk, device=dev, knn=scorer, progress=progress)
-    id_scores, preds = stream_split(test, job, predict=True, **stream)
-    labels = test.labels
-    valid = labels >= 0
-    accuracy = 100 * float(np.mean(preds[valid] == labels[valid])) if valid.any() else None
-    ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
-    metrics = report.compute_metrics(id_scores, ood_scores)
-
-    results = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "run": None if job.zero_shot else str(job.run_dir),
-        "cache": str(job.cache.root),
-        "zero_shot": job.zero_shot,
-        "epoch": job.checkpoint.get("epoch"), "complete": job.checkpoint.get("complete"),
-        "settings": {"k": k, "alpha": alpha, "T": T, "accuracy_k": min(k, test.hw), "device": str(dev),
-                     "chunk": chunk or "auto", "knn_k": knn["k"] if scorer else None,
-                     "knn_split": job.knn_split if scorer else None,
-                     "knn_views": (("all" if knn["all_views"] else 0) if scorer else None),
-                     "knn_all_views": knn["all_views"] if scorer else None},
-        "units": "percent",
-        "id": {"split": "test", "n": int(test.n), "accuracy": accuracy},
-        "ood_sets": {ood_set_name(n): int(job.cache.split(n).n) for n in ood_names},
-        "metrics": metrics,
-        "notes": job.notes + job.warnings,
-        "run_config": job.checkpoint.get("config"),
-    }
-    out = job.out_dir
-    report.write_json(out / "results.json", results)
-    report.write_csv(out / "results.csv", report.metric_rows(metrics), ["method", "ood_set", "metric", "value"])
-    report.write_npz(out / "scores_test.npz", {**id_scores, "index": np.arange(test.n), "label": labels,
-                                               "pred": preds})
-    for n in ood_names:
-        report.write_npz(out / f"scores_{n}.npz", ood_scores[ood_set_name(n)])
-    if plot:
-        head = next(m for m in HEADLINE if m in id_scores)
-        for m in (head, "mcm"):
-            per_set = {name: s[m] for name, s in ood_scores.items()}
-            plots.histograms(out / "plots" / f"hist_{m}.png", report.LABELS[m], id_scores[m], per_set)
-            plots.roc_curves(out / "plots" / f"roc_{m}.png", report.LABELS[m], id_scores[m], per_set)
-
-    click.echo(f"\nk={k}  alpha={alpha:g}  T={T:g}   FPR95 (paper/MCM definition) and AUROC, in percent; "
-               f"{test.n} ID test images")
-    click.echo(report.format_table(metrics))
-    if accuracy is not None:
-        click.echo(f"ID accuracy (test, {int(valid.sum())} images): {accuracy:.2f}%")
-    click.echo(f"Wrote {out}/results.json, results.csv, scores_*.npz{', plots/' if plot else ''} "
-               f"({time.perf_counter() - t0:.1f} s)")
+# ---- printing what the library functions (iim.score.run) return ------------------------------------
+def _score(job: Job, **kw) -> dict:
+    results = run_score(job, **kw)
+    if results["knn_bank"]:
+        click.echo(results["knn_bank"])
+    click.echo(format_score(results))
+    click.echo(f"Wrote {job.out_dir}/{', '.join(results['files'])} ({results['seconds']:.1f} s)")
     return results
 
 
-def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto", progress=True) -> list[dict]:
-    """One pass over the splits for the whole (k, alpha) grid; writes sweep.csv, prints the best settings."""
+def _sweep(job: Job, ks, alphas, **kw) -> list[dict]:
     t0 = time.perf_counter()
-    dev = resolve_device(device)
-    test, ood_names = _splits(job, ood)
-    check_k(ks, test.hw, len(job.id_proto))
-    stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev, progress=progress)
-    id_scores = stream_split(test, job, **stream)[0]
-    ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
-    rows = sweep_rows(ks, alphas, id_scores, ood_scores, {"fpr95": M.fpr95, "auroc": M.auroc})
-    out = job.out_dir
-    report.write_csv(out / "sweep.csv", rows, ["k", "alpha", "method", "ood_set", "fpr95", "auroc"])
-
-    head = next(m for m in HEADLINE if m in id_scores)
-    avg = {(r["k"], r["alpha"]): r["fpr95"] for r in rows if r["method"] == head and r["ood_set"] == "average"}
-    w = max(6, *(len(f"{a:g}") + 1 for a in alphas))
-    click.echo(f"\nAverage FPR95 of {report.LABELS[head]} (rows: k, columns: alpha), percent:")
-    click.echo(f"{'k':>5} " + "".join(f"{a:>{w}g}" for a in alphas))
-    for k in ks:
-        click.echo(f"{k:>5} " + "".join(f"{avg[(k, a)]:>{w}.2f}" for a in alphas))
-    click.echo("\nBest setting per method by average FPR95 (chosen on the test OOD sets: for analysis, "
-               "not for reporting):")
-    for method, r in best_settings(rows).items():
-        if method in ("i2t", "i2t_star", "t2i"):
-            continue
-        where = ", ".join(f"{n}={r[n]:g}" for n in ("k", "alpha") if r[n] != "")
-        click.echo(f"  {report.LABELS[method]:<8} {where or '(no k / alpha)':<20} FPR95 {r['fpr95']:6.2f}  "
-                   f"AUROC {r['auroc']:6.2f}")
-    click.echo(f"Wrote {out}/sweep.csv ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
+    rows = run_sweep(job, ks, alphas, **kw)
+    click.echo(format_sweep(rows, ks, alphas))
+    click.echo(f"Wrote {job.out_dir}/sweep.csv ({len(rows)} rows, {time.perf_counter() - t0:.1f} s)")
     return rows
 
 

@@ -1,0 +1,137 @@
+"""The scoring stage as library functions: :func:`run_score` (every evaluator at one k / alpha, the
+metrics, results.json / results.csv / scores_*.npz / plots) and :func:`run_sweep` (a (k, alpha) grid in
+one pass, sweep.csv). They return plain data and write files; they print nothing (``iim score`` prints
+:func:`format_score` / :func:`format_sweep` of what they return).
+
+    job = prepare_run("runs/in1k-k16-s1-iim")
+    results = run_score(job, k=50, alpha=1.0)        # results["metrics"]["s_mcm"]["average"]["fpr95"]
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import metrics as M
+from ..cache.names import ood_set_name
+from ..errors import IIMError
+from ..models import resolve_device
+from . import plots, report
+from .knn import KNNScorer, memory_bank
+from .pipeline import Job, ood_split_names, stream_split
+from .scores import check_k
+from .sweep import best_settings, sweep_rows
+
+HEADLINE = ("s_mcm", "s_mcm_star")      # the first present is plotted and summarised with MCM
+
+
+def _splits(job: Job, ood):
+    test = job.cache.split("test")
+    if test.n == 0:
+        raise IIMError(f"split 'test' in {job.cache.root} is empty (0 images)")
+    return test, ood_split_names(job.cache, ood)
+
+
+def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="auto", knn=None,
+              plot=True, progress=True) -> dict:
+    """Score every split, compute the metrics and write the result files; returns the results
+    (what results.json holds, plus ``seconds`` and ``files``)."""
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    test, ood_names = _splits(job, ood)
+    n_classes = len(job.id_proto)
+    check_k(k, test.hw, n_classes)
+    scorer, bank_note = None, None
+    if knn is not None and job.knn_split:
+        bank = memory_bank(job.cache.split(job.knn_split), all_views=knn["all_views"])
+        scorer = KNNScorer(bank, knn["k"])
+        bank_note = (f"KNN baseline: k={knn['k']}, memory bank {job.knn_split} "
+                     f"({len(bank)} features{', all views' if knn['all_views'] else ', view 0'}"
+                     f"{', faiss-gpu' if scorer.on_gpu else ''})")
+    stream = dict(k=k, alpha=alpha, T=T, rows=chunk, device=dev, knn=scorer, progress=progress)
+    id_scores, preds = stream_split(test, job, predict=True, **stream)
+    labels = test.labels
+    valid = labels >= 0
+    accuracy = 100 * float(np.mean(preds[valid] == labels[valid])) if valid.any() else None
+    ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
+    metrics = report.compute_metrics(id_scores, ood_scores)
+
+    results = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "run": None if job.zero_shot else str(job.run_dir),
+        "cache": str(job.cache.root),
+        "zero_shot": job.zero_shot,
+        "epoch": job.checkpoint.get("epoch"), "complete": job.checkpoint.get("complete"),
+        "settings": {"k": k, "alpha": alpha, "T": T, "accuracy_k": min(k, test.hw), "device": str(dev),
+                     "chunk": chunk or "auto", "knn_k": knn["k"] if scorer else None,
+                     "knn_split": job.knn_split if scorer else None,
+                     "knn_views": (("all" if knn["all_views"] else 0) if scorer else None),
+                     "knn_all_views": knn["all_views"] if scorer else None},
+        "units": "percent",
+        "id": {"split": "test", "n": int(test.n), "accuracy": accuracy,
+               "n_labelled": int(valid.sum())},
+        "ood_sets": {ood_set_name(n): int(job.cache.split(n).n) for n in ood_names},
+        "metrics": metrics,
+        "notes": job.notes + job.warnings + ([bank_note] if bank_note else []),
+        "run_config": job.checkpoint.get("config"),
+    }
+    out = job.out_dir
+    report.write_json(out / "results.json", results)
+    report.write_csv(out / "results.csv", report.metric_rows(metrics), ["method", "ood_set", "metric", "value"])
+    report.write_npz(out / "scores_test.npz", {**id_scores, "index": np.arange(test.n), "label": labels,
+                                               "pred": preds})
+    for n in ood_names:
+        report.write_npz(out / f"scores_{n}.npz", ood_scores[ood_set_name(n)])
+    files = ["results.json", "results.csv", "scores_*.npz"]
+    if plot:
+        head = next(m for m in HEADLINE if m in id_scores)
+        for m in (head, "mcm"):
+            per_set = {name: s[m] for name, s in ood_scores.items()}
+            plots.histograms(out / "plots" / f"hist_{m}.png", report.LABELS[m], id_scores[m], per_set)
+            plots.roc_curves(out / "plots" / f"roc_{m}.png", report.LABELS[m], id_scores[m], per_set)
+        files.append("plots/")
+    return dict(results, seconds=time.perf_counter() - t0, files=files, knn_bank=bank_note)
+
+
+def format_score(results: dict) -> str:
+    """The console report of :func:`run_score`: settings line, the paper-style table, the ID accuracy."""
+    st, idr = results["settings"], results["id"]
+    lines = [f"\nk={st['k']}  alpha={st['alpha']:g}  T={st['T']:g}   FPR95 (paper/MCM definition) and AUROC, "
+             f"in percent; {idr['n']} ID test images", report.format_table(results["metrics"])]
+    if idr["accuracy"] is not None:
+        lines.append(f"ID accuracy (test, {idr['n_labelled']} images): {idr['accuracy']:.2f}%")
+    return "\n".join(lines)
+
+
+def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto", progress=True) -> list[dict]:
+    """One pass over the splits for the whole (k, alpha) grid; writes and returns the rows of sweep.csv."""
+    dev = resolve_device(device)
+    test, ood_names = _splits(job, ood)
+    check_k(ks, test.hw, len(job.id_proto))
+    stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev, progress=progress)
+    id_scores = stream_split(test, job, **stream)[0]
+    ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
+    rows = sweep_rows(ks, alphas, id_scores, ood_scores, {"fpr95": M.fpr95, "auroc": M.auroc})
+    report.write_csv(job.out_dir / "sweep.csv", rows, ["k", "alpha", "method", "ood_set", "fpr95", "auroc"])
+    return rows
+
+
+def format_sweep(rows: list[dict], ks, alphas) -> str:
+    """The console report of :func:`run_sweep`: the headline method's average FPR95 over the grid and
+    the best setting per method."""
+    methods = {r["method"] for r in rows}
+    head = next(m for m in HEADLINE if m in methods)
+    avg = {(r["k"], r["alpha"]): r["fpr95"] for r in rows if r["method"] == head and r["ood_set"] == "average"}
+    w = max(6, *(len(f"{a:g}") + 1 for a in alphas))
+    lines = [f"\nAverage FPR95 of {report.LABELS[head]} (rows: k, columns: alpha), percent:",
+             f"{'k':>5} " + "".join(f"{a:>{w}g}" for a in alphas)]
+    lines += [f"{k:>5} " + "".join(f"{avg[(k, a)]:>{w}.2f}" for a in alphas) for k in ks]
+    lines.append("\nBest setting per method by average FPR95 (chosen on the test OOD sets: for analysis, "
+                 "not for reporting):")
+    for method, r in best_settings(rows).items():
+        if method in ("i2t", "i2t_star", "t2i"):
+            continue
+        where = ", ".join(f"{n}={r[n]:g}" for n in ("k", "alpha") if r[n] != "")
+        lines.append(f"  {report.LABELS[method]:<8} {where or '(no k / alpha)':<20} FPR95 {r['fpr95']:6.2f}  "
+                     f"AUROC {r['auroc']:6.2f}")
+    return "\n".join(lines)
