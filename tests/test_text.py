@@ -263,3 +263,28 @@ def test_refuses_non_clip_text_towers(tiny_model):
     odd.text_pool_type = "last"
     with pytest.raises(IIMError, match="EOT"):
         PromptEncoder(odd, NAMES)
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_packing_plan_alone(class_specific):
+    """The packing plan is a pure function of the lengths: every prompt is SOT + context + its own
+    suffix, each packed row is used once (a shared head by every class), and EOT is each prompt's last row."""
+    from iim.text import packing_plan
+    id_len, neg_len, n_ctx, n_neg = [3, 5, 2], 2, 4, 2
+    plan = packing_plan(id_len, neg_len, n_ctx=n_ctx, n_neg=n_neg, class_specific=class_specific)
+    prefix = 1 + n_ctx
+    lengths = [prefix + n for n in id_len] + [prefix + neg_len] * n_neg
+    assert [len(p) for p in plan.prompts] == lengths
+    heads = 3 if class_specific else 1
+    assert plan.n_tokens == heads * prefix + sum(id_len) + n_neg * (prefix + neg_len)
+    rows = [t for p in plan.prompts for t in (p if class_specific else p)]
+    if class_specific:   # contiguous prompts, each row once
+        assert rows == list(range(plan.n_tokens)) and plan.shared_rows == []
+        assert sorted(plan.embed_order) == list(range(plan.n_tokens))
+    else:                # the head is shared by the three class prompts, nothing else is
+        assert all(p[:prefix] == list(range(prefix)) for p in plan.prompts[:3])
+        assert sorted(set(rows)) == list(range(plan.n_tokens)) and plan.embed_order is None
+        assert [len(r) for r in plan.shared_rows] == id_len
+    assert plan.eot == [p[-1] for p in plan.prompts]
+    assert len(set(plan.out_index)) == plan.n_tokens                 # one attention output per row
+    assert max(plan.row_doc) == (len(id_len) + n_neg if not class_specific else len(id_len) + n_neg - 1)
