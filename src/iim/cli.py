@@ -51,6 +51,8 @@ def iim():
 
 
 def _run(command: click.Command, **kw):
+    from .log import console_handler
+    console_handler()       # stage messages (logger "iim") to stderr, above any progress bar
     try:
         return command.main(standalone_mode=False, **kw)
     except IIMError as e:

@@ -31,6 +31,7 @@ from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ImageRows
 from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, train_pools
 from ..errors import IIMError
+from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
 from ..models import create_model, image_size, resolve_device, train_transform, weights_id
 from ..text import global_prototypes
@@ -39,15 +40,11 @@ SPLIT_KINDS = ("train", "test", "ood")
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
 
 
-def _stderr(msg: str) -> None:
-    tqdm.write(msg, file=sys.stderr)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Which splits
 # ---------------------------------------------------------------------------------------------------
 def plan_splits(bench: Benchmark, splits=None, *, shots=(), seeds=(1,), views: int = 1,
-                warn=_stderr) -> list[SplitPlan]:
+                warn=log_warning) -> list[SplitPlan]:
     """Plan every requested split before any image is encoded (bad input fails fast).
 
     ``splits``: names among ``train``, ``test``, ``ood`` (all OOD sets) and ``ood_<name>`` (one set);
@@ -161,7 +158,7 @@ def encode_batch(model, images: torch.Tensor, *, device: torch.device, amp_dtype
 
 def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: torch.device,
                   amp_dtype=None, batch_size: int = 128, workers: int = 4, skip_bad: bool = False,
-                  chunk_bytes: int = CHUNK_BYTES, progress: bool = True, log=_stderr) -> None:
+                  chunk_bytes: int = CHUNK_BYTES, progress: bool = True, log=log_info) -> None:
     """Encode the images of ``plan`` and write (or finish) its split in ``cache``."""
     hw, dim = int(cache.manifest["num_patches"]), int(cache.manifest["embed_dim"])
     views = plan.views
@@ -274,7 +271,7 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
             pretrained: str = "openai", splits=None, shots=(), seeds=(1,), views: int = 1,
             batch_size: int = 128, workers: int | None = None, device: str = "auto", amp: str = "auto",
             skip_bad: bool = False, chunk_bytes: int = CHUNK_BYTES, progress: bool = True,
-            log=_stderr) -> Cache:
+            log=log_info) -> Cache:
     """Extract the requested splits of ``benchmark`` into the cache at ``out`` (default
     ``cache/<benchmark>``) and return it. See :func:`plan_splits` for ``splits``."""
     bench = load_benchmark(benchmark, data_root) if isinstance(benchmark, str) else benchmark
