@@ -267,6 +267,72 @@ def train_step(forward, optimizer, local, labels) -> np.ndarray:
     return values
 
 
+def restore(state: dict, encoder, optimizer) -> tuple[int, list]:
+    """Load a checkpoint's contexts, optimizer and RNG states -> ``(epochs done, history)``."""
+    with torch.no_grad():
+        encoder.ctx.copy_(state["contexts"]["ctx"])
+        encoder.neg_ctx.copy_(state["contexts"]["neg_ctx"])
+    optimizer.load_state_dict(state["optimizer"])
+    ck.set_rng_state(state["rng"])
+    return int(state["epoch"]), list(state.get("history", []))
+
+
+class _StepFailed(Exception):
+    """A step failed with an error the caller turns into a one-line message (``hint``)."""
+
+
+def run_epoch(epoch: int, cfg: TrainConfig, forward, optimizer, feats: TrainFeatures, n: int, bar,
+              *, compiled: bool) -> dict:
+    """One epoch: set its lr, draw its views and order, take every step -> the epoch's history entry.
+    A non-finite loss raises ``FloatingPointError``, a failing compile :class:`_StepFailed`."""
+    lr = lr_at_epoch(epoch, lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                     warmup_lr=cfg.warmup_lr)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    t0 = time.perf_counter()
+    view, order = epoch_draw(cfg.seed, epoch, n, feats.split.views)
+    feats.start_epoch(view)
+    bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+    batches = epoch_batches(order, cfg.batch_size)
+    sums = np.zeros(4)
+    for step, idx in enumerate(batches):
+        try:
+            values = train_step(forward, optimizer, *feats.batch(idx))
+        except FloatingPointError as e:
+            raise FloatingPointError(f"step {step + 1} ({e})") from None
+        except Exception as e:            # the first step compiles (--compile, flex): say what failed
+            if compiled or not _compile_error(e):
+                raise
+            raise _StepFailed(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}") from e
+        compiled = True
+        sums += values
+        bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
+                        div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update()
+    loss_m, pos_m, neg_m, div_m = (float(v) for v in sums / len(batches))
+    return {"epoch": epoch + 1, "lr": lr, "loss": loss_m, "pos": pos_m, "neg": neg_m, "div": div_m,
+            "steps": len(batches), "seconds": time.perf_counter() - t0}
+
+
+def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encoder, optimizer,
+         global_protos: torch.Tensor, history: list) -> dict:
+    """Write the checkpoint after the last epoch of ``history`` (atomically) and return it."""
+    epoch = history[-1]["epoch"]
+    id_p, neg_p = learned_prototypes(encoder)
+    state = {
+        "format": ck.FORMAT, "iim_version": __version__, "config": config,
+        "cache_fingerprint": fingerprint, "epoch": epoch, "complete": epoch == cfg.epochs,
+        "prototypes": {"global": global_protos.float(), "local": id_p, "neg": neg_p},
+        "contexts": {"ctx": encoder.ctx.detach().float().cpu(),
+                     "neg_ctx": encoder.neg_ctx.detach().float().cpu()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"last_epoch": epoch, "lr": history[-1]["lr"]},
+        "rng": ck.rng_state(), "history": history,
+    }
+    ck.save_checkpoint(path, state)
+    return state
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           log=tqdm.write) -> dict:
     """Train IIM prompts; returns the final checkpoint dict (also at ``<out>/checkpoint.pt``)."""
@@ -298,12 +364,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
                                 weight_decay=cfg.weight_decay)
     start, history = 0, []
     if state is not None:
-        with torch.no_grad():
-            encoder.ctx.copy_(state["contexts"]["ctx"])
-            encoder.neg_ctx.copy_(state["contexts"]["neg_ctx"])
-        optimizer.load_state_dict(state["optimizer"])
-        ck.set_rng_state(state["rng"])
-        start, history = int(state["epoch"]), list(state.get("history", []))
+        start, history = restore(state, encoder, optimizer)
         log(f"resuming {out} after epoch {start}/{cfg.epochs}")
     try:
         global_protos = cache.global_prototypes()
@@ -318,59 +379,29 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} view(s), {len(classnames)} "
         f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    forward, compiled = step_function(encoder, cfg, amp), False
+    forward = step_function(encoder, cfg, amp)
     n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size))
     bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step",
                disable=None if progress else True,  # None: no bar when stderr is not a terminal
                dynamic_ncols=True, desc=f"epoch {start + 1}/{cfg.epochs}")
     for epoch in range(start, cfg.epochs):
-        lr = lr_at_epoch(epoch, lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-                         warmup_lr=cfg.warmup_lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        view, order = epoch_draw(cfg.seed, epoch, split.n, split.views)
-        feats.start_epoch(view)
-        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-        sums = np.zeros(4)
-        for step, idx in enumerate(epoch_batches(order, cfg.batch_size)):
-            batch = feats.batch(idx)
-            try:
-                values = train_step(forward, optimizer, *batch)
-            except FloatingPointError as e:
-                bar.close()
-                kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state
-                        else "no checkpoint was written")
-                raise IIMError(f"non-finite loss at epoch {epoch + 1}, step {step + 1} ({e}); training "
-                               f"stopped and {kept}; try a smaller --lr") from None
-            except Exception as e:            # the first step compiles (--compile, flex): say what failed
-                if compiled or not _compile_error(e):
-                    raise
-                bar.close()
-                reason = (str(e).strip().splitlines() or [""])[0][:200]
-                hint = "without --compile" if cfg.compile != "off" else "with --attention auto"
-                raise IIMError(f"torch.compile failed ({type(e).__name__}: {reason}); train {hint}") from e
-            compiled = True
-            sums += values
-            bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
-                            div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)
-            bar.update()
-        loss_m, pos_m, neg_m, div_m = (float(v) for v in sums / n_steps)
-        history.append({"epoch": epoch + 1, "lr": lr, "loss": loss_m, "pos": pos_m, "neg": neg_m,
-                        "div": div_m, "steps": n_steps, "seconds": time.perf_counter() - t0})
-        id_p, neg_p = learned_prototypes(encoder)
-        state = {
-            "format": ck.FORMAT, "iim_version": __version__, "config": config,
-            "cache_fingerprint": fingerprint, "epoch": epoch + 1, "complete": epoch + 1 == cfg.epochs,
-            "prototypes": {"global": global_protos.float(), "local": id_p, "neg": neg_p},
-            "contexts": {"ctx": encoder.ctx.detach().float().cpu(),
-                         "neg_ctx": encoder.neg_ctx.detach().float().cpu()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": {"last_epoch": epoch + 1, "lr": lr},
-            "rng": ck.rng_state(), "history": history,
-        }
-        ck.save_checkpoint(path, state)
-        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_m:.4f} (pos {pos_m:.4f}, neg {neg_m:.4f}, "
-            f"div {div_m:.4f})  lr {lr:.2e}  {history[-1]['seconds']:.1f}s  -> {path}")
+        try:
+            entry = run_epoch(epoch, cfg, forward, optimizer, feats, split.n, bar, compiled=epoch > start)
+        except FloatingPointError as e:
+            bar.close()
+            kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state
+                    else "no checkpoint was written")
+            raise IIMError(f"non-finite loss at epoch {epoch + 1}, {e}; training stopped and {kept}; "
+                           f"try a smaller --lr") from None
+        except _StepFailed as e:
+            bar.close()
+            hint = "without --compile" if cfg.compile != "off" else "with --attention auto"
+            raise IIMError(f"torch.compile failed ({e}); train {hint}") from e.__cause__
+        history.append(entry)
+        state = save(path, cfg=cfg, config=config, fingerprint=fingerprint, encoder=encoder,
+                     optimizer=optimizer, global_protos=global_protos, history=history)
+        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {entry['loss']:.4f} (pos {entry['pos']:.4f}, neg "
+            f"{entry['neg']:.4f}, div {entry['div']:.4f})  lr {entry['lr']:.2e}  {entry['seconds']:.1f}s  "
+            f"-> {path}")
     bar.close()
     return state
