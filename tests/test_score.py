@@ -81,6 +81,15 @@ def test_float16_inputs_and_scale_invariance():
         torch.testing.assert_close(a[key], b[key], rtol=5e-3, atol=1e-4)
 
 
+def test_float64_features_against_float32_prototypes():
+    g, l, gp, tp, neg = random_inputs()
+    want = brute_scores(g, l, gp, tp, neg, 50, 1.0, 1.0)
+    got = ood_scores(g.double(), l.double(), gp, tp, neg)          # prototypes stay float32
+    for key in got:
+        assert got[key].dtype == torch.float64, key
+        np.testing.assert_allclose(got[key].numpy(), want[key], rtol=1e-6, err_msg=key)
+
+
 def test_sweep_equals_point_by_point():
     g, l, gp, tp, neg = random_inputs(n=5, hw=16, c=6, cn=4, seed=3)
     ks, alphas = [1, 3, 10, 50, 96], [0.0, 0.25, 1.0, 1.75]

@@ -18,8 +18,11 @@ def l2norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def cosine(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of features ``[..., D]`` with prototypes ``[C, D]`` -> ``[..., C]``."""
-    return l2norm(feats) @ l2norm(protos).transpose(-1, -2)
+    """Cosine similarity of features ``[..., D]`` with prototypes ``[C, D]`` -> ``[..., C]``, in the wider
+    of the two dtypes (float32 at least): float64 features against float32 prototypes work."""
+    a, b = l2norm(feats), l2norm(protos)
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype) @ b.to(dtype).transpose(-1, -2)
 
 
 def topk(x: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
