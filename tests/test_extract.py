@@ -15,6 +15,7 @@ from iim.errors import IIMError
 from iim.extract import run as R
 from iim.extract.run import extract
 from iim.features import FEATURE_VERSION, encode_image
+from iim.models import create_model
 from iim.text import global_prototypes
 
 TINY = dict(model="iim-test-tiny", pretrained="none", workers=0, progress=False, log=lambda m: None)
@@ -38,6 +39,8 @@ def test_cache_layout_and_manifest(cache, world):
         model="iim-test-tiny", pretrained="none", weights="none", image_size=32,
         feature_version=FEATURE_VERSION, benchmark="toy", embed_dim=32, num_patches=64)
     assert m["classnames"] == ["ant", "bee", "cat"] and m["iim_version"] and m["created"]
+    tiny = create_model("iim-test-tiny", "none")[0]
+    assert m["logit_scale"] == pytest.approx(float(tiny.logit_scale.exp()))   # the model's own tau (SPEC §3)
     assert cache.splits() == ["ood_noise", "ood_stripes", "test", "train_k2_s1"]
     n = {"train_k2_s1": 6, "test": 12, "ood_noise": 5, "ood_stripes": 4}
     root = zarr.open_group(str(cache.root), mode="r")

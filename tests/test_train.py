@@ -62,7 +62,7 @@ def cache_dir(tmp_path_factory):
 
 def config(cache_dir, out, **kw) -> TrainConfig:
     opts = dict(cache=str(cache_dir), split="train_k8_s1", out=str(out), k=8, n_neg=6, n_ctx=4, epochs=3,
-                batch_size=8, lr=1e-3)
+                batch_size=8, lr=1e-3, logit_scale=100.0)     # None: the model's own (tested below)
     return TrainConfig(**{**opts, **kw})
 
 
@@ -324,3 +324,40 @@ def test_attention_kernels_train_alike(cache_dir, tmp_path):
     for other in runs[1:]:
         for key in ("ctx", "neg_ctx"):
             torch.testing.assert_close(other["contexts"][key], runs[0]["contexts"][key], atol=1e-4, rtol=0)
+
+
+# ---- the training logit scale (SPEC §3) ----------------------------------------------------------
+def test_logit_scale_is_the_models_own_unless_overridden_and_resume_keeps_it(cache_dir, tmp_path):
+    tiny = float(create_model("iim-test-tiny", "none")[0].logit_scale.exp())
+    assert abs(tiny - 100) > 1                                      # the test would not tell otherwise
+    run = train(config(cache_dir, tmp_path / "a", epochs=1, logit_scale=None), progress=False, log=quiet)
+    assert run["config"]["logit_scale"] == pytest.approx(tiny)     # cache without a record: the weights'
+    recorded = tmp_path / "recorded"
+    make_train_cache(recorded, manifest=tiny_manifest(logit_scale=42.0))
+    run = train(config(recorded, tmp_path / "b", epochs=2, logit_scale=None), progress=False, log=quiet)
+    assert run["config"]["logit_scale"] == 42.0                    # the manifest's record
+    run = train(config(recorded, tmp_path / "c", epochs=1, logit_scale=7.5), progress=False, log=quiet)
+    assert run["config"]["logit_scale"] == 7.5                     # --logit-scale overrides
+
+    ckpt = load_checkpoint(tmp_path / "b")
+    ckpt["complete"], ckpt["epoch"] = False, 1
+    torch.save(ckpt, tmp_path / "b" / "checkpoint.pt")
+    with pytest.raises(IIMError, match="--logit-scale 42.0"):
+        train(config(recorded, tmp_path / "b", epochs=2, logit_scale=100.0), resume=True, progress=False,
+              log=quiet)
+    resumed = train(config(recorded, tmp_path / "b", epochs=2, logit_scale=None), resume=True, progress=False,
+                    log=quiet)
+    assert resumed["complete"]
+
+
+def test_logit_scale_changes_the_training(cache_dir, tmp_path):
+    a = train(config(cache_dir, tmp_path / "a", epochs=2, logit_scale=100.0), progress=False, log=quiet)
+    b = train(config(cache_dir, tmp_path / "b", epochs=2, logit_scale=10.0), progress=False, log=quiet)
+    assert not torch.allclose(a["contexts"]["ctx"], b["contexts"]["ctx"])
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_non_positive_logit_scale_is_refused(cache_dir, tmp_path, bad):
+    with pytest.raises(IIMError, match="--logit-scale"):
+        train(config(cache_dir, tmp_path / "r", logit_scale=bad), progress=False, log=quiet)
+    assert not (tmp_path / "r").exists()

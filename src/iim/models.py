@@ -143,6 +143,11 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
+def model_logit_scale(model) -> float:
+    """The model's own training similarity scale ``logit_scale.exp()`` (100 for OpenAI CLIP; SPEC §3)."""
+    return float(model.logit_scale.detach().float().exp())
+
+
 def image_size(model) -> int:
     size = model.visual.image_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -36,7 +36,7 @@ class DemoSettings:
     batch_size: int = 8      # 80 support images -> 10 steps per epoch
     lr: float = 2.5e-4       # the paper's
     alpha: float = 1.0
-    logit_scale: float = 100.0   # s(v, t) = exp(100 cos) in training, as the SPEC
+    logit_scale: float | None = None   # None: the model's own logit_scale.exp() (SPEC §3)
 
 
 # rows of the demo table: (label, which result, metrics key)
@@ -83,16 +83,17 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
                      plot=plots, progress=progress)
     log(format_score(zero))
 
-    scale = s.logit_scale
+    scale = s.logit_scale                 # None: the model's own, resolved (and recorded) by train
     runs = {}
     for seed in seeds:
+        tau = "the model's own" if scale is None else f"{scale:g}"
         echo(f"[3/4] {s.shots}-shot IIM training, seed {seed} ({s.epochs} epochs, k={s.k}, "
-             f"{s.n_neg} negative prompts, logit scale {scale:.1f})")
+             f"{s.n_neg} negative prompts, logit scale {tau})")
         run_dir = out / f"iim-k{s.shots}-s{seed}"
         cfg = TrainConfig(cache=str(cache), split=train_split_name(s.shots, seed, s.views), out=str(run_dir), seed=seed,
                           k=s.k, n_neg=s.n_neg, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
                           logit_scale=scale, device=device)
-        train(cfg, overwrite=True, progress=progress, log=log)
+        scale = train(cfg, overwrite=True, progress=progress, log=log)["config"]["logit_scale"]
         echo(f"[4/4] S-MCM scores, seed {seed}")
         runs[seed] = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
                                knn=KNN, plot=plots, progress=progress)

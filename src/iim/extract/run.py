@@ -33,7 +33,7 @@ from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, train_pool
 from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
-from ..models import create_model, image_size, resolve_device, train_transform, weights_id
+from ..models import create_model, image_size, model_logit_scale, resolve_device, train_transform, weights_id
 from ..text import global_prototypes
 
 SPLIT_KINDS = ("train", "test", "ood")
@@ -306,7 +306,8 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     if image_size(net) != key["image_size"]:
         raise IIMError(f"{model}: image size {image_size(net)} differs from its config ({key['image_size']})")
     grid = image_size(net) // net.visual.patch_size[0]
-    shape_fields = dict(embed_dim=int(net.visual.output_dim), num_patches=int(grid * grid))
+    shape_fields = dict(embed_dim=int(net.visual.output_dim), num_patches=int(grid * grid),
+                        logit_scale=model_logit_scale(net))   # the model's own tau (SPEC §3)
 
     cache = create_cache(out, dict(key, **shape_fields, iim_version=__version__,
                                    created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))

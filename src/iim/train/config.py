@@ -45,7 +45,9 @@ class TrainConfig:
     weight_decay: float = option(5e-4, "SGD weight decay.", type=WEIGHT)
     warmup_epochs: int = option(1, "Epochs at the constant warm-up learning rate.", type=COUNT)
     warmup_lr: float = option(1e-5, "Learning rate of the warm-up epochs.", type=POSITIVE)
-    logit_scale: float = option(100.0, "Training similarity exp(logit_scale * cos) (SPEC §3).", type=POSITIVE)
+    logit_scale: float | None = option(
+        None, "Training similarity exp(logit_scale * cos) (SPEC §3). Default: the cache model's own "
+        "logit_scale.exp() (100 for OpenAI CLIP); the run records the value used.", type=POSITIVE)
     hard_negative_mining: bool = option(
         True, "Off = ablation: S_k[c], c != y, summed over the label's top-k patches, not c's own.")
     ood_patches: str = option("next-k", "ID-like OOD patches: ranks k+1..2k (paper) or every patch ranked "

@@ -32,7 +32,7 @@ from .. import __version__
 from ..cache import manifest_key, open_cache
 from ..atomic import atomic_write_text
 from ..errors import IIMError
-from ..models import create_model, is_local_checkpoint, resolve_device, weights_id
+from ..models import create_model, is_local_checkpoint, model_logit_scale, resolve_device, weights_id
 from ..options import check
 from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
 from . import checkpoint as ck
@@ -199,6 +199,16 @@ def validate(cfg: TrainConfig, split) -> None:
         raise IIMError(f"split {split.name} has no images")
 
 
+def resolve_logit_scale(cfg: TrainConfig, manifest: dict, load_model) -> float:
+    """tau of SPEC §3: ``--logit-scale``, else the cache manifest's record of the model's own
+    ``logit_scale.exp()``, else (caches extracted before it was recorded) read from the weights."""
+    if cfg.logit_scale is not None:
+        return float(cfg.logit_scale)
+    if manifest.get("logit_scale") is not None:
+        return float(manifest["logit_scale"])
+    return model_logit_scale(load_model())
+
+
 def full_config(cfg: TrainConfig, cache) -> dict:
     m = cache.manifest
     return dict(dataclasses.asdict(cfg), cache=str(Path(cfg.cache).resolve()), model=m.get("model"),
@@ -342,11 +352,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     classnames, labels = cache.classnames, split.labels
     if len(classnames) == 0 or labels.min() < 0 or labels.max() >= len(classnames):
         raise IIMError(f"split {cfg.split} has labels outside the cache's {len(classnames)} classes")
-    config, fingerprint = full_config(cfg, cache), manifest_key(cache.manifest)
     device = resolve_device(cfg.device)    # refusals first: --overwrite below deletes the old run
     if cfg.attention == "flex" and device.type != "cuda":
         raise IIMError(f"--attention flex trains on CUDA only (torch's FlexAttention has no {device.type} "
                        f"backward); leave --attention at auto on this device")
+    model = None
+
+    def text_model():
+        nonlocal model
+        if model is None:
+            model = load_text_model(cache.manifest, device, cfg.pretrained)
+        return model
+    cfg = dataclasses.replace(cfg, logit_scale=resolve_logit_scale(cfg, cache.manifest, text_model))
+    config, fingerprint = full_config(cfg, cache), manifest_key(cache.manifest)
     out = Path(cfg.out)
     path = out / ck.CHECKPOINT
     state = open_run_folder(out, config, fingerprint, resume=resume, overwrite=overwrite, log=log)
@@ -357,7 +375,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    model = load_text_model(cache.manifest, device, cfg.pretrained)
+    model = text_model()
     encoder = build_encoder(model, classnames, cfg)
     params = [encoder.ctx] + ([encoder.neg_ctx] if cfg.n_neg else [])
     optimizer = torch.optim.SGD(params, lr=cfg.warmup_lr, momentum=cfg.momentum,
