@@ -124,6 +124,27 @@ def test_augmented_views_are_reproducible(world, tmp_path):
     assert not np.array_equal(ga[:, 0], ga[:, 1])         # the views differ from each other
 
 
+def test_crop_scale_is_recorded_used_and_never_mixed(world, tmp_path, monkeypatch):
+    from iim.data.benchmarks import IMAGENET_VARIANTS
+    assert IMAGENET_VARIANTS["imagenet"].crop_scale == 0.85 and IMAGENET_VARIANTS["imagenet100"].crop_scale == 0.65
+    used = []
+    real = R.train_transform
+    monkeypatch.setattr(R, "train_transform", lambda model, scale: used.append(scale) or real(model, scale=scale))
+    args = dict(splits=["train"], shots=[2], views=2, batch_size=6, **TINY)
+    c = extract(str(world["toml"]), tmp_path / "c", seeds=[1], **args)                 # benchmark default
+    assert used == [(0.85, 1.0)] and c.split("train_k2_s1_v2").attrs["crop_scale"] == 0.85
+    assert c.manifest["splits"]["train_k2_s1_v2"]["crop_scale"] == 0.85
+    extract(str(world["toml"]), tmp_path / "c", seeds=[2], crop_scale=0.85, **args)    # same value: fine
+    with pytest.raises(IIMError, match=r"--crop-scale 0.85 .*never mixes crop scales.*--crop-scale 0.08"):
+        extract(str(world["toml"]), tmp_path / "c", seeds=[3], crop_scale=0.08, **args)
+    assert "train_k2_s3_v2" not in c.split_names()
+    d = extract(str(world["toml"]), tmp_path / "d", seeds=[1], crop_scale=0.08, **args)
+    assert used[-1] == (0.08, 1.0) and d.split("train_k2_s1_v2").attrs["crop_scale"] == 0.08
+    for bad in (0.0, 1.5):
+        with pytest.raises(IIMError, match="--crop-scale"):
+            extract(str(world["toml"]), tmp_path / "e", seeds=[1], crop_scale=bad, **args)
+
+
 def test_interrupted_split_resumes_to_equal_arrays(world, tmp_path, monkeypatch):
     args = dict(splits=["test"], batch_size=2, chunk_bytes=3 * 64 * 32 * 2, **TINY)   # 2-row chunks
     full = extract(str(world["toml"]), tmp_path / "full", **args)

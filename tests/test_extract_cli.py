@@ -134,8 +134,8 @@ def test_default_out_and_cache_commands(world, tmp_path, capsys, monkeypatch):
 
     code, out, _ = run_cli(["cache", "info", "cache/toy"], capsys, monkeypatch)
     assert code == 0 and "iim-test-tiny" in out and "[3, 32]" in out
-    assert [line.split()[:4] for line in out.splitlines() if "train_k1_s1" in line] == [
-        ["train_k1_s1", "3", "1", "complete"]]
+    assert [line.split()[:5] for line in out.splitlines() if "train_k1_s1" in line] == [
+        ["train_k1_s1", "3", "1", "-", "complete"]]   # crop "-": one view, no crop
     code, out, _ = run_cli(["cache", "ls"], capsys, monkeypatch)
     assert code == 0 and out.startswith("cache/toy") and "splits: ood_noise, ood_stripes, test, train_k1_s1" in out
     code, out, _ = run_cli(["cache", "verify", "cache/toy"], capsys, monkeypatch)

@@ -38,12 +38,15 @@ def cache():
 @click.argument("path", type=click.Path(file_okay=False))
 def info(path):
     """Manifest and splits of the cache at PATH (complete and interrupted ones)."""
+    from ..data.splits import split_crop_scale
     c = open_cache(path)
     m = c.manifest
     click.echo(f"{c.root}")
     click.echo(f"  benchmark    {m.get('benchmark')} ({len(c.classnames)} classes)")
     click.echo(f"  model        {m.get('model')}  weights {m.get('weights')}  image {m.get('image_size')} px"
                f"  D={m.get('embed_dim')}  HW={m.get('num_patches')}")
+    if m.get("logit_scale") is not None:
+        click.echo(f"  logit scale  {m['logit_scale']:.4g} (the model's own; training's default tau)")
     click.echo(f"  features     {m.get('feature_version')}  (iim {m.get('iim_version')}, "
                f"created {m.get('created')})")
     try:
@@ -56,10 +59,13 @@ def info(path):
         click.echo("  no splits yet")
         return
     width = max(12, *(len(n) for n in names))
-    click.echo(f"  {'split':{width}s} {'rows':>8s} {'views':>5s}  {'state':18s} {'skipped':>7s} {'size':>10s}")
+    click.echo(f"  {'split':{width}s} {'rows':>8s} {'views':>5s} {'crop':>5s}  {'state':18s} {'skipped':>7s} "
+               f"{'size':>10s}")
     for name in names:
         s = c.split_status(name)
-        click.echo(f"  {name:{width}s} {s.get('n', s['global_shape'][0]):>8d} {s['global_shape'][1]:>5d}  "
+        crop = split_crop_scale(s)         # s_min of the augmented views; '-': one view, no crop
+        click.echo(f"  {name:{width}s} {s.get('n', s['global_shape'][0]):>8d} {s['global_shape'][1]:>5d} "
+                   f"{'-' if crop is None else f'{crop:g}':>5s}  "
                    f"{_state(s):18s} {len(s.get('skipped_rows', [])):>7d} {_human(_size(c.root / name)):>10s}")
 
 

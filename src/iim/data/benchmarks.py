@@ -67,6 +67,7 @@ class Benchmark:
     test: Folder | None = None                  # ImageFolder of the ID test set
     ood: dict[str, Folder] = field(default_factory=dict)
     description: str = ""
+    crop_scale: float = 0.85                    # s_min of the augmented views (SPEC §1)
 
     def __post_init__(self):
         if len(self.classnames) != len(self.class_dirs):
@@ -86,11 +87,12 @@ IMAGENET_VAL_PER_CLASS = 50
 class ImageNetVariant:
     description: str
     classes: slice | str   # a slice of the sorted 1000 wnids, or a wnid-list file in iim/data
+    crop_scale: float = 0.85   # s_min of RandomResizedCrop, from the authors' configs (SPEC §1, §9)
 
 
 IMAGENET_VARIANTS = {
     "imagenet": ImageNetVariant("ImageNet-1k (1000 classes)", slice(0, 1000)),
-    "imagenet100": ImageNetVariant("ImageNet-100 (MCM's 100 wnids)", "imagenet100_wnids.txt"),
+    "imagenet100": ImageNetVariant("ImageNet-100 (MCM's 100 wnids)", "imagenet100_wnids.txt", 0.65),
     "imagenet500-easy": ImageNetVariant("ImageNet-500-Easy (sorted-wnid classes 0..499)", slice(0, 500)),
     "imagenet500-hard": ImageNetVariant("ImageNet-500-Hard (sorted-wnid classes 500..999)", slice(500, 1000)),
 }
@@ -143,7 +145,7 @@ def imagenet_benchmark(name: str, data_root=None) -> Benchmark:
         return Folder(what, tuple((root, f"{d}/{sub}") for d in IMAGENET_DIRS), expected)
 
     return Benchmark(
-        name=name, description=variant.description,
+        name=name, description=variant.description, crop_scale=variant.crop_scale,
         classnames=[IMAGENET_CLASSNAMES[index[w]] for w in chosen], class_dirs=chosen,
         train=folder("train", "ImageNet train"),
         test=folder("val", "ImageNet val", IMAGENET_VAL_PER_CLASS * len(chosen)),

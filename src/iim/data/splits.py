@@ -88,9 +88,11 @@ def train_pools(bench: Benchmark) -> list[list[str]]:
     return class_files(bench.train.path(), bench.class_dirs, bench.train.what)
 
 
-def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1, pools=None) -> SplitPlan:
-    """K-shot support set ``train_k{K}_s{S}`` (``_v{V}`` appended for V > 1 augmented views);
-    ``pools`` (from :func:`train_pools`) saves listing the train folder again."""
+def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1, pools=None,
+               crop_scale: float | None = None) -> SplitPlan:
+    """K-shot support set ``train_k{K}_s{S}`` (``_v{V}`` appended for V > 1 augmented views, cropped
+    with scale ``(crop_scale, 1)``, default the benchmark's); ``pools`` (from :func:`train_pools`) saves
+    listing the train folder again."""
     if bench.train is None:
         raise IIMError(f"benchmark {bench.name} has no train folder, so no few-shot split")
     if shots < 1 or views < 1:
@@ -101,12 +103,28 @@ def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1, pools
         chosen = few_shot(pool, shots, seed, d)
         files += chosen
         labels += [label] * len(chosen)
+    s_min = check_crop_scale(bench.crop_scale if crop_scale is None else crop_scale) if views > 1 else None
     attrs = dict(kind="train", shots=shots, seed=seed, source=str(root), files_sha256=files_digest(files),
                  sampler="sorted listing, random.Random(f'{seed}/{class_dir}'), K smallest keys",
-                 augment="none (eval preprocess)" if views == 1 else
-                 "RandomResizedCrop(scale=(0.08, 1), bicubic) + horizontal flip, per-view seed")
+                 crop_scale=s_min, augment="none (eval preprocess)" if views == 1 else
+                 f"RandomResizedCrop(scale=({s_min:g}, 1), bicubic) + horizontal flip, per-view seed")
     return SplitPlan(train_split_name(shots, seed, views=views), "train", root, files, labels, views,
                      seed, attrs)
+
+
+def check_crop_scale(s_min) -> float:
+    """``--crop-scale``: the smallest crop area fraction, in (0, 1]."""
+    if not isinstance(s_min, (int, float)) or not 0 < s_min <= 1:
+        raise IIMError(f"--crop-scale {s_min!r}: the smallest crop area fraction must lie in (0, 1]")
+    return float(s_min)
+
+
+def split_crop_scale(attrs: dict) -> float | None:
+    """The crop scale a train split's views were extracted with (None: one view, no augmentation);
+    splits written before it was recorded used torchvision's default 0.08."""
+    if attrs.get("kind") != "train" or "augment" not in attrs or str(attrs["augment"]).startswith("none"):
+        return None
+    return attrs.get("crop_scale", 0.08)
 
 
 def plan_test(bench: Benchmark, *, warn: Warn | None = None) -> SplitPlan:

@@ -30,6 +30,7 @@ class DemoSettings:
     pretrained: str = "demo"
     shots: int = 4
     views: int = 4           # augmented views per support image (SPEC §1), drawn one per epoch
+    crop_scale: float = 0.85  # their RandomResizedCrop s_min: the authors' value (SPEC §1, §9)
     k: int = 8               # top-k patches: 2k = 16 of the 64 patches (the paper: 50 of 196)
     n_neg: int = 20          # negative prompts (the paper: 300 for 1000 classes)
     epochs: int = 50
@@ -72,11 +73,11 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
         with open(logfile, "a") as f:
             f.write(msg + "\n")
 
-    _check_cache_weights(cache, s.pretrained)
+    _check_cache_weights(cache, s.pretrained, s.crop_scale)
     echo(f"[1/4] demo world + features (model {s.model}, weights {s.pretrained}) -> {cache}")
     bench = world_benchmark(world, progress=progress)
     extract(bench, cache, model=s.model, pretrained=s.pretrained, shots=[s.shots], seeds=seeds,
-            views=s.views, workers=0, device=device, progress=progress, log=log)
+            views=s.views, crop_scale=s.crop_scale, workers=0, device=device, progress=progress, log=log)
 
     echo(f"[2/4] 0-shot scores (k={s.k})")
     zero = run_score(prepare_zero_shot(cache, out / "zero-shot"), k=s.k, alpha=s.alpha, device=device,
@@ -113,15 +114,22 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     return summary
 
 
-def _check_cache_weights(cache: Path, pretrained: str) -> None:
-    """A cache extracted with earlier demo weights is refused with a one-line hint (never mixed)."""
+def _check_cache_weights(cache: Path, pretrained: str, crop_scale: float) -> None:
+    """A cache extracted with earlier demo weights or another crop scale is refused with a one-line
+    hint (never mixed)."""
+    from ..data.splits import split_crop_scale
     from ..models import weights_id
     manifest = cache / "manifest.json"
     if manifest.is_file():
-        old = json.loads(manifest.read_text()).get("weights")
+        m = json.loads(manifest.read_text())
+        old = m.get("weights")
         if old != weights_id(pretrained):
             raise IIMError(f"{cache} holds features of other weights ({old}); the packaged demo weights "
                            f"changed: delete {cache} or pass --cache DIR")
+        crops = {split_crop_scale(e) for e in (m.get("splits") or {}).values()} - {None, crop_scale}
+        if crops:
+            raise IIMError(f"{cache} holds views cropped with scale {crops.pop():g}, the demo now uses "
+                           f"{crop_scale:g} (SPEC §1): delete {cache} or pass --cache DIR")
 
 
 def summarise(zero: dict, runs: dict, *, settings: DemoSettings, seconds: float) -> dict:

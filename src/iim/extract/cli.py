@@ -36,6 +36,9 @@ def _list_benchmarks(ctx, _param, value):
              name="seeds")
 @click.option("--views", default=1, show_default=True, type=int,
               help="Augmented views per train image (1 = the eval preprocess, no augmentation).")
+@click.option("--crop-scale", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="S_MIN",
+              help="Augmented views: RandomResizedCrop(scale=(S_MIN, 1)). Default: the benchmark's (SPEC §1: "
+                   "0.85 ImageNet-1k and its halves, 0.65 ImageNet-100, 0.85 otherwise; CoOp's is 0.08).")
 @click.option("--batch-size", default=128, show_default=True, type=int,
               help="Images (views) per forward pass.")
 @click.option("--workers", type=int, help="DataLoader worker processes  [default: min(8, CPUs)]")
@@ -48,8 +51,8 @@ def _list_benchmarks(ctx, _param, value):
 @click.option("--chunk-mb", type=float, hidden=True, help="Storage chunk size of `local` in MiB.")
 @click.option("--list", "list_", is_flag=True, is_eager=True, expose_value=False, callback=_list_benchmarks,
               help="List the registered benchmarks and exit.")
-def extract(benchmark, data_root, out, model, pretrained, splits, shots, seeds, views, batch_size, workers,
-            device, amp, skip_bad, progress, chunk_mb):
+def extract(benchmark, data_root, out, model, pretrained, splits, shots, seeds, views, crop_scale, batch_size,
+            workers, device, amp, skip_bad, progress, chunk_mb):
     """Stage one: run the frozen CLIP image encoder once and write global + patch features to a cache.
 
     \b
@@ -67,6 +70,6 @@ def extract(benchmark, data_root, out, model, pretrained, splits, shots, seeds, 
         raise IIMError("--chunk-mb must be positive")
     cache = run_extract(benchmark, out, data_root=data_root, model=model, pretrained=pretrained,
                         splits=split_list, shots=shot_list, seeds=seed_list, views=views,
-                        batch_size=batch_size, workers=workers, device=device, amp=amp, skip_bad=skip_bad,
+                        crop_scale=crop_scale, batch_size=batch_size, workers=workers, device=device, amp=amp, skip_bad=skip_bad,
                         chunk_bytes=int(chunk_mb * 2**20) if chunk_mb else CHUNK_BYTES, progress=progress)
     click.echo(f"{cache.root}: complete splits {', '.join(cache.splits()) or 'none'}", err=True)

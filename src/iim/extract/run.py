@@ -29,7 +29,7 @@ from ..cache.names import is_ood, ood_split_name
 from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache
 from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ImageRows
-from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, train_pools
+from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
 from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
@@ -44,7 +44,7 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
 # Which splits
 # ---------------------------------------------------------------------------------------------------
 def plan_splits(bench: Benchmark, splits=None, *, shots=(), seeds=(1,), views: int = 1,
-                warn=log_warning) -> list[SplitPlan]:
+                crop_scale: float | None = None, warn=log_warning) -> list[SplitPlan]:
     """Plan every requested split before any image is encoded (bad input fails fast).
 
     ``splits``: names among ``train``, ``test``, ``ood`` (all OOD sets) and ``ood_<name>`` (one set);
@@ -60,7 +60,8 @@ def plan_splits(bench: Benchmark, splits=None, *, shots=(), seeds=(1,), views: i
             if not shots:
                 raise IIMError("the train split needs --shots (e.g. --shots 16 or --shots 1,2,4,8,16)")
             pools = train_pools(bench)              # list ImageNet's 1.28 M train files once
-            plans += [plan_train(bench, k, s, views=views, pools=pools) for k in shots for s in seeds]
+            plans += [plan_train(bench, k, s, views=views, pools=pools, crop_scale=crop_scale)
+                      for k in shots for s in seeds]
         elif token == "test":
             plans.append(plan_test(bench, warn=warn))
         elif token == "ood":
@@ -173,7 +174,8 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
     cuda = device.type == "cuda"
     loader = image_loader(plan.root, plan.files, preprocess, model, batch_size=rows_per_batch, start=start,
                           workers=workers, device=device, views=views, seed=plan.seed,
-                          augment=train_transform(model) if views > 1 else None)
+                          augment=train_transform(model, scale=(plan.attrs["crop_scale"], 1.0)) if views > 1
+                          else None)
     batches_iter = iter(loader)                       # start the workers before the writer thread
     sink = AsyncWriter(writer)
     bar = tqdm(total=plan.n, initial=start, unit="img", desc=plan.name, dynamic_ncols=True, file=sys.stderr,
@@ -269,11 +271,13 @@ def _lock(root: Path):
 
 def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str = "ViT-B-16",
             pretrained: str = "openai", splits=None, shots=(), seeds=(1,), views: int = 1,
-            batch_size: int = 128, workers: int | None = None, device: str = "auto", amp: str = "auto",
+            crop_scale: float | None = None, batch_size: int = 128, workers: int | None = None,
+            device: str = "auto", amp: str = "auto",
             skip_bad: bool = False, chunk_bytes: int = CHUNK_BYTES, progress: bool = True,
             log=log_info) -> Cache:
     """Extract the requested splits of ``benchmark`` into the cache at ``out`` (default
-    ``cache/<benchmark>``) and return it. See :func:`plan_splits` for ``splits``."""
+    ``cache/<benchmark>``) and return it. See :func:`plan_splits` for ``splits``. ``crop_scale``: s_min of
+    the augmented views (default: the benchmark's, SPEC §1); a cache never mixes crop scales."""
     bench = load_benchmark(benchmark, data_root) if isinstance(benchmark, str) else benchmark
     out = Path(out) if out is not None else Path("cache") / bench.name
     if out.exists() and not out.is_dir():
@@ -283,11 +287,13 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     if views < 1:
         raise IIMError("--views must be at least 1")
     workers = min(8, os.cpu_count() or 1) if workers is None else workers
-    plans = plan_splits(bench, splits, shots=shots, seeds=seeds, views=views, warn=lambda m: log(f"warning: {m}"))
+    plans = plan_splits(bench, splits, shots=shots, seeds=seeds, views=views, crop_scale=crop_scale,
+                        warn=lambda m: log(f"warning: {m}"))
     key = cache_key(bench, model, pretrained)
 
     cache = create_cache(out, key) if (out / MANIFEST).is_file() else None   # refuses a mismatch early
     if cache is not None:
+        check_one_crop_scale(cache, plans)
         for plan in plans:
             _check_same_files(cache, plan, log)
         todo = [p for p in plans if not (cache.is_complete(p.name) and _recorded_complete(cache, p))]
@@ -329,6 +335,16 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
                           chunk_bytes=chunk_bytes, progress=progress, log=log)
             _record(cache, plan, complete=True)
     return cache
+
+
+def check_one_crop_scale(cache: Cache, plans: list[SplitPlan]) -> None:
+    """A cache never mixes augmented views of different crop scales: another value is refused."""
+    wanted = {p.attrs["crop_scale"] for p in plans if p.attrs.get("crop_scale") is not None}
+    for name, entry in (cache.manifest.get("splits") or {}).items():
+        have = split_crop_scale(entry)
+        if have is not None and wanted and wanted != {have}:
+            raise IIMError(f"{cache.root} holds views cropped with --crop-scale {have:g} ({name}); a cache "
+                           f"never mixes crop scales: extract --crop-scale {wanted.pop():g} into another --out")
 
 
 def _recorded_complete(cache: Cache, plan: SplitPlan) -> bool:

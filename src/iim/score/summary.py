@@ -81,7 +81,7 @@ def _check_same_experiment(results: list[dict]) -> None:
         cfg = r.get("run_config") or {}
         split = without_seed(cfg.get("split", ""))
         keys = [k for k in TRAIN_KEYS if k not in ("seed", "split")] + ["model", "weights", "benchmark",
-                                                                         "classnames"]
+                                                                         "classnames", "crop_scale"]
         return dict({k: cfg.get(k) for k in keys}, split=split)
 
     first = options(results[0])

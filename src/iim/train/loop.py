@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..cache import manifest_key, open_cache
 from ..atomic import atomic_write_text
+from ..data.splits import split_crop_scale
 from ..errors import IIMError
 from ..models import create_model, is_local_checkpoint, model_logit_scale, resolve_device, weights_id
 from ..options import check
@@ -212,7 +213,8 @@ def resolve_logit_scale(cfg: TrainConfig, manifest: dict, load_model) -> float:
 def full_config(cfg: TrainConfig, cache) -> dict:
     m = cache.manifest
     return dict(dataclasses.asdict(cfg), cache=str(Path(cfg.cache).resolve()), model=m.get("model"),
-                weights=m.get("weights"), benchmark=m.get("benchmark"), classnames=cache.classnames)
+                weights=m.get("weights"), benchmark=m.get("benchmark"), classnames=cache.classnames,
+                crop_scale=split_crop_scale(cache.split(cfg.split).attrs))
 
 
 def open_run_folder(out: Path, config: dict, fingerprint: dict, *, resume: bool, overwrite: bool, log):
