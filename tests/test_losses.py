@@ -20,7 +20,7 @@ def _cos(a, b):
     return dot / (na * nb)
 
 
-def brute_losses(local, labels, idp, negp, *, k, scale, hnm=True, ood="next-k"):
+def brute_losses(local, labels, idp, negp, *, k, scale, hnm=True, ood="next-k", official=False):
     B, HW, _ = local.shape
     C, Cn = idp.shape[0], negp.shape[0]
     prompts = [idp[c] for c in range(C)] + [negp[j] for j in range(Cn)]
@@ -41,17 +41,26 @@ def brute_losses(local, labels, idp, negp, *, k, scale, hnm=True, ood="next-k"):
                 S_k.append(sum(s[h][c] for h in P))
         S_t = [sum(s[p][j] for p in N) for j in range(C + Cn)]
         neg_sum = sum(S_t[C:]) if Cn else 0.0
-        pos_total = pos_total - torch.log(S_k[y] / (sum(S_k) + neg_sum))
+        pos_den_neg, neg_den_id = neg_sum, sum(S_t[:C])
+        if official:    # SPEC §9: negatives over their own top-k, ID classes over their own ranks k+1..2k
+            def own(j, lo, hi):
+                ranked = sorted(range(HW), key=lambda h: -cos[h][j].item())
+                return sum(s[h][j] for h in ranked[lo:hi])
+            pos_den_neg = sum(own(C + j, 0, k) for j in range(Cn)) if Cn else 0.0
+            neg_den_id = sum(own(c, k, 2 * k if ood == "next-k" else HW) for c in range(C))
+        pos_total = pos_total - torch.log(S_k[y] / (sum(S_k) + pos_den_neg))
         if Cn:
-            neg_total = neg_total - torch.log(neg_sum / (sum(S_t[:C]) + neg_sum))
+            neg_total = neg_total - torch.log(neg_sum / (neg_den_id + neg_sum))
     return pos_total / B, neg_total / B
 
 
-def brute_diversity(idp, negp):
+def brute_diversity(idp, negp, diagonal=False):
     def term(t):
         n = t.shape[0]
         if n < 2:
             return 0.0
+        if diagonal:    # SPEC §9: the whole matrix / (n (n - 1))
+            return sum(_cos(t[i], t[j]) for i in range(n) for j in range(n)) / (n * (n - 1))
         pairs = [_cos(t[i], t[j]) for i in range(n) for j in range(i + 1, n)]
         return sum(pairs) / (n * (n - 1) / 2)
     return term(negp) + term(idp)
@@ -67,7 +76,7 @@ def random_inputs(B=3, HW=8, D=5, C=4, Cn=3, seed=0, dtype=torch.float64):
 
 
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("k,hnm,ood,Cn,scale", [
+@pytest.mark.parametrize("k,hnm,ood,Cn,scale,official", [(*c, False) for c in [
     (2, True, "next-k", 3, 5.0),
     (2, False, "next-k", 3, 5.0),
     (2, True, "all-rest", 3, 5.0),
@@ -78,17 +87,18 @@ def random_inputs(B=3, HW=8, D=5, C=4, Cn=3, seed=0, dtype=torch.float64):
     (3, True, "next-k", 0, 5.0),        # no negative prompts
     (2, True, "next-k", 3, 100.0),      # the real logit scale: float64 exp(100) is still exact enough
     (2, False, "all-rest", 2, 100.0),
-])
-def test_losses_and_gradients_match_brute_force(k, hnm, ood, Cn, scale):
+]] + [(2, True, "next-k", 3, 5.0, True), (3, False, "next-k", 4, 15.0, True), (2, True, "all-rest", 3, 5.0, True),
+      (4, True, "next-k", 3, 5.0, True), (2, True, "next-k", 0, 5.0, True), (2, True, "next-k", 3, 100.0, True)])
+def test_losses_and_gradients_match_brute_force(k, hnm, ood, Cn, scale, official):
     local, labels, idp, negp = random_inputs(Cn=Cn, seed=k + 7 * Cn + int(scale))
     params = [x.clone().requires_grad_(True) for x in (local, idp, negp)]
     out = iim_losses(params[0], labels, params[1], params[2], k=k, logit_scale=scale,
-                     hard_negative_mining=hnm, ood_patches=ood)
+                     hard_negative_mining=hnm, ood_patches=ood, denominators="official" if official else "paper")
     grads = torch.autograd.grad(out["pos"] + 3 * out["neg"], params)
 
     ref_params = [x.clone().requires_grad_(True) for x in (local, idp, negp)]
     pos, neg = brute_losses(ref_params[0], labels, ref_params[1], ref_params[2], k=k, scale=scale,
-                            hnm=hnm, ood=ood)
+                            hnm=hnm, ood=ood, official=official)
     ref_total = pos + 3 * neg
     ref_grads = torch.autograd.grad(ref_total, ref_params, allow_unused=True)
 
@@ -173,8 +183,19 @@ def test_diversity_matches_brute_force(C, Cn):
     g = torch.Generator().manual_seed(C * 10 + Cn)
     idp = torch.randn(C, 5, generator=g, dtype=torch.float64) * 2
     negp = torch.randn(Cn, 5, generator=g, dtype=torch.float64) + 1
-    ref = brute_diversity(idp, negp)
-    torch.testing.assert_close(diversity_loss(idp, negp), torch.as_tensor(ref, dtype=torch.float64))
+    for diagonal in (False, True):
+        ref = brute_diversity(idp, negp, diagonal=diagonal)
+        torch.testing.assert_close(diversity_loss(idp, negp, diagonal=diagonal),
+                                   torch.as_tensor(ref, dtype=torch.float64))
+
+
+def test_full_matrix_diversity_has_the_same_gradient():
+    g = torch.Generator().manual_seed(1)
+    idp, negp = (torch.randn(n, 5, generator=g, dtype=torch.float64).requires_grad_(True) for n in (4, 6))
+    a = torch.autograd.grad(diversity_loss(idp, negp), (idp, negp))
+    b = torch.autograd.grad(diversity_loss(idp, negp, diagonal=True), (idp, negp))
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
 
 
 def test_total_loss_is_eq_11():

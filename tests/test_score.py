@@ -7,8 +7,9 @@ from iim.errors import IIMError
 from iim.score import evaluate, id_predictions, ood_scores, similarities, sweep_scores
 
 
-def brute_scores(g, l, gp, tp, neg, k, alpha, T):
-    """SPEC §4 literally, image by image, in float64 numpy with e(v, t) = exp(cos / T)."""
+def brute_scores(g, l, gp, tp, neg, k, alpha, T, double_exp=False):
+    """SPEC §4 literally, image by image, in float64 numpy with e(v, t) = exp(cos / T); ``double_exp``:
+    SPEC §9's official p[h, c] with e'(v, t) = exp(exp(cos / T) / T)."""
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     g, l, gp, tp = (unit(np.asarray(x, np.float64)) for x in (g, l, gp, tp))
     neg = None if neg is None else unit(np.asarray(neg, np.float64))
@@ -31,7 +32,11 @@ def brute_scores(g, l, gp, tp, neg, k, alpha, T):
         out["s_mcm_star"].append(mcm + i2t_star + alpha * t2i)
         if neg is not None:
             e_neg = np.exp(l[n] @ neg.T / T)
-            p = e / (e.sum(1, keepdims=True) + e_neg.sum(1, keepdims=True))
+            if double_exp:
+                e2, e2_neg = np.exp(e / T), np.exp(e_neg / T)
+                p = e2 / (e2.sum(1, keepdims=True) + e2_neg.sum(1, keepdims=True))
+            else:
+                p = e / (e.sum(1, keepdims=True) + e_neg.sum(1, keepdims=True))
             out["i2t"].append(topmean(p))
             out["r_mcm"].append(mcm + topmean(p))
             out["s_mcm"].append(mcm + topmean(p) + alpha * t2i)
@@ -60,6 +65,22 @@ def test_ood_scores_match_brute_force(k, alpha, T, cn):
     sims = similarities(g, l, gp, tp, neg, T=T)
     scores, p_star = evaluate(sims, k=k, alpha=alpha)
     assert torch.equal(id_predictions(sims, p_star, k), torch.from_numpy(want["pred"]))
+
+
+@pytest.mark.parametrize("k,T,cn", [(5, 1.0, 3), (20, 0.5, 4), (7, 1.0, 0)])
+def test_official_double_exponential_matches_brute_force(k, T, cn):
+    g, l, gp, tp, neg = random_inputs(cn=cn, seed=k)
+    got = ood_scores(g, l, gp, tp, neg, k=k, T=T, double_exp=True)
+    want = brute_scores(g, l, gp, tp, neg, k, 1.0, T, double_exp=True)
+    paper = ood_scores(g, l, gp, tp, neg, k=k, T=T)
+    for key in got:
+        np.testing.assert_allclose(got[key].numpy(), want[key], rtol=2e-5, atol=1e-7, err_msg=key)
+        changed = not torch.allclose(got[key], paper[key])
+        assert changed == (key in ("i2t", "r_mcm", "s_mcm")), key     # only p[h, c] differs
+    sweep = sweep_scores(similarities(g, l, gp, tp, neg, T=T, double_exp=True), [k], [1.0])
+    torch.testing.assert_close(sweep["s_mcm_star"][:, 0, 0], got["s_mcm_star"])
+    if cn:
+        torch.testing.assert_close(sweep["s_mcm"][:, 0, 0], got["s_mcm"])
 
 
 def test_negatives_change_only_their_scores_and_empty_negatives_mean_none():

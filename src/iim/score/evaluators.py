@@ -32,17 +32,29 @@ def mcm(global_logits: torch.Tensor) -> torch.Tensor:  # Eq. 2
     return global_logits.softmax(-1).amax(-1)
 
 
-def patch_class_probs(id_logits: torch.Tensor, neg_logits: torch.Tensor | None = None):  # Eq. 3 / Eq. 4
+def double_exp_logits(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:  # SPEC §9 (official)
+    """``log e'(v, t) = exp(cos / T) / T``: the authors' code exponentiates twice,
+    ``e'(v, t) = exp(exp(cos / T) / T)``, in p[h, c] when negatives are used."""
+    return logits.exp() / T
+
+
+def patch_class_probs(id_logits: torch.Tensor, neg_logits: torch.Tensor | None = None, *,
+                      double_exp_T: float | None = None):  # Eq. 3 / Eq. 4
     """Each patch's softmax over the ID classes, ``p*[h, c]`` (Eq. 3), and with ``neg_logits`` also
     ``p[h, c]`` (Eq. 4, Eq. 12's S_i2t), whose denominator adds the negatives' exp-sum.
 
     Returns ``(p_star, p)``; ``p`` is None without negatives. ``p = p* x Z_id / (Z_id + Z_neg)`` with the
-    per-patch exp-sums ``Z`` taken in log space, so the ID normaliser is computed once.
+    per-patch exp-sums ``Z`` taken in log space, so the ID normaliser is computed once. With
+    ``double_exp_T`` (the official recipe, SPEC §9) ``p`` is the softmax of :func:`double_exp_logits`.
     """
     lse_id = id_logits.logsumexp(-1, keepdim=True)
     p_star = (id_logits - lse_id).exp()
     if neg_logits is None:
         return p_star, None
+    if double_exp_T is not None:
+        id2, neg2 = double_exp_logits(id_logits, double_exp_T), double_exp_logits(neg_logits, double_exp_T)
+        lse2 = torch.logaddexp(id2.logsumexp(-1, keepdim=True), neg2.logsumexp(-1, keepdim=True))
+        return p_star, (id2 - lse2).exp()
     lse_all = torch.logaddexp(lse_id, neg_logits.logsumexp(-1, keepdim=True))
     return p_star, p_star * (lse_id - lse_all).exp()
 

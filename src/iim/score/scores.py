@@ -31,6 +31,8 @@ class Similarities:
     global_logits: torch.Tensor          # [N, C]       global feature vs global prototypes
     id_logits: torch.Tensor              # [N, HW, C]   patches vs local ID prototypes
     neg_logits: torch.Tensor | None      # [N, HW, Cn]  patches vs negative prototypes, or None
+    T: float = 1.0
+    double_exp: bool = False             # the official recipe's p[h, c] (SPEC §9)
 
     @property
     def hw(self) -> int:
@@ -42,8 +44,9 @@ class Similarities:
 
 
 def similarities(global_feats, local_feats, global_proto, id_proto, neg_proto=None, *,
-                 T: float = 1.0) -> Similarities:
-    """Cosine logits of features (any float dtype; normalised here) against the three prototype sets."""
+                 T: float = 1.0, double_exp: bool = False) -> Similarities:
+    """Cosine logits of features (any float dtype; normalised here) against the three prototype sets;
+    ``double_exp``: R-MCM / S-MCM with negatives as the authors' code computes them (SPEC §9)."""
     if global_feats.dim() != 2 or local_feats.dim() != 3 or len(global_feats) != len(local_feats):
         raise IIMError(f"expected global_feats [N, D] and local_feats [N, HW, D], got "
                        f"{list(global_feats.shape)} and {list(local_feats.shape)}")
@@ -63,6 +66,7 @@ def similarities(global_feats, local_feats, global_proto, id_proto, neg_proto=No
         ev.similarity_logits(global_feats, proto(global_proto), T),
         ev.similarity_logits(local_feats, proto(id_proto), T),
         ev.similarity_logits(local_feats, proto(neg_proto), T) if has_neg else None,
+        T, double_exp,
     )
 
 
@@ -85,7 +89,8 @@ def evaluate(sims: Similarities, *, k: int | Sequence[int] = 50, alpha=1.0):
     check_k(k, sims.hw, sims.n_classes)
     grid = not isinstance(k, int)
     m = ev.mcm(sims.global_logits)
-    p_star, p = ev.patch_class_probs(sims.id_logits, sims.neg_logits)
+    p_star, p = ev.patch_class_probs(sims.id_logits, sims.neg_logits,
+                                     double_exp_T=sims.T if sims.double_exp else None)
     out = {"mcm": m, "gl_mcm": ev.gl_mcm(m, p_star), "i2t_star": ev.i2t(p_star, k)}
     if p is not None:
         out["i2t"] = ev.i2t(p, k)
@@ -118,7 +123,7 @@ def id_predictions(sims: Similarities, p_star: torch.Tensor, k: int) -> torch.Te
 
 @torch.no_grad()
 def ood_scores(global_feats, local_feats, global_proto, id_proto, neg_proto=None, *, k: int = 50,
-               alpha: float = 1.0, T: float = 1.0) -> dict[str, torch.Tensor]:
+               alpha: float = 1.0, T: float = 1.0, double_exp: bool = False) -> dict[str, torch.Tensor]:
     """Every OOD score of SPEC §4 for ``N`` images -> ``{key: Tensor[N]}``, higher = more ID.
 
     Args:
@@ -128,6 +133,7 @@ def ood_scores(global_feats, local_feats, global_proto, id_proto, neg_proto=None
         id_proto: ``[C, D]`` local ID prototypes (learned; the global ones for zero-shot).
         neg_proto: ``[Cn, D]`` negative prototypes, or None.
         k: top-k of i2t / t2i (``1 <= k <= HW * C``). alpha: weight of t2i in S-MCM. T: temperature.
+        double_exp: the official recipe's p[h, c] = e'/(sum e' + sum_neg e'), e' = exp(exp(cos/T)/T).
     """
-    sims = similarities(global_feats, local_feats, global_proto, id_proto, neg_proto, T=T)
+    sims = similarities(global_feats, local_feats, global_proto, id_proto, neg_proto, T=T, double_exp=double_exp)
     return evaluate(sims, k=int(k), alpha=float(alpha))[0]

@@ -18,6 +18,7 @@ from ..errors import IIMError
 from ..ops import cosine, topk
 
 OOD_PATCHES = ("next-k", "all-rest")   # N = ranks k+1..2k (paper) | every patch ranked below k (ablation)
+DENOMINATORS = ("paper", "official")   # Eq. 8-9 as written | the authors' code (SPEC §9)
 
 
 def rank_patches(label_logits: torch.Tensor, k: int, *, ood_patches: str = "next-k"):
@@ -32,6 +33,13 @@ def rank_patches(label_logits: torch.Tensor, k: int, *, ood_patches: str = "next
 def log_topk_sums(id_logits: torch.Tensor, k: int) -> torch.Tensor:
     """Eq. 5: ``log S_k[c]`` = log of the sum over c's OWN top-k patches of ``s(v_l, t_c)`` -> [B, C]."""
     return torch.logsumexp(topk(id_logits, k, dim=1), dim=1)
+
+
+def log_own_rank_sums(logits: torch.Tensor, k: int, *, ood_patches: str = "next-k") -> torch.Tensor:
+    """SPEC §9 (official L_neg denominator): ``log`` of the sum of ``s(v_l, t_j)`` over prompt j's OWN
+    ranks k+1..2k (``"all-rest"``: k+1..HW) -> [B, J]."""
+    n_rank = 2 * k if ood_patches == "next-k" else logits.shape[1]
+    return torch.logsumexp(topk(logits, n_rank, dim=1)[:, k:], dim=1)
 
 
 def log_patch_sums(logits: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
@@ -56,6 +64,15 @@ def neg_loss(log_s_id: torch.Tensor, log_s_neg: torch.Tensor) -> torch.Tensor:
     return log_den - torch.logsumexp(log_s_neg, dim=1)
 
 
+def full_matrix_cosine(protos: torch.Tensor) -> torch.Tensor:
+    """SPEC §9 (official L_div): the sum of the whole cosine matrix, diagonal included, / (n (n - 1));
+    ``mean_pairwise_cosine + 1 / (n - 1)``, so the same gradient. 0 with fewer than 2 prototypes."""
+    n = protos.shape[0]
+    if n < 2:
+        return protos.new_zeros((), dtype=torch.promote_types(protos.dtype, torch.float32))
+    return cosine(protos, protos).sum() / (n * (n - 1))
+
+
 def mean_pairwise_cosine(protos: torch.Tensor) -> torch.Tensor:
     """Mean of ``cos(t_i, t_j)`` over pairs i < j (diagonal excluded); 0 with fewer than 2 prototypes."""
     n = protos.shape[0]
@@ -65,10 +82,12 @@ def mean_pairwise_cosine(protos: torch.Tensor) -> torch.Tensor:
     return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
 
 
-def diversity_loss(id_proto: torch.Tensor, neg_proto: torch.Tensor) -> torch.Tensor:
-    """Eq. 10: mean pairwise cosine among the negative prototypes + among the ID local prototypes."""
+def diversity_loss(id_proto: torch.Tensor, neg_proto: torch.Tensor, *, diagonal: bool = False) -> torch.Tensor:
+    """Eq. 10: mean pairwise cosine among the negative prototypes + among the ID local prototypes
+    (``diagonal=True``: the authors' full-matrix version, :func:`full_matrix_cosine`)."""
+    term = full_matrix_cosine if diagonal else mean_pairwise_cosine
     with torch.autocast(id_proto.device.type, enabled=False):
-        return mean_pairwise_cosine(neg_proto) + mean_pairwise_cosine(id_proto)
+        return term(neg_proto) + term(id_proto)
 
 
 def total_loss(pos, neg, div, *, lambda_neg: float = 5.0, lambda_div: float = 0.5):
@@ -79,7 +98,7 @@ def total_loss(pos, neg, div, *, lambda_neg: float = 5.0, lambda_div: float = 0.
 def iim_losses(local_feats: torch.Tensor, labels: torch.Tensor, id_proto: torch.Tensor,
                neg_proto: torch.Tensor, *, k: int = 50, logit_scale: float = 100.0,
                hard_negative_mining: bool = True, ood_patches: str = "next-k",
-               check_labels: bool = True) -> dict:
+               denominators: str = "paper", check_labels: bool = True) -> dict:
     """IIM's positive and negative terms (Eq. 5-9), batch means: ``{"pos": L_pos, "neg": L_neg}``.
 
     ``local_feats`` [B, HW, D] patch features, ``labels`` [B] class indices, ``id_proto`` [C, D] the ID
@@ -90,6 +109,8 @@ def iim_losses(local_feats: torch.Tensor, labels: torch.Tensor, id_proto: torch.
     positive patches P instead of c's own top-k. ``ood_patches="all-rest"`` uses every patch ranked below
     k as ID-like OOD patches instead of ranks k+1..2k. ``check_labels=False`` skips the label range check,
     which reads the labels back from the device (a GPU sync mid-step): for callers that checked them.
+    ``denominators="official"`` (SPEC §9): in L_pos's denominator each negative sums over its OWN top-k
+    patches, in L_neg's each ID class over its OWN ranks k+1..2k (numerators unchanged).
     """
     b, hw, _ = local_feats.shape
     n_cls = id_proto.shape[0]
@@ -98,6 +119,8 @@ def iim_losses(local_feats: torch.Tensor, labels: torch.Tensor, id_proto: torch.
                        f"(use --k {hw // 2} or less)")
     if ood_patches not in OOD_PATCHES:
         raise IIMError(f"ood_patches must be one of {', '.join(OOD_PATCHES)}, not {ood_patches!r}")
+    if denominators not in DENOMINATORS:
+        raise IIMError(f"denominators must be one of {', '.join(DENOMINATORS)}, not {denominators!r}")
     if labels.shape != (b,) or (check_labels and b and (int(labels.min()) < 0 or int(labels.max()) >= n_cls)):
         raise IIMError(f"labels must be {b} class indices in 0..{n_cls - 1}")
     dtype = torch.promote_types(local_feats.dtype, torch.float32)       # float32, or float64 if given
@@ -113,5 +136,9 @@ def iim_losses(local_feats: torch.Tensor, labels: torch.Tensor, id_proto: torch.
             log_sk = log_patch_sums(id_logits, pos_idx)                  # S_k[c] over the label's P
         log_s = log_patch_sums(logits, ood_idx)                          # Eq. 7, every prompt
         log_s_id, log_s_neg = log_s[:, :n_cls], log_s[:, n_cls:]
-        return {"pos": pos_loss(log_sk, log_s_neg, labels).mean(),
-                "neg": neg_loss(log_s_id, log_s_neg).mean()}
+        pos_den_neg, neg_den_id = log_s_neg, log_s_id                    # Eq. 8-9 as written
+        if denominators == "official":
+            pos_den_neg = log_topk_sums(logits[..., n_cls:], k)          # each negative's own top-k
+            neg_den_id = log_own_rank_sums(id_logits, k, ood_patches=ood_patches)   # each class's own N
+        return {"pos": pos_loss(log_sk, pos_den_neg, labels).mean(),
+                "neg": neg_loss(neg_den_id, log_s_neg).mean()}
