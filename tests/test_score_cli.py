@@ -73,6 +73,22 @@ def test_score_end_to_end(world, capsys):
         assert (run / "plots" / f"{name}.png").stat().st_size > 1000
 
 
+def test_a_run_is_scored_with_its_recipe_unless_told_otherwise(world, capsys, tmp_path):
+    root, cache, _ = world
+    run = make_fake_run(tmp_path / "official", cache, config={"recipe": "official"})
+    protos = torch.load(run / "checkpoint.pt")["prototypes"]
+    g, loc = (torch.from_numpy(x) for x in cache.split("test").read(view=0))
+    for args, double in (((), True), (("--recipe", "paper"), False)):
+        code, out, err = run_cli(capsys, "score", "--run", run, "--k", 10, "--no-knn", "--no-plots", *args)
+        assert code == 0, err
+        res = json.loads((run / "results.json").read_text())
+        assert res["settings"]["recipe"] == ("official" if double else "paper")
+        want = ood_scores(g, loc, protos["global"], protos["local"], protos["neg"], k=10, double_exp=double)
+        saved = np.load(run / "scores_test.npz")
+        for key in ("s_mcm", "s_mcm_star"):
+            np.testing.assert_allclose(saved[key], want[key].numpy(), rtol=1e-5, err_msg=key)
+
+
 def test_short_form_picks_newest_run_and_sweep_matches_points(world, capsys, monkeypatch):
     root, cache, run = world
     older = make_fake_run(root / "runs" / "r0", cache, seed=1)

@@ -361,3 +361,61 @@ def test_non_positive_logit_scale_is_refused(cache_dir, tmp_path, bad):
     with pytest.raises(IIMError, match="--logit-scale"):
         train(config(cache_dir, tmp_path / "r", logit_scale=bad), progress=False, log=quiet)
     assert not (tmp_path / "r").exists()
+
+
+# ---- recipes (SPEC §9) ---------------------------------------------------------------------------
+def test_recipes_set_their_switches_and_an_explicit_switch_wins():
+    from iim.train.config import RECIPES, resolve_recipe
+    base = dict(cache="c", split="s", out="o")
+    assert resolve_recipe(TrainConfig(**base)).class_specific is False
+    official = resolve_recipe(TrainConfig(**base, recipe="official"))
+    assert {k: getattr(official, k) for k in RECIPES["official"]} == dict(
+        class_specific=True, train_projection=True, denominators="official", div_diagonal=True)
+    ablation = resolve_recipe(TrainConfig(**base, recipe="official", class_specific=False))
+    assert ablation.class_specific is False and ablation.train_projection is True
+    with pytest.raises(IIMError, match="--recipe 'bogus'"):          # before the cache is even opened
+        train(TrainConfig(**base, recipe="bogus"), progress=False, log=quiet)
+
+
+def test_trainable_projection_is_used_for_local_and_negative_prompts_only(cache_dir, tmp_path, monkeypatch):
+    from iim.text import encode_prompts_reference
+    run = train(config(cache_dir, tmp_path / "r", epochs=2, train_projection=True), progress=False, log=quiet)
+    model, _ = create_model("iim-test-tiny", "none")
+    proj = run["contexts"]["projection"]
+    assert proj.shape == model.text_projection.shape
+    assert not torch.allclose(proj, model.text_projection.detach())          # it learned
+    trained = create_model("iim-test-tiny", "none")[0]
+    with torch.no_grad():
+        trained.text_projection.copy_(proj)
+    id_f, neg_f = encode_prompts_reference(trained, CLASSES, run["contexts"]["ctx"], run["contexts"]["neg_ctx"])
+    torch.testing.assert_close(run["prototypes"]["local"], id_f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run["prototypes"]["neg"], neg_f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(run["prototypes"]["global"], global_prototypes(model, CLASSES))   # frozen
+
+    # resuming restores the projection too: 1 + 1 epochs == 2 epochs
+    real_save = loop.save
+
+    def save_then_stop(*args, **kw):
+        real_save(*args, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(cache_dir, tmp_path / "split", epochs=2, train_projection=True), progress=False, log=quiet)
+    monkeypatch.setattr(loop, "save", real_save)
+    resumed = train(config(cache_dir, tmp_path / "split", epochs=2, train_projection=True), resume=True,
+                    progress=False, log=quiet)
+    assert torch.equal(resumed["contexts"]["projection"], proj)
+
+
+def test_official_recipe_trains_and_records_its_switches(cache_dir, tmp_path):
+    run = train(config(cache_dir, tmp_path / "o", epochs=2, recipe="official"), progress=False, log=quiet)
+    cfg = run["config"]
+    assert cfg["recipe"] == "official" and cfg["class_specific"] and cfg["train_projection"]
+    assert cfg["denominators"] == "official" and cfg["div_diagonal"]
+    assert run["contexts"]["ctx"].shape == (4, 4, 64) and "projection" in run["contexts"]
+    paper = train(config(cache_dir, tmp_path / "p", epochs=2), progress=False, log=quiet)
+    assert paper["config"]["recipe"] == "paper" and "projection" not in paper["contexts"]
+    # each loss switch alone changes the result
+    for kw in (dict(denominators="official"), dict(div_diagonal=True)):
+        other = train(config(cache_dir, tmp_path / str(kw), epochs=2, **kw), progress=False, log=quiet)
+        assert other["history"][-1]["loss"] != paper["history"][-1]["loss"], kw

@@ -12,7 +12,9 @@ grouping are derived from that declaration.
     result_keys(TrainConfig)         # ("k",): options a resumed or averaged run must share
     check(cfg)                       # the same validation for Python callers (IIMError)
 
-A bool field becomes ``--name/--no-name`` when it defaults to True and a plain ``--name`` flag otherwise.
+A bool field becomes ``--name/--no-name`` when it defaults to True and a plain ``--name`` flag otherwise;
+a ``bool | None`` field defaulting to None becomes ``--name/--no-name`` left None when neither is given
+(e.g. "the recipe's value").
 """
 from __future__ import annotations
 
@@ -66,6 +68,8 @@ def click_options(cls, *, skip=(), defaults: dict | None = None):
             decl = f"{name}/--no-{name[2:]}" if default else name
             if not default:
                 kw["is_flag"] = True
+        elif default is None and f.type in ("bool | None", "Optional[bool]"):
+            decl = f"{name}/--no-{name[2:]}"          # tri-state: None = not given
         else:
             decl = name
             if m["type"] is not None:

@@ -235,6 +235,7 @@ class PromptEncoder(nn.Module):
             raise IIMError(f"attention='flex' needs a torch whose FlexAttention takes explicit sequence "
                            f"lengths (2.6 or newer; this is {torch.__version__}); use attention='auto'")
         self.attention = attention
+        self.projection = None    # set to an nn.Parameter [W, D] to use it instead of the model's (SPEC §9)
         self.prefix_len = prefix = 1 + n_ctx      # SOT + context
         width = model.transformer.width
         device = model.positional_embedding.device
@@ -301,7 +302,8 @@ class PromptEncoder(nn.Module):
                 x = _checkpoint(self._layer, block, x, last, use_reentrant=False)
             else:
                 x = self._layer(block, x, last)
-        feats = _float32_at_least(_project(model, model.ln_final(x)))   # x: EOT rows only
+        x = model.ln_final(x)                                           # x: EOT rows only
+        feats = _float32_at_least(_project(model, x) if self.projection is None else x @ self.projection)
         C = len(self.classnames)
         return feats[:C], feats[C:]
 

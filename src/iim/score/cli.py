@@ -59,7 +59,7 @@ def _announce(job: Job) -> None:
 @click.option("--knn-split", help="KNN memory bank split. Default: the run's train split.")
 @click.option("--no-knn", is_flag=True, help="Skip the KNN baseline row.")
 @click.option("--no-plots", is_flag=True, help="Skip the histogram / ROC plots.")
-def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk,
+def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk, recipe,
           knn_k, knn_all_views, knn_split, no_knn, no_plots):
     """Score a trained run (or zero-shot) on the cache's test and OOD splits with every evaluator.
 
@@ -79,16 +79,17 @@ def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
     if sweep:
         click.echo(f"Several k / alpha values: sweeping {len(ks)} x {len(alphas)} settings in one pass"
                    " (a sweep writes sweep.csv only: no KNN row, plots, results.json or ID accuracy)")
-        return _sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress)
+        return _sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress,
+                      recipe=recipe)
     knn = None if no_knn else dict(k=knn_k, all_views=knn_all_views)
     return _score(job, k=ks[0], alpha=alphas[0], T=T, ood=ood, chunk=chunk, device=device, knn=knn,
-                     plot=not no_plots, progress=progress)
+                  plot=not no_plots, progress=progress, recipe=recipe)
 
 
 @click.command("sweep")
 @_common
 @click_options(ScoreOptions, skip=SWEEP_SKIPS, defaults={"k": K_GRID, "alpha": ALPHA_GRID})
-def sweep(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk):
+def sweep(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk, recipe):
     """Sweep k and alpha in ONE pass over the cache (one sorted top-k_max; alpha is linear).
 
     \b
@@ -101,7 +102,7 @@ def sweep(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
     ks, alphas = k, alpha
     job = _job(run, runs_dir, cache, zero_shot, out)
     _announce(job)
-    return _sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress)
+    return _sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress, recipe=recipe)
 
 
 # ---- printing what the library functions (iim.score.run) return ------------------------------------

@@ -24,6 +24,9 @@ class ScoreOptions:
                       type=click.FloatRange(min=0, min_open=True))
     chunk: int | None = option(None, "Images per chunk (bounds memory). Default: ~1 GiB of work on CPU, "
                                "8 GiB on GPU.", type=click.IntRange(min=1), result=False)
+    recipe: str | None = option(None, "paper (SPEC §4) or official (the authors' double exponential in "
+                                "R-MCM/S-MCM with negatives, SPEC §9). Default: the run's recipe (zero-shot: "
+                                "paper).", type=click.Choice(("paper", "official")))
     knn_k: int = option(1, "KNN baseline: distance to the k-th nearest support feature.",
                         type=click.IntRange(min=1))
     knn_all_views: bool = option(False, "Put every augmented view into the KNN bank (default: view 0).")

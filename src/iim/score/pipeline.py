@@ -43,6 +43,11 @@ class Job:
     def zero_shot(self) -> bool:
         return self.run_dir is None
 
+    @property
+    def recipe(self) -> str:
+        """The run's training recipe (SPEC §9), which ``iim score`` scores with unless told otherwise."""
+        return (self.checkpoint.get("config") or {}).get("recipe") or "paper"
+
 
 # ---- choosing and checking the inputs -----------------------------------------------------------
 def newest_run(runs_dir) -> Path:
@@ -177,12 +182,13 @@ def auto_chunk_rows(hw: int, n_classes: int, n_neg: int, device: torch.device) -
 
 @torch.no_grad()
 def stream_split(split, job: Job, *, k=50, alpha=1.0, T: float = 1.0, rows: int | None = None,
-                 device="cpu", knn=None, predict: bool = False, progress: bool = True):
+                 device="cpu", knn=None, predict: bool = False, progress: bool = True, recipe: str = "paper"):
     """Score every image of ``split``; returns ``(scores {method: numpy}, predictions or None)``.
 
     ``k`` / ``alpha`` as in :func:`iim.score.evaluate` (ints/floats, or lists for a sweep). ``knn`` a
     :class:`~iim.score.knn.KNNScorer` adds the "knn" row. ``predict`` returns the SPEC §4 ID class
-    predictions (with ``min(k, HW)``; point mode only).
+    predictions (with ``min(k, HW)``; point mode only). ``recipe="official"``: the double exponential
+    of SPEC §9 in R-MCM / S-MCM with negatives.
     """
     device = torch.device(device)
     protos = [None if p is None else p.to(device) for p in (job.global_proto, job.id_proto, job.neg_proto)]
@@ -195,7 +201,7 @@ def stream_split(split, job: Job, *, k=50, alpha=1.0, T: float = 1.0, rows: int 
         for chunk in split.iter_chunks(rows=rows):
             g = chunk.global_feats.to(device, non_blocking=True)
             loc = chunk.local_feats.to(device, non_blocking=True)
-            sims = similarities(g, loc, *protos, T=T)
+            sims = similarities(g, loc, *protos, T=T, double_exp=recipe == "official")
             out, p_star = evaluate(sims, k=k, alpha=alpha)
             for key, val in out.items():
                 scores[key].append(val.float().cpu().numpy())

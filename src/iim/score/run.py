@@ -33,10 +33,11 @@ def _splits(job: Job, ood):
 
 
 def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="auto", knn=None,
-              plot=True, progress=True) -> dict:
+              plot=True, progress=True, recipe=None) -> dict:
     """Score every split, compute the metrics and write the result files; returns the results
-    (what results.json holds, plus ``seconds`` and ``files``)."""
+    (what results.json holds, plus ``seconds`` and ``files``). ``recipe`` None: the run's (SPEC §9)."""
     t0 = time.perf_counter()
+    recipe = recipe or job.recipe
     dev = resolve_device(device)
     test, ood_names = _splits(job, ood)
     n_classes = len(job.id_proto)
@@ -48,7 +49,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         bank_note = (f"KNN baseline: k={knn['k']}, memory bank {job.knn_split} "
                      f"({len(bank)} features{', all views' if knn['all_views'] else ', view 0'}"
                      f"{', faiss-gpu' if scorer.on_gpu else ''})")
-    stream = dict(k=k, alpha=alpha, T=T, rows=chunk, device=dev, knn=scorer, progress=progress)
+    stream = dict(k=k, alpha=alpha, T=T, rows=chunk, device=dev, knn=scorer, progress=progress, recipe=recipe)
     id_scores, preds = stream_split(test, job, predict=True, **stream)
     labels = test.labels
     valid = labels >= 0
@@ -62,7 +63,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "cache": str(job.cache.root),
         "zero_shot": job.zero_shot,
         "epoch": job.checkpoint.get("epoch"), "complete": job.checkpoint.get("complete"),
-        "settings": {"k": k, "alpha": alpha, "T": T, "accuracy_k": min(k, test.hw), "device": str(dev),
+        "settings": {"k": k, "alpha": alpha, "T": T, "recipe": recipe, "accuracy_k": min(k, test.hw), "device": str(dev),
                      "chunk": chunk or "auto", "knn_k": knn["k"] if scorer else None,
                      "knn_split": job.knn_split if scorer else None,
                      "knn_views": (("all" if knn["all_views"] else 0) if scorer else None),
@@ -96,19 +97,21 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
 def format_score(results: dict) -> str:
     """The console report of :func:`run_score`: settings line, the paper-style table, the ID accuracy."""
     st, idr = results["settings"], results["id"]
-    lines = [f"\nk={st['k']}  alpha={st['alpha']:g}  T={st['T']:g}   FPR95 (paper/MCM definition) and AUROC, "
+    lines = [f"\nk={st['k']}  alpha={st['alpha']:g}  T={st['T']:g}  recipe {st.get('recipe', 'paper')}   FPR95 (paper/MCM definition) and AUROC, "
              f"in percent; {idr['n']} ID test images", report.format_table(results["metrics"])]
     if idr["accuracy"] is not None:
         lines.append(f"ID accuracy (test, {idr['n_labelled']} images): {idr['accuracy']:.2f}%")
     return "\n".join(lines)
 
 
-def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto", progress=True) -> list[dict]:
+def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto", progress=True,
+              recipe=None) -> list[dict]:
     """One pass over the splits for the whole (k, alpha) grid; writes and returns the rows of sweep.csv."""
+    recipe = recipe or job.recipe
     dev = resolve_device(device)
     test, ood_names = _splits(job, ood)
     check_k(ks, test.hw, len(job.id_proto))
-    stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev, progress=progress)
+    stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev, progress=progress, recipe=recipe)
     id_scores = stream_split(test, job, **stream)[0]
     ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
     rows = sweep_rows(ks, alphas, id_scores, ood_scores, {"fpr95": M.fpr95, "auroc": M.auroc})

@@ -15,10 +15,15 @@ import click
 
 from ..options import SEED, option, result_keys
 from ..text import SDPA_BACKENDS
-from .losses import OOD_PATCHES
+from .losses import DENOMINATORS, OOD_PATCHES
 
 FEATURES_IN = ("auto", "device", "host", "stream")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")   # torch.compile modes
+# SPEC §9: the switches each recipe sets; a switch given explicitly (e.g. --no-class-specific) wins
+RECIPES = {
+    "paper": dict(class_specific=False, train_projection=False, denominators="paper", div_diagonal=False),
+    "official": dict(class_specific=True, train_projection=True, denominators="official", div_diagonal=True),
+}
 POSITIVE_INT, COUNT = click.IntRange(min=1), click.IntRange(min=0)
 WEIGHT, POSITIVE = click.FloatRange(min=0), click.FloatRange(min=0, min_open=True)
 
@@ -35,7 +40,20 @@ class TrainConfig:
     k: int = option(50, "Top-k positive patches; ranks k+1..2k are ID-like OOD.", type=POSITIVE_INT)
     n_neg: int = option(300, "Negative prompts C_n (0: none).", type=COUNT)
     n_ctx: int = option(16, "Learnable context tokens per prompt.", type=POSITIVE_INT)
-    class_specific: bool = option(False, "One context per class instead of one shared context.")
+    recipe: str = option("paper", "paper (the equations, SPEC §1-4) or official (the authors' code, SPEC §9): "
+                         "sets --class-specific, --train-projection, --denominators, --div-diagonal unless "
+                         "given, and iim score's default recipe.", type=click.Choice(tuple(RECIPES)))
+    class_specific: bool | None = option(None, "One context per class instead of one shared context "
+                                         "[default: the recipe's: paper off, official on].")
+    train_projection: bool | None = option(
+        None, "Also train a copy of text_projection for the local and negative prompts (global prototypes "
+        "keep the frozen one) [default: the recipe's: paper off, official on].")
+    denominators: str | None = option(
+        None, "L_pos/L_neg denominators: paper (Eq. 8-9) or official (each negative's own top-k, each class's "
+        "own ranks k+1..2k; SPEC §9) [default: the recipe's].", type=click.Choice(DENOMINATORS))
+    div_diagonal: bool | None = option(
+        None, "L_div over the full cosine matrix / (n(n-1)), diagonal included (same gradient; SPEC §9) "
+        "[default: the recipe's: paper off, official on].")
     lambda_neg: float = option(5.0, "Weight of L_neg (Eq. 11; 0 = ablation).", type=WEIGHT)
     lambda_div: float = option(0.5, "Weight of L_div (Eq. 11; 0 = ablation).", type=WEIGHT)
     epochs: int = option(50, "Epochs; the first is the constant-lr warm-up.", type=POSITIVE_INT)
@@ -71,3 +89,12 @@ class TrainConfig:
 
 
 RESULT_KEYS = result_keys(TrainConfig)   # options that change what training produces
+
+
+def resolve_recipe(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with every switch left at None set from its recipe (SPEC §9 table)."""
+    from dataclasses import replace
+    from ..errors import IIMError
+    if cfg.recipe not in RECIPES:
+        raise IIMError(f"--recipe {cfg.recipe!r}: choose one of {', '.join(RECIPES)}")
+    return replace(cfg, **{k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) is None})

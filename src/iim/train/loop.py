@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -37,7 +38,7 @@ from ..models import create_model, is_local_checkpoint, model_logit_scale, resol
 from ..options import check
 from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
 from . import checkpoint as ck
-from .config import COMPILE_MODES, FEATURES_IN, TrainConfig  # noqa: F401  (re-exported)
+from .config import COMPILE_MODES, FEATURES_IN, RECIPES, TrainConfig, resolve_recipe  # noqa: F401  (re-exported)
 from .losses import diversity_loss, iim_losses, total_loss
 
 WHERE = {"device": "in device memory", "host": "in host memory", "stream": "streamed per epoch"}
@@ -173,14 +174,38 @@ def load_text_model(manifest: dict, device, pretrained: str | None = None):
 
 def build_encoder(model, classnames, cfg: TrainConfig) -> PromptEncoder:
     """The prompt encoder with contexts drawn from N(0, 0.02) by a CPU generator seeded with the run's
-    seed, so that the initial contexts are the same on every device."""
+    seed, so that the initial contexts are the same on every device; with ``train_projection`` (SPEC §9)
+    it gets a trainable copy of the model's ``text_projection`` (the model's own stays frozen)."""
+    cfg = resolve_recipe(cfg)
     enc = PromptEncoder(model, classnames, n_ctx=cfg.n_ctx, n_neg=cfg.n_neg,
                         class_specific=cfg.class_specific, attention=cfg.attention)
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         for p in (enc.ctx, enc.neg_ctx):
             p.copy_(torch.randn(p.shape, generator=g) * CTX_INIT_STD)
+    if cfg.train_projection:
+        enc.projection = nn.Parameter(trainable_projection(model))
     return enc
+
+
+def trainable_projection(model) -> torch.Tensor:
+    """A copy of the text tower's ``text_projection`` matrix ``[W, D]`` (the official recipe trains it)."""
+    proj = model.text_projection
+    if not isinstance(proj, torch.Tensor):
+        raise IIMError(f"--train-projection needs a text_projection matrix; {type(model).__name__} has "
+                       f"{type(proj).__name__}")
+    return proj.detach().clone()
+
+
+def trained_parameters(encoder: PromptEncoder) -> dict[str, torch.Tensor]:
+    """What training updates (and the checkpoint's ``contexts`` holds): ``ctx``, ``neg_ctx`` (if any
+    negatives), ``projection`` (with --train-projection)."""
+    out = {"ctx": encoder.ctx}
+    if encoder.n_neg:
+        out["neg_ctx"] = encoder.neg_ctx
+    if encoder.projection is not None:
+        out["projection"] = encoder.projection
+    return out
 
 
 @torch.no_grad()
@@ -247,8 +272,8 @@ def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict) -> torch.Te
         id_f, neg_f = encoder()
     terms = iim_losses(local, labels, id_f, neg_f, k=cfg.k, logit_scale=cfg.logit_scale,
                        hard_negative_mining=cfg.hard_negative_mining, ood_patches=cfg.ood_patches,
-                       check_labels=False)
-    div = diversity_loss(id_f, neg_f)
+                       denominators=cfg.denominators, check_labels=False)
+    div = diversity_loss(id_f, neg_f, diagonal=cfg.div_diagonal)
     loss = total_loss(terms["pos"], terms["neg"], div, lambda_neg=cfg.lambda_neg, lambda_div=cfg.lambda_div)
     return torch.stack([loss, terms["pos"], terms["neg"], div])
 
@@ -257,6 +282,8 @@ def step_function(encoder, cfg: TrainConfig, amp: dict):
     """``forward(local, labels) -> [loss, pos, neg, div]`` for :func:`train_step`; compiled with
     ``torch.compile`` in mode ``cfg.compile`` (encoder and losses as one graph, backward included;
     ``reduce-overhead`` also replays it from CUDA graphs) unless that is ``"off"``."""
+    cfg = resolve_recipe(cfg)
+
     def forward(local, labels):
         return step_losses(encoder, local, labels, cfg, amp)
     if cfg.compile == "off":
@@ -284,6 +311,8 @@ def restore(state: dict, encoder, optimizer) -> tuple[int, list]:
     with torch.no_grad():
         encoder.ctx.copy_(state["contexts"]["ctx"])
         encoder.neg_ctx.copy_(state["contexts"]["neg_ctx"])
+        if encoder.projection is not None:
+            encoder.projection.copy_(state["contexts"]["projection"])
     optimizer.load_state_dict(state["optimizer"])
     ck.set_rng_state(state["rng"])
     return int(state["epoch"]), list(state.get("history", []))
@@ -336,7 +365,9 @@ def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encod
         "cache_fingerprint": fingerprint, "epoch": epoch, "complete": epoch == cfg.epochs,
         "prototypes": {"global": global_protos.float(), "local": id_p, "neg": neg_p},
         "contexts": {"ctx": encoder.ctx.detach().float().cpu(),
-                     "neg_ctx": encoder.neg_ctx.detach().float().cpu()},
+                     "neg_ctx": encoder.neg_ctx.detach().float().cpu(),
+                     **({} if encoder.projection is None else
+                        {"projection": encoder.projection.detach().float().cpu()})},
         "optimizer": optimizer.state_dict(),
         "scheduler": {"last_epoch": epoch, "lr": history[-1]["lr"]},
         "rng": ck.rng_state(), "history": history,
@@ -348,6 +379,7 @@ def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encod
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
           log=tqdm.write) -> dict:
     """Train IIM prompts; returns the final checkpoint dict (also at ``<out>/checkpoint.pt``)."""
+    check(cfg)                              # bad option values: one line, before anything is opened
     cache = open_cache(cfg.cache)
     split = cache.split(cfg.split)          # refuses a missing or incomplete split
     validate(cfg, split)
@@ -365,7 +397,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         if model is None:
             model = load_text_model(cache.manifest, device, cfg.pretrained)
         return model
-    cfg = dataclasses.replace(cfg, logit_scale=resolve_logit_scale(cfg, cache.manifest, text_model))
+    cfg = dataclasses.replace(resolve_recipe(cfg), logit_scale=resolve_logit_scale(cfg, cache.manifest, text_model))
     config, fingerprint = full_config(cfg, cache), manifest_key(cache.manifest)
     out = Path(cfg.out)
     path = out / ck.CHECKPOINT
@@ -379,8 +411,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     random.seed(cfg.seed)
     model = text_model()
     encoder = build_encoder(model, classnames, cfg)
-    params = [encoder.ctx] + ([encoder.neg_ctx] if cfg.n_neg else [])
-    optimizer = torch.optim.SGD(params, lr=cfg.warmup_lr, momentum=cfg.momentum,
+    optimizer = torch.optim.SGD(list(trained_parameters(encoder).values()), lr=cfg.warmup_lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     start, history = 0, []
     if state is not None:
