@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import IIMError
 from ..score.summary import summarise as summarise_runs
+from ..train.diagnostics import collapse_warnings, format_diagnostics
 
 AVERAGE = "average"
 
@@ -38,13 +39,18 @@ class DemoSettings:
     lr: float = 2.5e-4       # the paper's
     alpha: float = 1.0
     logit_scale: float | None = None   # None: the model's own logit_scale.exp() (SPEC §3)
+    recipes: tuple = ("paper", "official")   # SPEC §9; each is trained and scored for every seed
 
 
 # rows of the demo table: (label, which result, metrics key)
 ROWS = (("MCM (0-shot)", "zero", "mcm"), ("GL-MCM (0-shot)", "zero", "gl_mcm"),
         ("R-MCM* (0-shot)", "zero", "r_mcm_star"), ("S-MCM* (0-shot)", "zero", "s_mcm_star"),
         ("KNN (4-shot)", "iim", "knn"), ("IIM + R-MCM (4-shot)", "iim", "r_mcm"),
-        ("IIM + S-MCM (4-shot)", "iim", "s_mcm"))
+        ("IIM + S-MCM (4-shot)", "iim", "s_mcm"),
+        ("IIM official + R-MCM (4-shot)", "official", "r_mcm"),
+        ("IIM official + S-MCM (4-shot)", "official", "s_mcm"))
+SOURCE = {"paper": "iim", "official": "official"}      # recipe -> rows
+RUN_PREFIX = {"paper": "iim", "official": "official"}  # recipe -> run folder <prefix>-k{K}-s{S}
 KNN = {"k": 1, "all_views": False}   # the scorer's KNN baseline: 1-NN on the support images' global features
 
 
@@ -85,20 +91,25 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     log(format_score(zero))
 
     scale = s.logit_scale                 # None: the model's own, resolved (and recorded) by train
-    runs = {}
-    for seed in seeds:
-        tau = "the model's own" if scale is None else f"{scale:g}"
-        echo(f"[3/4] {s.shots}-shot IIM training, seed {seed} ({s.epochs} epochs, k={s.k}, "
-             f"{s.n_neg} negative prompts, logit scale {tau})")
-        run_dir = out / f"iim-k{s.shots}-s{seed}"
-        cfg = TrainConfig(cache=str(cache), split=train_split_name(s.shots, seed, s.views), out=str(run_dir), seed=seed,
-                          k=s.k, n_neg=s.n_neg, epochs=s.epochs, batch_size=s.batch_size, lr=s.lr,
-                          logit_scale=scale, device=device)
-        scale = train(cfg, overwrite=True, progress=progress, log=log)["config"]["logit_scale"]
-        echo(f"[4/4] S-MCM scores, seed {seed}")
-        runs[seed] = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
+    runs = {SOURCE[r]: {} for r in s.recipes}
+    for recipe in s.recipes:
+        for seed in seeds:
+            tau = "the model's own" if scale is None else f"{scale:.4g}"
+            echo(f"[3/4] {s.shots}-shot IIM training, {recipe} recipe, seed {seed} ({s.epochs} epochs, k={s.k}, "
+                 f"{s.n_neg} negative prompts, logit scale {tau})")
+            run_dir = out / f"{RUN_PREFIX[recipe]}-k{s.shots}-s{seed}"
+            cfg = TrainConfig(cache=str(cache), split=train_split_name(s.shots, seed, s.views), out=str(run_dir),
+                              seed=seed, recipe=recipe, k=s.k, n_neg=s.n_neg, epochs=s.epochs,
+                              batch_size=s.batch_size, lr=s.lr, logit_scale=scale, device=device)
+            state = train(cfg, overwrite=True, progress=progress, log=log)
+            scale = state["config"]["logit_scale"]
+            for w in collapse_warnings(state):
+                echo(f"  warning: {w}")
+            echo(f"[4/4] S-MCM scores, {recipe} recipe, seed {seed}")
+            result = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
                                knn=KNN, plot=plots, progress=progress)
-        log(format_score(runs[seed]))
+            log(format_score(result))
+            runs[SOURCE[recipe]][seed] = result
 
     summary = summarise(zero, runs, settings=dataclasses.replace(s, logit_scale=scale),
                         seconds=time.perf_counter() - t0)
@@ -107,7 +118,8 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     echo("")
     echo(format_summary(summary))
     if plots:
-        dirs = [out / "zero-shot" / "plots"] + [out / f"iim-k{s.shots}-s{seed}" / "plots" for seed in seeds]
+        dirs = [out / "zero-shot" / "plots"] + [out / f"{RUN_PREFIX[r]}-k{s.shots}-s{seed}" / "plots"
+                                                 for r in s.recipes for seed in seeds]
         echo(f"\nPlots (score histograms, ROC curves): {', '.join(str(p) for p in dirs)}")
     echo(f"Tables: {out / 'summary.md'}, {out / 'summary.json'}; every stage's report: {logfile}")
     echo(f"Total {summary['seconds']:.0f} s")
@@ -133,23 +145,30 @@ def _check_cache_weights(cache: Path, pretrained: str, crop_scale: float) -> Non
 
 
 def summarise(zero: dict, runs: dict, *, settings: DemoSettings, seconds: float) -> dict:
-    """Mean and std over seeds of each table row, per OOD set and on average, in percent."""
-    seeds = list(runs)
+    """Mean and std over seeds of each table row, per OOD set and on average, in percent. ``runs``:
+    ``{"iim": {seed: results}, "official": {seed: results}}`` (a plain ``{seed: results}`` is "iim")."""
+    if runs and not isinstance(next(iter(runs)), str):
+        runs = {"iim": runs}
+    seeds = list(runs["iim"] if "iim" in runs else next(iter(runs.values())))
     sets = list(next(iter(zero["metrics"].values())))
-    agg = {"zero": summarise_runs([zero]), "iim": summarise_runs([runs[s] for s in seeds])}
+    agg = {"zero": summarise_runs([zero])}
+    agg.update({src: summarise_runs([r[s] for s in seeds]) for src, r in runs.items() if r})
     rows = []
     for label, source, key in ROWS:
-        a = agg[source]
-        if key not in a["mean"]:
+        a = agg.get(source)
+        if a is None or key not in a["mean"]:
             continue
         cells = {name: {metric: {"mean": a["mean"][key][name][metric], "std": a["std"][key][name][metric],
                                  "values": a["values"][key][name][metric]} for metric in ("fpr95", "auroc")}
                  for name in sets}
         rows.append({"method": label, "key": key, "source": source, "cells": cells})
-    acc_iim = [runs[s]["id"]["accuracy"] for s in seeds]
+    acc = {src: [r[s]["id"]["accuracy"] for s in seeds] for src, r in runs.items() if r}
+    id_accuracy = {"zero_shot": zero["id"]["accuracy"]}
+    for src, values in acc.items():
+        id_accuracy.update({src: float(np.mean(values)), f"{src}_values": values})
+    diagnostics = {src: {s: (r[s].get("diagnostics") or {}) for s in seeds} for src, r in runs.items() if r}
     return {"seeds": seeds, "ood_sets": sets, "rows": rows, "settings": dataclasses.asdict(settings),
-            "id_accuracy": {"zero_shot": zero["id"]["accuracy"], "iim": float(np.mean(acc_iim)),
-                            "iim_values": acc_iim},
+            "id_accuracy": id_accuracy, "diagnostics": diagnostics,
             "n_test": zero["id"]["n"], "n_ood": zero["ood_sets"], "seconds": seconds}
 
 
@@ -167,9 +186,16 @@ def format_summary(summary: dict) -> str:
     seeds = summary["seeds"]
     acc = summary["id_accuracy"]
     over = f"mean over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else f"seed {seeds[0]}"
-    return (f"FPR95 / AUROC in percent ({over}); {summary['n_test']} ID test images\n" + "\n".join(lines)
-            + f"\nID accuracy: 0-shot {acc['zero_shot']:.2f}%, {summary['settings']['shots']}-shot IIM "
-              f"{acc['iim']:.2f}%")
+    shots = summary["settings"]["shots"]
+    trained = "".join(f", {shots}-shot {'IIM' if src == 'iim' else 'IIM ' + src} {acc[src]:.2f}%"
+                      for src in ("iim", "official") if src in acc)
+    lines.append(f"ID accuracy: 0-shot {acc['zero_shot']:.2f}%{trained}")
+    for src, per_seed in (summary.get("diagnostics") or {}).items():
+        for seed, d in per_seed.items():
+            if d:
+                lines.append(f"{'IIM' if src == 'iim' else 'IIM ' + src} seed {seed}: {format_diagnostics(d)}"
+                             + ("  COLLAPSED" if d.get("collapsed") else ""))
+    return f"FPR95 / AUROC in percent ({over}); {summary['n_test']} ID test images\n" + "\n".join(lines)
 
 
 def markdown_table(summary: dict) -> str:
@@ -182,7 +208,7 @@ def markdown_table(summary: dict) -> str:
     for r in summary["rows"]:
         def cell(n):
             c = r["cells"][n]
-            if multi and r["source"] == "iim":
+            if multi and r["source"] != "zero":
                 return f"{c['fpr95']['mean']:.2f} ± {c['fpr95']['std']:.2f} / {c['auroc']['mean']:.2f} ± {c['auroc']['std']:.2f}"
             return f"{c['fpr95']['mean']:.2f} / {c['auroc']['mean']:.2f}"
         lines.append(f"| {r['method']} | " + " | ".join(cell(n) for n in sets) + " |")

@@ -147,6 +147,13 @@ def report_cmd(runs, out, columns):
     click.echo(report.format_table(summary["std"], columns=cols))
     acc = summary["id_accuracy"]
     click.echo(f"\nID accuracy {acc['mean']:.2f} ± {acc['std']:.2f}%" if acc["values"] else "\nID accuracy n/a")
+    diags = summary.get("diagnostics") or {}
+    if any(diags.values()):
+        from ..train.diagnostics import format_diagnostics
+        click.echo("\nTraining diagnostics (last epoch, ID support views only)")
+        for run, d in diags.items():
+            click.echo(f"  {run}: " + (format_diagnostics(d) + ("  COLLAPSED" if d.get("collapsed") else "")
+                                        if d else "not recorded"))
     if out:
         report.write_json(Path(out) / "summary.json", summary)
         report.write_text(Path(out) / "summary.md", markdown_table(summary) + "\n")

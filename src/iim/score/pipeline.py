@@ -20,6 +20,7 @@ from ..cache.names import ood_split_name
 from ..errors import IIMError
 from ..train import checkpoint as train_checkpoint
 from ..train.checkpoint import CHECKPOINT
+from ..train.diagnostics import KEYS as DIAGNOSTIC_KEYS, collapse_warnings
 from .scores import evaluate, id_predictions, similarities
 
 CHUNK_BUDGET = {"cpu": 1 << 30, "cuda": 8 << 30}   # bytes of per-chunk intermediates (auto --chunk)
@@ -114,7 +115,10 @@ def prepare_run(run=None, *, runs_dir="runs", cache_path=None, out=None, knn_spl
     if not ckpt.get("complete", True):
         warnings.append(f"run {run_dir} is not complete: scoring epoch {ckpt.get('epoch', '?')} of "
                         f"{cfg.get('epochs', '?')}")
-    info = {"epoch": ckpt.get("epoch"), "complete": ckpt.get("complete"), "config": cfg}
+    warnings += collapse_warnings(ckpt)          # the training diagnostics' warning, repeated
+    last = (ckpt.get("history") or [{}])[-1]
+    info = {"epoch": ckpt.get("epoch"), "complete": ckpt.get("complete"), "config": cfg,
+            "diagnostics": {k: last[k] for k in DIAGNOSTIC_KEYS if k in last} or None}
     job = Job(cache, glob, loc, neg, Path(out) if out else run_dir, run_dir, info, notes=notes, warnings=warnings)
     job.knn_split = _knn_split(cache, knn_split or cfg.get("split"), explicit=knn_split is not None, job=job)
     return job

@@ -75,6 +75,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "metrics": metrics,
         "notes": job.notes + job.warnings + ([bank_note] if bank_note else []),
         "run_config": job.checkpoint.get("config"),
+        "diagnostics": job.checkpoint.get("diagnostics"),   # the run's last epoch, ID data only
     }
     out = job.out_dir
     report.write_json(out / "results.json", results)

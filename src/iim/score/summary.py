@@ -61,6 +61,7 @@ def summarise(results: list[dict]) -> dict:
     std = {m: {s: {k: float(np.std(v)) for k, v in per.items()} for s, per in d.items()} for m, d in values.items()}
     acc = [r["id"]["accuracy"] for r in results if r["id"].get("accuracy") is not None]
     return {"runs": [r.get("run") for r in results],
+            "diagnostics": {str(r.get("run")): r.get("diagnostics") for r in results},
             "seeds": [(r.get("run_config") or {}).get("seed") for r in results],
             "settings": {k: first["settings"].get(k) for k in MUST_MATCH}, "ood_sets": sets,
             "mean": mean, "std": std, "values": values,

@@ -39,6 +39,7 @@ from ..options import check
 from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
 from . import checkpoint as ck
 from .config import COMPILE_MODES, FEATURES_IN, RECIPES, TrainConfig, resolve_recipe  # noqa: F401  (re-exported)
+from .diagnostics import collapse_warnings, epoch_diagnostics, format_diagnostics
 from .losses import diversity_loss, iim_losses, total_loss
 
 WHERE = {"device": "in device memory", "host": "in host memory", "stream": "streamed per epoch"}
@@ -323,8 +324,9 @@ class _StepFailed(Exception):
 
 
 def run_epoch(epoch: int, cfg: TrainConfig, forward, optimizer, feats: TrainFeatures, n: int, bar,
-              *, compiled: bool) -> dict:
-    """One epoch: set its lr, draw its views and order, take every step -> the epoch's history entry.
+              *, compiled: bool, encoder: PromptEncoder | None = None) -> dict:
+    """One epoch: set its lr, draw its views and order, take every step -> the epoch's history entry,
+    with :mod:`iim.train.diagnostics` of ``encoder``'s new ID prototypes on this epoch's support views.
     A non-finite loss raises ``FloatingPointError``, a failing compile :class:`_StepFailed`."""
     lr = lr_at_epoch(epoch, lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
                      warmup_lr=cfg.warmup_lr)
@@ -351,8 +353,14 @@ def run_epoch(epoch: int, cfg: TrainConfig, forward, optimizer, feats: TrainFeat
                         div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)
         bar.update()
     loss_m, pos_m, neg_m, div_m = (float(v) for v in sums / len(batches))
+    seconds = time.perf_counter() - t0
+    # ID-only diagnostics of the new prototypes on this epoch's support views (no test or OOD image)
+    diag = {}
+    if encoder is not None:
+        id_p, _ = learned_prototypes(encoder)
+        diag = epoch_diagnostics(id_p.to(feats.device), (feats.batch(i) for i in order.split(256)), cfg.k)
     return {"epoch": epoch + 1, "lr": lr, "loss": loss_m, "pos": pos_m, "neg": neg_m, "div": div_m,
-            "steps": len(batches), "seconds": time.perf_counter() - t0}
+            "steps": len(batches), "seconds": seconds, **diag}
 
 
 def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encoder, optimizer,
@@ -437,7 +445,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
                dynamic_ncols=True, desc=f"epoch {start + 1}/{cfg.epochs}")
     for epoch in range(start, cfg.epochs):
         try:
-            entry = run_epoch(epoch, cfg, forward, optimizer, feats, split.n, bar, compiled=epoch > start)
+            entry = run_epoch(epoch, cfg, forward, optimizer, feats, split.n, bar, compiled=epoch > start,
+                              encoder=encoder)
         except FloatingPointError as e:
             bar.close()
             kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state
@@ -452,7 +461,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
         state = save(path, cfg=cfg, config=config, fingerprint=fingerprint, encoder=encoder,
                      optimizer=optimizer, global_protos=global_protos, history=history)
         log(f"epoch {epoch + 1}/{cfg.epochs}  loss {entry['loss']:.4f} (pos {entry['pos']:.4f}, neg "
-            f"{entry['neg']:.4f}, div {entry['div']:.4f})  lr {entry['lr']:.2e}  {entry['seconds']:.1f}s  "
-            f"-> {path}")
+            f"{entry['neg']:.4f}, div {entry['div']:.4f})  lr {entry['lr']:.2e}  {format_diagnostics(entry)}"
+            f"{'  COLLAPSED' if entry['collapsed'] else ''}  {entry['seconds']:.1f}s  -> {path}")
     bar.close()
+    for w in collapse_warnings(state):
+        log(f"warning: {w}")
     return state
