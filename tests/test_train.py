@@ -419,3 +419,29 @@ def test_official_recipe_trains_and_records_its_switches(cache_dir, tmp_path):
     for kw in (dict(denominators="official"), dict(div_diagonal=True)):
         other = train(config(cache_dir, tmp_path / str(kw), epochs=2, **kw), progress=False, log=quiet)
         assert other["history"][-1]["loss"] != paper["history"][-1]["loss"], kw
+
+
+# ---- --ctx-init (CoOp) ---------------------------------------------------------------------------
+def test_ctx_init_starts_from_the_words_so_the_prompt_is_the_hand_written_one(cache_dir, tmp_path):
+    model, _ = create_model("iim-test-tiny", "none")
+    enc = build_encoder(model, CLASSES, config(cache_dir, tmp_path, n_ctx=4, ctx_init="a photo of a"))
+    with torch.no_grad():
+        id_f, _ = enc()
+    torch.testing.assert_close(id_f, global_prototypes(model, CLASSES), atol=1e-5, rtol=1e-5)   # exactly CoOp's
+
+    longer = build_encoder(model, CLASSES, config(cache_dir, tmp_path, n_ctx=6, ctx_init="a photo of a"))
+    plain = build_encoder(model, CLASSES, config(cache_dir, tmp_path, n_ctx=6))
+    torch.testing.assert_close(longer.ctx[2:], enc.ctx)                  # the words end the context
+    assert torch.equal(longer.ctx[:2], plain.ctx[:2])                    # the rest: N(0, 0.02) as without
+    assert torch.equal(longer.neg_ctx, plain.neg_ctx)                    # negatives keep their init
+    csc = build_encoder(model, CLASSES, config(cache_dir, tmp_path, n_ctx=4, ctx_init="a photo of a",
+                                               class_specific=True))
+    assert all(torch.equal(csc.ctx[c], enc.ctx) for c in range(len(CLASSES)))
+
+
+def test_ctx_init_longer_than_n_ctx_is_refused_before_any_work(cache_dir, tmp_path):
+    with pytest.raises(IIMError, match=r"--ctx-init 'a photo of a' is 4 tokens, longer than --n-ctx 3"):
+        train(config(cache_dir, tmp_path / "r", n_ctx=3, ctx_init="a photo of a"), progress=False, log=quiet)
+    assert not (tmp_path / "r").exists()
+    run = train(config(cache_dir, tmp_path / "ok", epochs=1, ctx_init="a photo of a"), progress=False, log=quiet)
+    assert run["config"]["ctx_init"] == "a photo of a"

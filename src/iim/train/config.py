@@ -54,6 +54,9 @@ class TrainConfig:
     div_diagonal: bool | None = option(
         None, "L_div over the full cosine matrix / (n(n-1)), diagonal included (same gradient; SPEC §9) "
         "[default: the recipe's: paper off, official on].")
+    ctx_init: str = option("", "Start the ID context from these words' token embeddings (CoOp's option, e.g. "
+                           "'a photo of a'), placed right before the class name, the rest N(0, 0.02); at most "
+                           "--n-ctx tokens. Default '': all N(0, 0.02) (SPEC §2).")
     lambda_neg: float = option(5.0, "Weight of L_neg (Eq. 11; 0 = ablation).", type=WEIGHT)
     lambda_div: float = option(0.5, "Weight of L_div (Eq. 11; 0 = ablation).", type=WEIGHT)
     epochs: int = option(50, "Epochs; the first is the constant-lr warm-up.", type=POSITIVE_INT)

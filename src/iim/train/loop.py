@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -184,9 +185,38 @@ def build_encoder(model, classnames, cfg: TrainConfig) -> PromptEncoder:
     with torch.no_grad():
         for p in (enc.ctx, enc.neg_ctx):
             p.copy_(torch.randn(p.shape, generator=g) * CTX_INIT_STD)
+    if cfg.ctx_init:
+        words = init_context_embeddings(model, cfg.ctx_init, cfg.n_ctx)          # [t, W]
+        with torch.no_grad():
+            enc.ctx[..., cfg.n_ctx - len(words):, :] = words.to(enc.ctx.dtype)
     if cfg.train_projection:
         enc.projection = nn.Parameter(trainable_projection(model))
     return enc
+
+
+def ctx_init_tokens(model_name: str, words: str) -> torch.Tensor:
+    """The token ids of ``--ctx-init`` words (no SOT/EOT), with the model's tokenizer."""
+    tokens = open_clip.get_tokenizer(model_name)([words])[0]
+    return tokens[1:int(tokens.argmax())]
+
+
+def check_ctx_init(words: str, n_ctx: int, model_name: str) -> None:
+    """``--ctx-init`` must fit in the ``--n-ctx`` context tokens."""
+    n = len(ctx_init_tokens(model_name, words)) if words else 0
+    if n > n_ctx:
+        raise IIMError(f"--ctx-init {words!r} is {n} tokens, longer than --n-ctx {n_ctx}; shorten it or raise "
+                       f"--n-ctx")
+    if words and n == 0:
+        raise IIMError(f"--ctx-init {words!r} holds no tokens")
+
+
+@torch.no_grad()
+def init_context_embeddings(model, words: str, n_ctx: int) -> torch.Tensor:
+    """CoOp's context init: the frozen token embeddings of ``words`` -> ``[t, W]``, t <= n_ctx."""
+    name = getattr(model, "iim_model_name", "ViT-B-16")
+    check_ctx_init(words, n_ctx, name)
+    ids = ctx_init_tokens(name, words).to(model.token_embedding.weight.device)
+    return model.token_embedding(ids).float().cpu()
 
 
 def trainable_projection(model) -> torch.Tensor:
@@ -217,9 +247,12 @@ def learned_prototypes(encoder: PromptEncoder) -> tuple[torch.Tensor, torch.Tens
     return id_f.float().cpu(), neg_f.float().cpu()
 
 
-def validate(cfg: TrainConfig, split) -> None:
-    """The option table's checks (:func:`iim.options.check`), plus those that need the split."""
+def validate(cfg: TrainConfig, split, model_name: str | None = None) -> None:
+    """The option table's checks (:func:`iim.options.check`), plus those that need the split (and the
+    model's tokenizer, for --ctx-init)."""
     check(cfg)
+    if cfg.ctx_init and model_name:
+        check_ctx_init(cfg.ctx_init, cfg.n_ctx, model_name)
     if split.hw < 2 * cfg.k:
         raise IIMError(f"--k {cfg.k} needs 2k <= {split.hw} patches per image (use --k {split.hw // 2} or less)")
     if split.n == 0:
@@ -390,7 +423,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     check(cfg)                              # bad option values: one line, before anything is opened
     cache = open_cache(cfg.cache)
     split = cache.split(cfg.split)          # refuses a missing or incomplete split
-    validate(cfg, split)
+    validate(cfg, split, cache.manifest.get("model"))
     classnames, labels = cache.classnames, split.labels
     if len(classnames) == 0 or labels.min() < 0 or labels.max() >= len(classnames):
         raise IIMError(f"split {cfg.split} has labels outside the cache's {len(classnames)} classes")
