@@ -161,7 +161,12 @@ def test_demo_pipeline_end_to_end_on_a_small_world(tmp_path):
                        settings=replace(DemoSettings(), views=2, epochs=2), plots=False, progress=False,
                        echo=lines.append)
     methods = [r["method"] for r in summary["rows"]]
-    assert methods[0] == "MCM (0-shot)" and methods[-1] == "IIM + S-MCM (4-shot)"
+    assert methods[0] == "MCM (0-shot)" and methods[-1] == "IIM official + S-MCM (4-shot)"
+    assert "IIM + S-MCM (4-shot)" in methods
+    assert (tmp_path / "runs" / "official-k4-s1" / "results.json").is_file()
+    official = json.loads((tmp_path / "runs" / "official-k4-s1" / "results.json").read_text())
+    assert official["settings"]["recipe"] == "official" and official["run_config"]["train_projection"]
+    assert set(summary["diagnostics"]) == {"iim", "official"} and summary["diagnostics"]["iim"][1]["chance"] > 0
     assert summary["ood_sets"] == sorted(W.OOD_SETS) + ["average"]
     for r in summary["rows"]:
         for cell in r["cells"].values():
