@@ -317,6 +317,8 @@ def step_function(encoder, cfg: TrainConfig, amp: dict):
     ``torch.compile`` in mode ``cfg.compile`` (encoder and losses as one graph, backward included;
     ``reduce-overhead`` also replays it from CUDA graphs) unless that is ``"off"``."""
     cfg = resolve_recipe(cfg)
+    if cfg.logit_scale is None:             # callers outside train() (benchmarks): the model's own
+        cfg = dataclasses.replace(cfg, logit_scale=model_logit_scale(encoder.model))
 
     def forward(local, labels):
         return step_losses(encoder, local, labels, cfg, amp)
