@@ -36,8 +36,8 @@ def _one(values, flag):
 @cache_option("Feature cache: zero-shot's, or a run's when it moved (default: the one the run recorded).")
 @click.option("--method", help="Evaluator: S-MCM (runs), MCM (zero-shot), or GL-MCM, R-MCM, R-MCM*, S-MCM*, "
                                "i2t, i2t*, t2i.")
-@click_options(ScoreOptions, skip=("chunk", "knn_k", "knn_all_views"), defaults={"k": None, "alpha": None,
-                                                                                "T": None})
+@click_options(ScoreOptions, skip=("chunk", "knn_k", "knn_all_views", "recipe"),   # recipe: the run's
+               defaults={"k": None, "alpha": None, "T": None})
 @click.option("--threshold", type=float, help="In-distribution when score >= this.")
 @click.option("--tpr", type=float, help="Threshold keeping this fraction of the cache's ID test images  "
                                         "[default: 0.95]")

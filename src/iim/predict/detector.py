@@ -96,6 +96,7 @@ class Detector:
         self.k = int(k if k is not None else scored.get("k", defaults.k))
         self.alpha = float(alpha if alpha is not None else scored.get("alpha", defaults.alpha))
         self.T = float(T if T is not None else scored.get("T", defaults.T))
+        self.recipe = scored.get("recipe") or job.recipe     # as iim score scored it (SPEC §9)
         given = {"k": k, "alpha": alpha, "T": T}
         self.settings_source = {n: ("given" if v is not None else "results.json" if n in scored else "default")
                                 for n, v in given.items()}
@@ -175,7 +176,8 @@ class Detector:
             settings = json.loads(path.read_text()).get("settings") or {}
         except (OSError, ValueError):
             return {}
-        return {n: settings[n] for n in ("k", "alpha", "T") if isinstance(settings.get(n), (int, float))}
+        out = {n: settings[n] for n in ("k", "alpha", "T") if isinstance(settings.get(n), (int, float))}
+        return dict(out, recipe=settings["recipe"]) if settings.get("recipe") in ("paper", "official") else out
 
     # ---- the threshold ---------------------------------------------------------------------------
     @cached_property
@@ -286,7 +288,7 @@ class Detector:
         protos = (self.job.global_proto, self.job.id_proto, self.job.neg_proto)
         g = torch.as_tensor(global_feats).to(self.device)
         loc = torch.as_tensor(local_feats).to(self.device)
-        sims = similarities(g, loc, *protos, T=self.T)
+        sims = similarities(g, loc, *protos, T=self.T, double_exp=self.recipe == "official")
         scores, p_star = evaluate(sims, k=self.k, alpha=self.alpha)
         top = id_class_probabilities(sims, p_star, self.k).topk(min(TOP, len(self.classes)), dim=-1)
         return (scores[self.method].float().cpu().numpy(), top.values.float().cpu().numpy(),
