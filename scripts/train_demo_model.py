@@ -1,6 +1,6 @@
 """Train the demo CLIP ``iim-demo`` on the demo world; the seed and the recipe reproduce the shipped weights.
 
-    python scripts/train_demo_model.py --seed 0 --out src/iim/weights/iim-demo.safetensors                # CPU
+    python scripts/train_demo_model.py --seed 0 --threads 1 --out src/iim/weights/iim-demo.safetensors    # CPU
     python scripts/train_demo_model.py --device cuda --seed 0 --out src/iim/weights/iim-demo.safetensors  # GPU
 
 The model is a standard open_clip CLIP (config ``src/iim/model_configs/iim-demo.json``: 64 px images,
@@ -25,6 +25,8 @@ Objective = CLIP + a documented auxiliary patch term:
   classified against the text embeddings of the 87 concepts, its target the concept of the object
   covering at least 40 % of the patch, else the background texture ("a photo of a striped texture.").
   After training the model is used like any CLIP.
+* **Shape loss** (weight ``--shape-weight``): each object image against the 10 concept captions of its
+  own colour only (its hard negatives), so colour cannot help: a pure shape signal for both towers.
 
 Training images are generated once into an in-memory pool (``--pool``, multiprocessing ``--workers``)
 and sampled with horizontal flips. Each distinct text of a step is encoded once, short and long ones
@@ -218,6 +220,19 @@ def patch_loss(local: torch.Tensor, concept_txt: torch.Tensor, labels: torch.Ten
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten())
 
 
+def shape_loss(img: torch.Tensor, concept_txt: torch.Tensor, image_concept: torch.Tensor, scale: torch.Tensor):
+    """Cross-entropy of each object image against the captions of the concepts of its own colour only
+    (its hard negatives: same colour, another shape), so colour cannot help and only shape is learnt."""
+    obj = image_concept < N_OBJ
+    if not obj.any():
+        return img.new_zeros(())
+    n_shapes = len(W.SHAPES)
+    logits = scale * F.normalize(img[obj], dim=-1) @ F.normalize(concept_txt[:N_OBJ], dim=-1).T   # [b, 80]
+    colour = image_concept[obj] // n_shapes                  # CONCEPTS is colour-major: id = colour * 10 + shape
+    same_colour = logits.view(-1, len(W.COLOURS), n_shapes)[torch.arange(len(colour), device=img.device), colour]
+    return F.cross_entropy(same_colour, image_concept[obj] % n_shapes)
+
+
 # --------------------------------------------------------------------------------------------------
 # evaluation (ID-style images only; no OOD numbers here)
 
@@ -288,7 +303,8 @@ def save(model, path: str, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "patch_weight", "attribute_prompts")
+RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "patch_weight", "shape_weight",
+               "attribute_prompts")
 
 
 def save_checkpoint(path: str, state: dict) -> None:
@@ -304,13 +320,15 @@ def main(argv=None):
     ap.add_argument("--out", default="src/iim/weights/iim-demo.safetensors")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--steps", type=int, default=None, help="default: 6000 on cuda, 1300 on cpu")
-    ap.add_argument("--batch", type=int, default=None, help="default: 512 on cuda, 64 on cpu")
+    ap.add_argument("--steps", type=int, default=None, help="default: 6000 on cuda, 4500 on cpu")
+    ap.add_argument("--batch", type=int, default=None, help="default: 512 on cuda, 32 on cpu")
     ap.add_argument("--pool", type=int, default=None, help="pre-generated images; default 400k on cuda, 30k on cpu")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
     ap.add_argument("--patch-weight", type=float, default=1.0)
+    ap.add_argument("--shape-weight", type=float, default=1.0,
+                    help="weight of the shape loss (each object image against its own colour's concept captions)")
     ap.add_argument("--no-attribute-prompts", dest="attribute_prompts", action="store_false",
                     help="leave out the shape-only / colour-only captions")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)))
@@ -324,8 +342,8 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
-    args.steps = args.steps or (6000 if cuda else 1300)
-    args.batch = args.batch or (512 if cuda else 64)
+    args.steps = args.steps or (6000 if cuda else 4500)
+    args.batch = args.batch or (512 if cuda else 32)
     args.pool = args.pool or (400_000 if cuda else 30_000)
     steps, batch, pool_n = args.steps, args.batch, args.pool
     ckpt_path = args.checkpoint or args.out + ".ckpt"
@@ -400,7 +418,9 @@ def main(argv=None):
                           torch.cat([concepts.new_full((batch,), -1), extra[2]]))
             lc = clip_loss(g.float(), txt.float(), pos, scale)
             lp = patch_loss(l.float(), txt[batch:batch + len(W.WEB_CONCEPTS)].float(), plab, scale)
-            loss = lc + args.patch_weight * lp
+            ls = shape_loss(g.float(), txt[batch:batch + len(W.WEB_CONCEPTS)].float(), concepts[idx], scale) \
+                if args.shape_weight else lc.new_zeros(())
+            loss = lc + args.patch_weight * lp + args.shape_weight * ls
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -410,7 +430,7 @@ def main(argv=None):
         done = step + 1
         if step % args.log_every == 0 or done == steps:
             el = time.time() - t1
-            print(f"step {step:5d}/{steps}  clip {lc.item():.3f}  patch {lp.item():.3f}  "
+            print(f"step {step:5d}/{steps}  clip {lc.item():.3f}  patch {lp.item():.3f}  shape {ls.item():.3f}  "
                   f"scale {scale.item():.1f}  {el:.0f}s ({(done - start) * batch / max(1e-9, el - t_before):.0f} img/s, "
                   f"{(el - t_before) / (done - start) * (steps - done):.0f}s to go)", flush=True)
         if args.eval_every and done % args.eval_every == 0 and done < steps:

@@ -80,3 +80,22 @@ def test_encode_texts_equals_open_clip_encode_text(tdm):
         ref = model.encode_text(tokens(texts))
     assert torch.allclose(got, ref, atol=1e-5)
     assert math.isclose(float((got - ref).abs().max()), 0.0, abs_tol=1e-5)
+
+
+def test_shape_loss_is_cross_entropy_over_the_images_own_colour(tdm):
+    W = tdm.W
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(5, 16, generator=g), torch.randn(len(W.WEB_CONCEPTS), 16, generator=g)
+    cid = {c: i for i, c in enumerate(W.WEB_CONCEPTS)}
+    concepts = torch.tensor([cid["red star"], cid["dotted texture"], cid["pink heart"], cid["blue circle"],
+                             cid["cluttered scene"]])
+    scale = torch.tensor(7.0)
+    got = tdm.shape_loss(img, txt, concepts, scale)
+    terms = []                                # brute force: by name, the 10 "<colour> <shape>" captions
+    for i in (0, 2, 3):
+        colour, shape = W.WEB_CONCEPTS[concepts[i]].split(" ")
+        rows = [cid[f"{colour} {s}"] for s in W.SHAPES]
+        cos = torch.stack([torch.cosine_similarity(img[i], txt[r], dim=0) for r in rows])
+        terms.append(-torch.log_softmax(scale * cos, 0)[W.SHAPES.index(shape)])
+    assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
+    assert tdm.shape_loss(img[[1, 4]], txt, concepts[[1, 4]], scale).item() == 0.0
