@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..options import click_options
+from ..train.methods import score_k
 from . import report
 from .options import ALPHA_GRID, K_GRID, SWEEP_SKIPS, ScoreOptions
 from .pipeline import Job, prepare_run, prepare_zero_shot
@@ -75,6 +77,10 @@ def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
     ks, alphas = k, alpha
     sweep = len(ks) > 1 or len(alphas) > 1
     job = _job(run, runs_dir, cache, zero_shot, out, knn_split=None if no_knn or sweep else knn_split)
+    if click.get_current_context().get_parameter_source("k") is ParameterSource.DEFAULT:
+        ks = [score_k(job.checkpoint.get("config"), ks[0])]     # Local-Prompt: its eval script's 10
+        if ks != k:
+            job.notes.append(f"k={ks[0]}: the {job.checkpoint['config']['method']} run's own (pass --k to change)")
     _announce(job)
     if sweep:
         click.echo(f"Several k / alpha values: sweeping {len(ks)} x {len(alphas)} settings in one pass"
