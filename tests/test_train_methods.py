@@ -84,11 +84,15 @@ def test_locoop_differs_from_coop_only_through_its_entropy_term(cache, tmp_path)
     assert any(h["neg"] < 0 for h in loc["history"])      # -entropy of the patches outside the top-1
 
 
-def test_localprompt_refuses_a_one_view_cache(tmp_path):
+def test_localprompt_refuses_a_one_view_cache_and_streaming(cache, tmp_path):
     one = make_random_cache(tmp_path / "one", shots=2, views=1, hw=16)
     cfg = TrainConfig(cache=str(one.root), split="train_k2_s1", out=str(tmp_path / "r"), method="localprompt")
     with pytest.raises(IIMError, match="--views 16"):
         train(cfg, progress=False, log=quiet)
+    with pytest.raises(IIMError, match="cannot stream"):
+        train(config(cache, tmp_path / "r", "localprompt", features_in="stream"), progress=False, log=quiet)
+    with pytest.raises(IIMError, match="--pos-views 3 or less"):
+        train(config(cache, tmp_path / "r", "localprompt", pos_views=4), progress=False, log=quiet)
     assert not (tmp_path / "r").exists()
 
 

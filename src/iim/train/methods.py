@@ -23,6 +23,8 @@ from .config import TrainConfig, resolve_method
 
 LEARNED_GLOBAL = ("coop", "locoop")      # scored with MCM / GL-MCM on their learned prompts
 NEEDS_GLOBAL = ("coop", "locoop", "localprompt")
+STREAM_REFUSED = ("--method localprompt uses every cached view of each image per batch: it cannot stream the "
+                  "train split; use --features-in device or host")
 SCORE_K = {"localprompt": 10}            # iim score's default k for a run of the method (its eval script)
 
 
@@ -49,6 +51,8 @@ def resolve(cfg: TrainConfig, split) -> TrainConfig:
         raise IIMError(f"--k {cfg.k} exceeds the {split.hw} patches per image (use --k {split.hw} or less)")
     if cfg.n_neg < 1:
         raise IIMError("--method localprompt needs negative prompts (--n-neg 1 or more; its default is 300)")
+    if cfg.features_in == "stream":
+        raise IIMError(STREAM_REFUSED)
     return dataclasses.replace(cfg, pos_views=pos_views)
 
 
@@ -79,8 +83,7 @@ class StepInputs:
         self.cfg, self.feats, self.device = cfg, feats, device
         self.split, self.where, self.batch = feats.split, feats.where, feats.batch
         if cfg.method == "localprompt" and feats.where == "stream":
-            raise IIMError("--method localprompt uses every cached view of each image per batch: it cannot "
-                           "stream the train split; use --features-in device or host")
+            raise IIMError(STREAM_REFUSED)
         self.globals = load_globals(feats.split, device, progress) if cfg.method in NEEDS_GLOBAL else None
         self.global_protos = global_protos.to(device)
         self.view = None
