@@ -8,7 +8,7 @@ import torch
 from helpers import make_random_cache
 from iim.cli import _run, load_command
 from iim.errors import IIMError
-from iim.train.config import METHOD_DEFAULTS, TrainConfig, resolve_method
+from iim.train.config import METHOD_DEFAULTS, TrainConfig, resolve_method, resolve_recipe
 from iim.train.loop import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
@@ -100,7 +100,12 @@ def test_method_defaults_resolve_and_inapplicable_options_are_refused():
     cfg = resolve_method(TrainConfig(cache="c", split="s", out="o", method="localprompt"))
     assert (cfg.k, cfg.n_neg, cfg.class_specific, cfg.epochs, cfg.batch_size, cfg.lr) == (50, 300, True, 30, 256, 0.002)
     cfg = resolve_method(TrainConfig(cache="c", split="s", out="o", method="iim", lr=0.1))
-    assert (cfg.k, cfg.lr, cfg.epochs, cfg.class_specific) == (50, 0.1, 50, False)
-    for bad in (dict(k=5), dict(n_neg=3), dict(lambda_div=0.1)):
-        with pytest.raises(IIMError, match="does not apply to --method coop"):
+    assert (cfg.k, cfg.lr, cfg.epochs, cfg.class_specific) == (50, 0.1, 50, None)   # IIM: the recipe's
+    assert resolve_recipe(resolve_method(TrainConfig(cache="c", split="s", out="o", method="iim",
+                                                     recipe="official"))).class_specific is True
+    cfg = resolve_recipe(resolve_method(TrainConfig(cache="c", split="s", out="o", method="coop")))
+    assert resolve_method(cfg) == cfg and cfg.k is None and cfg.train_projection is False   # idempotent
+    for bad in (dict(k=5), dict(n_neg=3), dict(lambda_div=0.1), dict(train_projection=True),
+                dict(recipe="official")):
+        with pytest.raises(IIMError, match="apply to --method coop"):
             resolve_method(TrainConfig(cache="c", split="s", out="o", method="coop", **bad))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..errors import IIMError
 from ..ops import cosine
-from .losses import log_patch_sums, log_topk_sums, neg_loss, pos_loss
+from .losses import full_matrix_cosine, log_patch_sums, log_topk_sums, neg_loss, pos_loss
 
 METHODS = ("iim", "coop", "locoop", "localprompt")
 LOCOOP_EPS = 1e-5      # LoCoOp's entropy: -sum p log(p + 1e-5)
@@ -91,12 +91,10 @@ def localprompt_neg_loss(logits, labels, n_cls: int, k: int) -> torch.Tensor:
 
 
 def localprompt_div(neg_proto: torch.Tensor) -> torch.Tensor:
-    """L_div: the negatives' whole cosine matrix (diagonal included) summed / (n (n - 1)); 0 if n < 2."""
-    n = neg_proto.shape[0]
-    if n < 2:
-        return neg_proto.new_zeros((), dtype=torch.promote_types(neg_proto.dtype, torch.float32))
+    """L_div: the negatives' whole cosine matrix (diagonal included) summed / (n (n - 1)); 0 if n < 2
+    (the official IIM recipe's :func:`~iim.train.losses.full_matrix_cosine`), autocast off."""
     with torch.autocast(neg_proto.device.type, enabled=False):
-        return cosine(neg_proto, neg_proto).sum() / (n * (n - 1))
+        return full_matrix_cosine(neg_proto)
 
 
 def localprompt_losses(pos_local, neg_local, labels, id_proto, neg_proto, *, k: int = 50,

@@ -140,7 +140,8 @@ def resolve_method(cfg: TrainConfig) -> TrainConfig:
         raise IIMError(f"--recipe {cfg.recipe} is IIM's (SPEC §9); it does not apply to --method {cfg.method}")
     for key, value in defaults.items():
         given = getattr(cfg, key)
-        if given is not None and (value == NOT_USED or (key == "n_neg" and value == 0 and given)):
+        neutral = RECIPES["paper"].get(key)          # an IIM switch at its plain value may be given
+        if given is not None and ((value == NOT_USED and given != neutral) or (key == "n_neg" and value == 0 and given)):
             raise IIMError(f"--{key.replace('_', '-')} does not apply to --method {cfg.method}")
     return replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None and v != NOT_USED})
 
