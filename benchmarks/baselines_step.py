@@ -19,22 +19,39 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
+import time
 
 import open_clip
 import torch
 
 from iim.features import encode_image
-from iim.models import create_model, image_size
+from iim.models import create_model, image_size, model_logit_scale
 from iim.text import GLOBAL_TEMPLATE, global_prototypes, tokenize
 from iim.train import baselines as bl
-from iim.train.config import TrainConfig, resolve_method
+from iim.train.config import TrainConfig, resolve_method, resolve_recipe
 from iim.train.loop import build_encoder, step_function, train_step
 from iim.train.methods import method_losses
 from iim.train.losses import diversity_loss, iim_losses, total_loss
 from peers import FullLengthPrompts
-from train_step import timed
 
 METHODS = ("iim", "coop", "locoop", "localprompt")
+
+
+def timings(step, *, iters: int, warmup: int, device) -> tuple[float, float]:
+    """``(best, median)`` wall time of ``step()`` in ms (best: robust on a shared machine)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return min(times), statistics.median(times)
 
 
 def main():
@@ -72,10 +89,10 @@ def main():
     rows = []
     for method in args.methods.split(","):
         b = lp_batch if method == "localprompt" else batch
-        kw = dict(k=min(50, hw), n_neg=n_neg) if method in ("iim", "localprompt") else {}
-        cfg = resolve_method(TrainConfig(cache="-", split="-", out="-", method=method, batch_size=b,
-                                         pos_views=min(8, views // 2) if method == "localprompt" else None,
-                                         **kw))
+        kw = dict(k=min(50, hw // 2), n_neg=n_neg) if method in ("iim", "localprompt") else {}
+        cfg = resolve_recipe(resolve_method(TrainConfig(
+            cache="-", split="-", out="-", method=method, batch_size=b, logit_scale=model_logit_scale(model),
+            pos_views=min(8, views // 2) if method == "localprompt" else None, **kw)))
         labels = torch.randint(C, (b,), generator=g).to(device)
         v = views if method == "localprompt" else 1
         local = torch.randn(b, v, hw, dim, generator=g).half().to(device)         # cached features
@@ -124,26 +141,29 @@ def main():
                 for j in range(pos.shape[1]):
                     peer_step(lambda i, n: method_losses(cfg, i, n, l_img[r, pos[:, j]], labels, l_img[r, neg])[0])
             elif method == "iim":
-                peer_step(lambda i, n: total_loss(*iim_losses(l_img, labels, i, n, k=cfg.k).values(),
+                peer_step(lambda i, n: total_loss(*iim_losses(l_img, labels, i, n, k=cfg.k,
+                                                              logit_scale=cfg.logit_scale).values(),
                                                   diversity_loss(i, n)))
             else:
                 peer_step(lambda i, n: method_losses(cfg, i, n, l_img, labels, g_img)[0])
 
-        ms = timed(pipeline_batch, iters=iters, warmup=warmup, device=device)
-        ms_peer = timed(peer_batch, iters=iters, warmup=warmup, device=device)
+        ms, ms_med = timings(pipeline_batch, iters=iters, warmup=warmup, device=device)
+        ms_peer, ms_peer_med = timings(peer_batch, iters=iters, warmup=warmup, device=device)
         per_epoch = max(1, 16 * C // b)
-        rows.append((method, b, v, cfg.pos_views if method == "localprompt" else 1, ms, ms_peer, per_epoch))
+        rows.append((method, b, v, cfg.pos_views if method == "localprompt" else 1, ms, ms_peer, per_epoch,
+                     ms_med, ms_peer_med))
         del local, glob, images, enc, full
 
     where = (torch.cuda.get_device_name(device) if gpu else
              f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"{args.model} (random weights) on {device} ({where}), torch {torch.__version__}, "
           f"{'bf16 autocast' if amp['enabled'] else 'fp32'}; C={C}, Cn={n_neg} (IIM, Local-Prompt), 16 context tokens")
-    print(f"{'method':<12} {'batch':>5} {'views':>5} {'steps':>5} {'pipeline ms':>12} {'peer ms':>10} "
+    print(f"ms per batch, best of {iters} (median in brackets); steps = optimiser steps per batch")
+    print(f"{'method':<12} {'batch':>5} {'views':>5} {'steps':>5} {'pipeline ms':>20} {'peer ms':>20} "
           f"{'speed-up':>8}   per 16-shot epoch: pipeline / peer (s)")
-    for method, b, v, steps, ms, ms_peer, n in rows:
-        print(f"{method:<12} {b:>5} {v:>5} {steps:>5} {ms:>12.1f} {ms_peer:>10.1f} {ms_peer / ms:>7.1f}x"
-              f"   {n} batches: {ms * n / 1e3:.1f} / {ms_peer * n / 1e3:.1f}")
+    for method, b, v, steps, ms, ms_peer, n, med, peer_med in rows:
+        print(f"{method:<12} {b:>5} {v:>5} {steps:>5} {ms:>10.1f} ({med:>7.1f}) {ms_peer:>10.1f} ({peer_med:>7.1f})"
+              f" {ms_peer / ms:>7.1f}x   {n} batches: {ms * n / 1e3:.1f} / {ms_peer * n / 1e3:.1f}")
 
 
 if __name__ == "__main__":
