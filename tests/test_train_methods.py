@@ -106,6 +106,6 @@ def test_method_defaults_resolve_and_inapplicable_options_are_refused():
     cfg = resolve_recipe(resolve_method(TrainConfig(cache="c", split="s", out="o", method="coop")))
     assert resolve_method(cfg) == cfg and cfg.k is None and cfg.train_projection is False   # idempotent
     for bad in (dict(k=5), dict(n_neg=3), dict(lambda_div=0.1), dict(train_projection=True),
-                dict(recipe="official")):
+                dict(recipe="official"), dict(pos_views=2)):
         with pytest.raises(IIMError, match="apply to --method coop"):
             resolve_method(TrainConfig(cache="c", split="s", out="o", method="coop", **bad))

@@ -33,12 +33,14 @@ WEIGHT, POSITIVE = click.FloatRange(min=0), click.FloatRange(min=0, min_open=Tru
 # term (giving it is refused). IIM's class_specific comes from its recipe.
 NOT_USED = "-"
 _IIM_ONLY = dict(train_projection=NOT_USED, denominators=NOT_USED, div_diagonal=NOT_USED)
+_NO_VIEWS = dict(pos_views=NOT_USED)          # Local-Prompt's only
 METHOD_DEFAULTS = {
-    "iim": dict(k=50, n_neg=300, lambda_neg=5.0, lambda_div=0.5, epochs=50, batch_size=32, lr=2.5e-4),
+    "iim": dict(k=50, n_neg=300, lambda_neg=5.0, lambda_div=0.5, epochs=50, batch_size=32, lr=2.5e-4,
+                **_NO_VIEWS),
     "coop": dict(k=NOT_USED, n_neg=0, class_specific=False, lambda_neg=NOT_USED, lambda_div=NOT_USED,
-                 epochs=50, batch_size=32, lr=0.002, **_IIM_ONLY),
+                 epochs=50, batch_size=32, lr=0.002, **_IIM_ONLY, **_NO_VIEWS),
     "locoop": dict(k=NOT_USED, n_neg=0, class_specific=False, lambda_neg=NOT_USED, lambda_div=NOT_USED,
-                   epochs=50, batch_size=32, lr=0.002, **_IIM_ONLY),
+                   epochs=50, batch_size=32, lr=0.002, **_IIM_ONLY, **_NO_VIEWS),
     "localprompt": dict(k=50, n_neg=300, class_specific=True, lambda_neg=5.0, lambda_div=0.5, epochs=30,
                         batch_size=256, lr=0.002, **_IIM_ONLY),
 }
