@@ -167,7 +167,8 @@ def test_demo_pipeline_end_to_end_on_a_small_world(tmp_path):
     assert (tmp_path / "runs" / "official-k4-s1" / "results.json").is_file()
     official = json.loads((tmp_path / "runs" / "official-k4-s1" / "results.json").read_text())
     assert official["settings"]["recipe"] == "official" and official["run_config"]["train_projection"]
-    assert set(summary["diagnostics"]) == {"iim", "official"} and summary["diagnostics"]["iim"][1]["chance"] > 0
+    assert set(summary["diagnostics"]) == {"iim", "official", "coop", "locoop", "localprompt"}
+    assert summary["diagnostics"]["iim"][1]["chance"] > 0
     assert summary["ood_sets"] == sorted(W.OOD_SETS) + ["average"]
     for r in summary["rows"]:
         for cell in r["cells"].values():
