@@ -158,7 +158,8 @@ def test_demo_pipeline_end_to_end_on_a_small_world(tmp_path):
     world = ensure_world(tmp_path / "world", n_train=4, n_test=2, n_ood=6, progress=False)
     lines = []
     summary = run_demo([1], out=tmp_path / "runs", cache=tmp_path / "cache", world=world, device="cpu",
-                       settings=replace(DemoSettings(), views=2, epochs=2), plots=False, progress=False,
+                       settings=replace(DemoSettings(), views=2, epochs=2, baseline_epochs=1), plots=False,
+                       progress=False,
                        echo=lines.append)
     methods = [r["method"] for r in summary["rows"]]
     assert methods[0] == "MCM (0-shot)" and methods[-1] == "IIM official + S-MCM (4-shot)"
@@ -166,13 +167,17 @@ def test_demo_pipeline_end_to_end_on_a_small_world(tmp_path):
     assert (tmp_path / "runs" / "official-k4-s1" / "results.json").is_file()
     official = json.loads((tmp_path / "runs" / "official-k4-s1" / "results.json").read_text())
     assert official["settings"]["recipe"] == "official" and official["run_config"]["train_projection"]
-    assert set(summary["diagnostics"]) == {"iim", "official"} and summary["diagnostics"]["iim"][1]["chance"] > 0
+    assert set(summary["diagnostics"]) == {"iim", "official", "coop", "locoop", "localprompt"}
+    assert summary["diagnostics"]["iim"][1]["chance"] > 0
     assert summary["ood_sets"] == sorted(W.OOD_SETS) + ["average"]
     for r in summary["rows"]:
         for cell in r["cells"].values():
             assert 0 <= cell["auroc"]["mean"] <= 100 and 0 <= cell["fpr95"]["mean"] <= 100
     text = "\n".join(lines)
     assert "IIM + S-MCM (4-shot)" in text
+    for label in ("CoOp + GL-MCM (4-shot)", "LoCoOp + GL-MCM (4-shot)", "Local-Prompt + R-MCM (4-shot)"):
+        assert label in methods and label in text
+    assert (tmp_path / "runs" / "localprompt-k4-s1" / "results.json").is_file()
     assert (tmp_path / "runs" / "iim-k4-s1" / "checkpoint.pt").is_file()
     assert (tmp_path / "runs" / "iim-k4-s1" / "results.json").is_file()
     assert (tmp_path / "runs" / "summary.md").read_text().startswith("| Method |")

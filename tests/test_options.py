@@ -83,7 +83,7 @@ def test_a_new_field_is_one_edit():
         return kw
 
     kw = cmd.main(["--new-knob", "0.25", "--no-new-switch"], standalone_mode=False)
-    assert kw["new_knob"] == 0.25 and kw["new_switch"] is False and kw["k"] == 50
+    assert kw["new_knob"] == 0.25 and kw["new_switch"] is False and kw["n_ctx"] == 16 and kw["k"] is None
     assert "new_knob" in result_keys(Extended) and "new_switch" not in result_keys(Extended)
     with pytest.raises(IIMError, match=r"--new-knob 2"):
         check(Extended(cache="c", split="s", out="o", new_knob=2))

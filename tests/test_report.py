@@ -74,3 +74,31 @@ def test_report_averages_runs_that_differ_only_in_execution_options(scored, caps
     code, out, err = run_cli(capsys, "report", runs[0], other)
     assert code == 0, err
     assert "Mean over 2 runs" in out
+
+
+def test_report_puts_methods_and_zero_shot_side_by_side(scored, capsys, tmp_path):
+    root, cache, runs = scored
+    coop = [make_fake_run(tmp_path / f"coop{s}", cache, seed=s, n_neg=0, config={"method": "coop"}) for s in (1, 2)]
+    lp = [make_fake_run(tmp_path / "lp1", cache, seed=1, config={"method": "localprompt"})]
+    for run in runs + coop + lp:
+        code, _, err = run_cli(capsys, "score", "--run", run, "--k", 10, "--no-plots")
+        assert code == 0, err
+    code, _, err = run_cli(capsys, "score", "--zero-shot", "--cache", cache.root, "--out", tmp_path / "zs",
+                           "--k", 10, "--no-plots")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "report", *runs, *lp, tmp_path / "zs", *coop, "--out", tmp_path / "table")
+    assert code == 0, err
+    table = json.loads((tmp_path / "table" / "summary.json").read_text())
+    assert [g["label"] for g in table["groups"]] == ["0-shot", "2-shot CoOp", "2-shot Local-Prompt", "2-shot IIM"]
+    assert table["rows"] == ["0-shot/mcm", "0-shot/gl_mcm", "0-shot/r_mcm_star", "0-shot/s_mcm_star",
+                             "2-shot CoOp/mcm", "2-shot CoOp/gl_mcm", "2-shot Local-Prompt/r_mcm",
+                             "2-shot IIM/r_mcm", "2-shot IIM/s_mcm"]
+    coop_res = [json.loads((r / "results.json").read_text()) for r in coop]
+    vals = [r["metrics"]["gl_mcm"]["average"]["fpr95"] for r in coop_res]
+    assert table["mean"]["2-shot CoOp/gl_mcm"]["average"]["fpr95"] == pytest.approx(np.mean(vals))
+    assert table["std"]["2-shot CoOp/gl_mcm"]["average"]["fpr95"] == pytest.approx(np.std(vals))
+    lines = out.splitlines()
+    assert lines.index(next(x for x in lines if x.startswith("0-shot MCM"))) < lines.index(
+        next(x for x in lines if x.startswith("2-shot IIM S-MCM")))
+    md = (tmp_path / "table" / "summary.md").read_text()
+    assert "| 2-shot LoCoOp" not in md and "| 2-shot Local-Prompt R-MCM |" in md

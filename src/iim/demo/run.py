@@ -1,4 +1,5 @@
-"""The demo pipeline: world -> extract -> 0-shot scores -> 4-shot IIM training -> S-MCM scores -> table.
+"""The demo pipeline: world -> extract -> 0-shot scores -> 4-shot IIM training -> S-MCM scores -> table,
+with 4-shot CoOp, LoCoOp and Local-Prompt rows (``iim train --method``) trained and scored alongside.
 
     from iim.demo.run import run_demo
     summary = run_demo(seeds=[1, 2, 3])      # what `iim demo --seeds 1,2,3` does
@@ -40,16 +41,25 @@ class DemoSettings:
     alpha: float = 1.0
     logit_scale: float | None = None   # None: the model's own logit_scale.exp() (SPEC §3)
     recipes: tuple = ("paper", "official")   # SPEC §9; each is trained and scored for every seed
+    # the comparison methods: their papers' lr, epochs, lambdas (iim train --method defaults), with the demo's
+    # batch (80 support images), k and negatives as IIM's; LoCoOp's top-K 200 of 1000 classes -> 4 of 20
+    baselines: tuple = ("coop", "locoop", "localprompt")
+    locoop_top_k: int = 4
+    baseline_epochs: int | None = None     # None: each paper's (CoOp, LoCoOp 50; Local-Prompt 30)
 
 
 # rows of the demo table: (label, which result, metrics key)
 ROWS = (("MCM (0-shot)", "zero", "mcm"), ("GL-MCM (0-shot)", "zero", "gl_mcm"),
         ("R-MCM* (0-shot)", "zero", "r_mcm_star"), ("S-MCM* (0-shot)", "zero", "s_mcm_star"),
+        ("CoOp + MCM (4-shot)", "coop", "mcm"), ("CoOp + GL-MCM (4-shot)", "coop", "gl_mcm"),
+        ("LoCoOp + MCM (4-shot)", "locoop", "mcm"), ("LoCoOp + GL-MCM (4-shot)", "locoop", "gl_mcm"),
+        ("Local-Prompt + R-MCM (4-shot)", "localprompt", "r_mcm"),
         ("KNN (4-shot)", "iim", "knn"), ("IIM + R-MCM (4-shot)", "iim", "r_mcm"),
         ("IIM + S-MCM (4-shot)", "iim", "s_mcm"),
         ("IIM official + R-MCM (4-shot)", "official", "r_mcm"),
         ("IIM official + S-MCM (4-shot)", "official", "s_mcm"))
-SOURCE = {"paper": "iim", "official": "official"}      # recipe -> rows
+SOURCE = {"paper": "iim", "official": "official"}      # recipe -> rows (a comparison method: its name)
+NAMES = {"iim": "IIM", "official": "IIM official", "coop": "CoOp", "locoop": "LoCoOp", "localprompt": "Local-Prompt"}
 RUN_PREFIX = {"paper": "iim", "official": "official"}  # recipe -> run folder <prefix>-k{K}-s{S}
 KNN = {"k": 1, "all_views": False}   # the scorer's KNN baseline: 1-NN on the support images' global features
 
@@ -111,6 +121,18 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
             log(format_score(result))
             runs[SOURCE[recipe]][seed] = result
 
+    for method in s.baselines:
+        for seed in seeds:
+            echo(f"[4/4] {s.shots}-shot {NAMES[method]}, seed {seed}: training and scoring")
+            run_dir = out / f"{method}-k{s.shots}-s{seed}"
+            train(baseline_config(method, s, cache=cache, split=train_split_name(s.shots, seed, s.views),
+                                  out=run_dir, seed=seed, device=device, logit_scale=scale),
+                  overwrite=True, progress=progress, log=log)
+            result = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
+                               plot=False, progress=progress)
+            log(format_score(result))
+            runs.setdefault(method, {})[seed] = result
+
     summary = summarise(zero, runs, settings=dataclasses.replace(s, logit_scale=scale),
                         seconds=time.perf_counter() - t0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -124,6 +146,17 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     echo(f"Tables: {out / 'summary.md'}, {out / 'summary.json'}; every stage's report: {logfile}")
     echo(f"Total {summary['seconds']:.0f} s")
     return summary
+
+
+def baseline_config(method: str, s: DemoSettings, *, cache, split: str, out, seed: int, device: str,
+                    logit_scale: float | None = None):
+    """The demo's TrainConfig of a comparison method: its paper's defaults but the demo's batch (and, for
+    Local-Prompt, IIM's demo k and negatives; LoCoOp: top-K scaled to the 20 classes)."""
+    from ..train.loop import TrainConfig
+    extra = {"locoop": dict(locoop_top_k=s.locoop_top_k), "localprompt": dict(k=s.k, n_neg=s.n_neg)}
+    return TrainConfig(cache=str(cache), split=split, out=str(out), seed=seed, device=device, method=method,
+                       batch_size=s.batch_size, epochs=s.baseline_epochs, logit_scale=logit_scale,
+                       **extra.get(method, {}))
 
 
 def _check_cache_weights(cache: Path, pretrained: str, crop_scale: float) -> None:
@@ -193,7 +226,7 @@ def format_summary(summary: dict) -> str:
     for src, per_seed in (summary.get("diagnostics") or {}).items():
         for seed, d in per_seed.items():
             if d:
-                lines.append(f"{'IIM' if src == 'iim' else 'IIM ' + src} seed {seed}: {format_diagnostics(d)}"
+                lines.append(f"{NAMES.get(src, src)} seed {seed}: {format_diagnostics(d)}"
                              + ("  COLLAPSED" if d.get("collapsed") else ""))
     return f"FPR95 / AUROC in percent ({over}); {summary['n_test']} ID test images\n" + "\n".join(lines)
 

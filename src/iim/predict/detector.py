@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..errors import IIMError
 from ..metrics import RECALL, recall_threshold
 from ..score.options import ScoreOptions
+from ..train.methods import score_k
 from ..score.report import LABELS
 from ..score.scores import SCORE_KEYS, check_k, evaluate, id_class_probabilities, similarities
 
@@ -93,7 +94,7 @@ class Detector:
         self._amp = test.attrs.get("amp", "fp16")
         scored = self._scored_settings()
         defaults = ScoreOptions()
-        self.k = int(k if k is not None else scored.get("k", defaults.k))
+        self.k = int(k if k is not None else scored.get("k", score_k(job.checkpoint.get("config"), defaults.k)))
         self.alpha = float(alpha if alpha is not None else scored.get("alpha", defaults.alpha))
         self.T = float(T if T is not None else scored.get("T", defaults.T))
         self.recipe = scored.get("recipe") or job.recipe     # as iim score scored it (SPEC §9)

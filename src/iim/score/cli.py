@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 import numpy as np
+from click.core import ParameterSource
 
 from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..options import click_options
+from ..train.methods import score_k
 from . import report
 from .options import ALPHA_GRID, K_GRID, SWEEP_SKIPS, ScoreOptions
 from .pipeline import Job, prepare_run, prepare_zero_shot
@@ -75,6 +77,10 @@ def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
     ks, alphas = k, alpha
     sweep = len(ks) > 1 or len(alphas) > 1
     job = _job(run, runs_dir, cache, zero_shot, out, knn_split=None if no_knn or sweep else knn_split)
+    if click.get_current_context().get_parameter_source("k") is ParameterSource.DEFAULT:
+        ks = [score_k(job.checkpoint.get("config"), ks[0])]     # Local-Prompt: its eval script's 10
+        if ks != k:
+            job.notes.append(f"k={ks[0]}: the {job.checkpoint['config']['method']} run's own (pass --k to change)")
     _announce(job)
     if sweep:
         click.echo(f"Several k / alpha values: sweeping {len(ks)} x {len(alphas)} settings in one pass"
@@ -128,16 +134,27 @@ def _sweep(job: Job, ks, alphas, **kw) -> list[dict]:
 @out_option("Also write summary.json and summary.md (mean ± std table) into this folder.")
 @click.option("--metrics", "columns", default="fpr95,auroc", show_default=True,
               help="Columns of the printed tables: fpr95, auroc, aupr_in, aupr_out, fpr95_openood.")
-def report_cmd(runs, out, columns):
+@click.option("--every-evaluator", is_flag=True,
+              help="Side by side: every evaluator of every method, not only those its paper reports.")
+def report_cmd(runs, out, columns, every_evaluator):
     """Mean and std over several scored runs (e.g. seeds 1, 2, 3), as the paper reports (SPEC §5).
+
+    Runs of several methods or shots (and zero-shot results) are put side by side: one row group per
+    method and shots, each averaged over its seeds, with the evaluators its paper reports (CoOp and
+    LoCoOp: MCM, GL-MCM; Local-Prompt: R-MCM; IIM: R-MCM, S-MCM; 0-shot: MCM, GL-MCM, R-MCM*, S-MCM*).
 
     \b
     iim report runs/in1k-k16-s1-iim runs/in1k-k16-s2-iim runs/in1k-k16-s3-iim --out results/in1k-k16
+    iim report results/zeroshot runs/in1k-k4-s*-* runs/in1k-k16-s*-* --out results/table1
     """
-    from .summary import load_results, markdown_table, summarise
+    from .summary import group_results, load_results, markdown_table, summarise
 
-    summary = summarise([load_results(r) for r in runs])
+    results = [load_results(r) for r in runs]
+    groups = group_results(results)
     cols = tuple(c.strip() for c in columns.split(",") if c.strip())
+    if len(groups) > 1:
+        return _report_side_by_side(groups, out, cols, every_evaluator)
+    summary = summarise(results)
     seeds = ", ".join(str(s) for s in summary["seeds"])
     st = summary["settings"]
     click.echo(f"Mean over {len(runs)} runs (seeds {seeds}); k={st['k']} alpha={st['alpha']} T={st['T']}; "
@@ -158,3 +175,24 @@ def report_cmd(runs, out, columns):
         report.write_json(Path(out) / "summary.json", summary)
         report.write_text(Path(out) / "summary.md", markdown_table(summary) + "\n")
         click.echo(f"Wrote {Path(out) / 'summary.json'}, summary.md")
+
+
+def _report_side_by_side(groups, out, cols, every_evaluator):
+    from .summary import markdown_table, side_by_side
+
+    table = side_by_side(groups, every_evaluator=every_evaluator)
+    click.echo(f"{len(groups)} groups side by side, each the mean over its runs; percent")
+    for g in table["groups"]:
+        st = g["settings"]
+        click.echo(f"  {g['label']}: {len(g['runs'])} run(s), seeds {', '.join(str(s) for s in g['seeds'])}; "
+                   f"k={st['k']} alpha={st['alpha']} T={st['T']}")
+    kw = dict(methods=table["rows"], columns=cols, labels=table["labels"])
+    click.echo(report.format_table(table["mean"], **kw))
+    click.echo("\nStandard deviation over each group's runs")
+    click.echo(report.format_table(table["std"], **kw))
+    if out:
+        report.write_json(Path(out) / "summary.json", table)
+        report.write_text(Path(out) / "summary.md",
+                          markdown_table(table, methods=table["rows"], labels=table["labels"]) + "\n")
+        click.echo(f"Wrote {Path(out) / 'summary.json'}, summary.md")
+    return table

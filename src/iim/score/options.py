@@ -17,7 +17,8 @@ ALPHA_GRID = "0:2:0.25"
 @dataclass
 class ScoreOptions:
     """How a run (or the zero-shot prototypes) is scored (SPEC §4)."""
-    k: list = option(50, "Top-k of i2t/t2i; a list '1,5,10' or range 'a:b:step' sweeps.",
+    k: list = option(50, "Top-k of i2t/t2i; a list '1,5,10' or range 'a:b:step' sweeps. iim score's "
+                     "default for a Local-Prompt run is 10 (its evaluation script).",
                      type=Grid(integer=True, element=click.IntRange(min=1)))
     alpha: list = option(1.0, "Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps.", type=Grid())
     T: float = option(1.0, "Temperature of e(v, t) = exp(cos / T).", flag="--T",

@@ -3,7 +3,11 @@
     results = [load_results(r) for r in ("runs/in1k-k16-s1-iim", "runs/in1k-k16-s2-iim", ...)]
     summary = summarise(results)     # {"mean": {method: {set: {metric: %}}}, "std": ..., "values": ...}
 
-The runs must have been scored on the same OOD sets with the same scoring options
+Runs of several methods or shots are put side by side (:func:`group_results`, :func:`side_by_side`):
+one group per (method, shots), plus the zero-shot rows, each averaged over its seeds and shown with its
+paper's evaluators (:data:`PAPER_ROWS`): the layout of the paper's Table 1 from one ``iim report``.
+
+Within a group, the runs must have been scored on the same OOD sets with the same scoring options
 (:data:`iim.score.options.RESULT_KEYS`) and trained with the same result-changing options
 (:data:`iim.train.config.RESULT_KEYS`) but their seed; execution options (device, attention kernel,
 compile mode, ...) may differ. The standard deviation is numpy's default (population, ddof=0) over the runs, in percent like the results.
@@ -16,13 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from ..cache.fingerprint import compare
-from ..cache.names import without_seed
+from ..cache.names import parse_train_split, without_seed
 from ..errors import IIMError
 from ..train.config import RESULT_KEYS as TRAIN_KEYS
 from .options import RESULT_KEYS as SCORE_KEYS
 from .report import AVERAGE, LABELS, TABLE_METHODS
 
 RESULTS = "results.json"
+METHOD_ORDER = ("coop", "locoop", "localprompt", "iim")
+METHOD_LABELS = {"coop": "CoOp", "locoop": "LoCoOp", "localprompt": "Local-Prompt", "iim": "IIM"}
+# the evaluators each method's paper reports (SPEC §8; IIM: the paper's S-MCM, also R-MCM)
+PAPER_ROWS = {"zero_shot": ("mcm", "gl_mcm", "r_mcm_star", "s_mcm_star"), "coop": ("mcm", "gl_mcm"),
+              "locoop": ("mcm", "gl_mcm"), "localprompt": ("r_mcm",), "iim": ("r_mcm", "s_mcm")}
 MUST_MATCH = SCORE_KEYS              # scoring settings the averaged results must share
 
 
@@ -107,3 +116,48 @@ def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS) -> st
                f"{mean[m][s]['auroc']:.2f} ± {std[m][s]['auroc']:.2f}" for s in cells]
         lines.append(f"| {labels.get(m, m)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _group_key(r: dict) -> tuple:
+    """``(shots, method order, method)`` of a result; zero-shot rows first as ``(0, -1, "zero_shot")``."""
+    if r.get("zero_shot"):
+        return (0, -1, "zero_shot")
+    cfg = r.get("run_config") or {}
+    method = cfg.get("method", "iim")              # runs from before --method are IIM runs
+    split = parse_train_split(cfg.get("split", ""))
+    order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (split.shots if split else 0, order, method)
+
+
+def group_results(results: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """``[(label, method, results)]``: one group per (shots, method), zero-shot first, then by shots and
+    method (CoOp, LoCoOp, Local-Prompt, IIM), as the paper's Table 1; labels like ``"4-shot LoCoOp"``."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        groups.setdefault(_group_key(r), []).append(r)
+    out = []
+    for (shots, _, method), rs in sorted(groups.items()):
+        label = "0-shot" if method == "zero_shot" else f"{shots}-shot {METHOD_LABELS.get(method, method)}"
+        out.append((label, method, rs))
+    return out
+
+
+def side_by_side(groups, *, every_evaluator: bool = False) -> dict:
+    """Each group's :func:`summarise`, and one table of them: ``{"groups": [...], "mean", "std", "rows",
+    "labels"}`` where the rows are ``"<label>/<evaluator>"`` (each group's paper evaluators, or all)."""
+    mean, std, rows, labels, summaries = {}, {}, [], {}, []
+    for label, method, rs in groups:
+        summ = summarise(rs)
+        summaries.append(dict(summ, label=label, method=method))
+        wanted = TABLE_METHODS if every_evaluator else PAPER_ROWS.get(method, TABLE_METHODS)
+        present = [m for m in wanted if m in summ["mean"]]
+        for m in present or [m for m in TABLE_METHODS if m in summ["mean"]]:
+            row = f"{label}/{m}"
+            mean[row], std[row] = summ["mean"][m], summ["std"][m]
+            rows.append(row)
+            labels[row] = f"{label} {LABELS.get(m, m)}"
+    sets = [list(g["ood_sets"]) for g in summaries]
+    if any(s != sets[0] for s in sets):
+        raise IIMError(f"the runs were scored on different OOD sets ({sets[0]} vs "
+                       f"{next(s for s in sets if s != sets[0])}); rescore them on the same sets")
+    return {"groups": summaries, "mean": mean, "std": std, "rows": rows, "labels": labels}

@@ -39,7 +39,7 @@ def resolve_split(cache, shots: int | None, seed: int | None, views: int | None 
                    f"{have}); run 'iim extract --shots K --seed S' first")
 
 
-@click.command("train", short_help="Train IIM prompts on a cached train split (no image encoder).",
+@click.command("train", short_help="Train IIM (or CoOp, LoCoOp, Local-Prompt) prompts on a cached train split.",
                context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @cache_option("Feature cache written by 'iim extract'.", required=True, name="cache_dir")
 @click.option("--shots", type=click.IntRange(min=1), default=None,
@@ -47,19 +47,21 @@ def resolve_split(cache, shots: int | None, seed: int | None, views: int | None 
 @seed_option("Split seed S, also the training seed (default: the only train split's seed).")
 @click.option("--views", type=click.IntRange(min=1), default=None,
               help="Views V of the train split, when the cache holds several (split name suffix _v{V}).")
-@out_option("Run folder [default: runs/<benchmark>-k{K}-s{S}-iim; -v{V} added for V > 1 views].")
+@out_option("Run folder [default: runs/<benchmark>-k{K}-s{S}-<method>; -v{V} added for V > 1 views].")
 @click_options(TrainConfig)
 @device_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Discard an existing run in --out and start again.")
 @progress_option
 def train(cache_dir, shots, seed, views, out, device, resume, overwrite, progress, **options):
-    """Train IIM prompts (Eq. 5-11) on a cached train split; the image encoder never runs.
+    """Train IIM prompts (Eq. 5-11), or a comparison method's (--method, SPEC §8), on a cached train
+    split; the image encoder never runs.
 
     \b
     iim train --cache cache/in1k                       # the cache's only train split
     iim train --cache cache/in1k --shots 16 --seed 1 --out runs/in1k-16-1
     iim train --cache cache/in1k --resume              # continue an interrupted run
+    iim train --cache cache/in1k --method locoop       # a comparison method, its paper's defaults
 
     Writes <out>/checkpoint.pt (contexts, config, prototypes) atomically after every epoch.
     """
@@ -69,6 +71,6 @@ def train(cache_dir, shots, seed, views, out, device, resume, overwrite, progres
     split, shots, seed, views = resolve_split(cache, shots, seed, views)
     if out is None:
         bench = cache.manifest.get("benchmark") or cache.root.name
-        out = Path("runs") / f"{bench}-k{shots}-s{seed}{f'-v{views}' if views > 1 else ''}-iim"
+        out = Path("runs") / f"{bench}-k{shots}-s{seed}{f'-v{views}' if views > 1 else ''}-{options['method']}"
     cfg = TrainConfig(cache=str(cache_dir), split=split, out=str(out), seed=seed, device=device, **options)
     run_training(cfg, resume=resume, overwrite=overwrite, progress=progress)

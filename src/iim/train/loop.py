@@ -39,6 +39,7 @@ from ..models import create_model, is_local_checkpoint, model_logit_scale, resol
 from ..options import check
 from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
 from . import checkpoint as ck
+from . import methods
 from .config import COMPILE_MODES, FEATURES_IN, RECIPES, TrainConfig, resolve_recipe  # noqa: F401  (re-exported)
 from .diagnostics import collapse_warnings, epoch_diagnostics, format_diagnostics
 from .losses import diversity_loss, iim_losses, total_loss
@@ -116,6 +117,11 @@ class TrainFeatures:
             rows = torch.arange(chunk.start, chunk.start + len(chunk.labels))
             local[rows] = chunk.local_feats[torch.arange(len(rows)), view[rows]]
         self._epoch_local = local
+
+    def steps(self, idx: torch.Tensor) -> list[tuple]:
+        """The inputs of each optimiser step of batch ``idx``: IIM takes one (another method's steps:
+        :class:`iim.train.methods.StepInputs`, which wraps this)."""
+        return [self.batch(idx)]
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Patch features ``[b, HW, D]`` (float16, on the device) and labels of images ``idx``."""
@@ -253,7 +259,7 @@ def validate(cfg: TrainConfig, split, model_name: str | None = None) -> None:
     check(cfg)
     if cfg.ctx_init and model_name:
         check_ctx_init(cfg.ctx_init, cfg.n_ctx, model_name)
-    if split.hw < 2 * cfg.k:
+    if cfg.method == "iim" and split.hw < 2 * cfg.k:
         raise IIMError(f"--k {cfg.k} needs 2k <= {split.hw} patches per image (use --k {split.hw // 2} or less)")
     if split.n == 0:
         raise IIMError(f"split {split.name} has no images")
@@ -299,11 +305,14 @@ def open_run_folder(out: Path, config: dict, fingerprint: dict, *, resume: bool,
                    f"or --overwrite to start again")
 
 
-def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict) -> torch.Tensor:
-    """The forward of one step: all C + Cn prompts once, then Eq. 5-11 -> ``[loss, pos, neg, div]``.
+def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict, *extra) -> torch.Tensor:
+    """The forward of one step: all C + Cn prompts once, then Eq. 5-11 (another ``cfg.method``: its
+    losses, :mod:`iim.train.methods`) -> ``[loss, pos, neg, div]``.
     Labels are not range-checked here (``train`` checks the split's once): no GPU sync mid-step."""
     with torch.autocast(**amp):
         id_f, neg_f = encoder()
+    if cfg.method != "iim":
+        return methods.method_losses(cfg, id_f, neg_f, local, labels, *extra)
     terms = iim_losses(local, labels, id_f, neg_f, k=cfg.k, logit_scale=cfg.logit_scale,
                        hard_negative_mining=cfg.hard_negative_mining, ood_patches=cfg.ood_patches,
                        denominators=cfg.denominators, check_labels=False)
@@ -316,12 +325,12 @@ def step_function(encoder, cfg: TrainConfig, amp: dict):
     """``forward(local, labels) -> [loss, pos, neg, div]`` for :func:`train_step`; compiled with
     ``torch.compile`` in mode ``cfg.compile`` (encoder and losses as one graph, backward included;
     ``reduce-overhead`` also replays it from CUDA graphs) unless that is ``"off"``."""
-    cfg = resolve_recipe(cfg)
+    cfg = resolve_recipe(methods.resolve_method(cfg))
     if cfg.logit_scale is None:             # callers outside train() (benchmarks): the model's own
         cfg = dataclasses.replace(cfg, logit_scale=model_logit_scale(encoder.model))
 
-    def forward(local, labels):
-        return step_losses(encoder, local, labels, cfg, amp)
+    def forward(local, labels, *extra):
+        return step_losses(encoder, local, labels, cfg, amp, *extra)
     if cfg.compile == "off":
         return forward
     # torch's own code warns while compiling; nothing a user can act on
@@ -329,10 +338,10 @@ def step_function(encoder, cfg: TrainConfig, amp: dict):
     return torch.compile(forward, mode=None if cfg.compile == "default" else cfg.compile, dynamic=False)
 
 
-def train_step(forward, optimizer, local, labels) -> np.ndarray:
+def train_step(forward, optimizer, *inputs) -> np.ndarray:
     """One SGD step on the contexts; returns ``[loss, pos, neg, div]``. A non-finite loss raises
     ``FloatingPointError`` BEFORE the update, leaving the contexts as they were."""
-    values = forward(local, labels)
+    values = forward(*inputs)
     optimizer.zero_grad(set_to_none=True)
     values[0].backward()
     values = values.detach().float().cpu().numpy()
@@ -372,30 +381,31 @@ def run_epoch(epoch: int, cfg: TrainConfig, forward, optimizer, feats: TrainFeat
     feats.start_epoch(view)
     bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
     batches = epoch_batches(order, cfg.batch_size)
-    sums = np.zeros(4)
-    for step, idx in enumerate(batches):
+    sums, n_steps = np.zeros(4), 0
+    for step, inputs in enumerate(x for idx in batches for x in feats.steps(idx)):
         try:
-            values = train_step(forward, optimizer, *feats.batch(idx))
+            values = train_step(forward, optimizer, *inputs)
         except FloatingPointError as e:
             raise FloatingPointError(f"step {step + 1} ({e})") from None
         except Exception as e:            # the first step compiles (--compile, flex): say what failed
             if compiled or not _compile_error(e):
                 raise
             raise _StepFailed(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}") from e
-        compiled = True
+        compiled, n_steps = True, n_steps + 1
         sums += values
         bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
                         div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)
         bar.update()
-    loss_m, pos_m, neg_m, div_m = (float(v) for v in sums / len(batches))
+    loss_m, pos_m, neg_m, div_m = (float(v) for v in sums / n_steps)
     seconds = time.perf_counter() - t0
     # ID-only diagnostics of the new prototypes on this epoch's support views (no test or OOD image)
     diag = {}
     if encoder is not None:
         id_p, _ = learned_prototypes(encoder)
-        diag = epoch_diagnostics(id_p.to(feats.device), (feats.batch(i) for i in order.split(256)), cfg.k)
+        k = cfg.k if cfg.k is not None else min(50, feats.split.hw)     # CoOp / LoCoOp have no k of their own
+        diag = epoch_diagnostics(id_p.to(feats.device), (feats.batch(i) for i in order.split(256)), k)
     return {"epoch": epoch + 1, "lr": lr, "loss": loss_m, "pos": pos_m, "neg": neg_m, "div": div_m,
-            "steps": len(batches), "seconds": seconds, **diag}
+            "steps": n_steps, "seconds": seconds, **diag}
 
 
 def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encoder, optimizer,
@@ -406,7 +416,7 @@ def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encod
     state = {
         "format": ck.FORMAT, "iim_version": __version__, "config": config,
         "cache_fingerprint": fingerprint, "epoch": epoch, "complete": epoch == cfg.epochs,
-        "prototypes": {"global": global_protos.float(), "local": id_p, "neg": neg_p},
+        "prototypes": {"global": methods.scoring_global(cfg, global_protos, id_p), "local": id_p, "neg": neg_p},
         "contexts": {"ctx": encoder.ctx.detach().float().cpu(),
                      "neg_ctx": encoder.neg_ctx.detach().float().cpu(),
                      **({} if encoder.projection is None else
@@ -425,6 +435,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     check(cfg)                              # bad option values: one line, before anything is opened
     cache = open_cache(cfg.cache)
     split = cache.split(cfg.split)          # refuses a missing or incomplete split
+    cfg = methods.resolve(cfg, split)       # the method's defaults for options left at None
     validate(cfg, split, cache.manifest.get("model"))
     classnames, labels = cache.classnames, split.labels
     if len(classnames) == 0 or labels.min() < 0 or labels.max() >= len(classnames):
@@ -469,12 +480,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     for stale in out.glob(f".{ck.CHECKPOINT}.*.tmp"):     # left by a run killed while saving
         stale.unlink(missing_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    feats = TrainFeatures(split, device, cfg.features_in, progress=progress)
+    feats = methods.StepInputs(cfg, TrainFeatures(split, device, cfg.features_in, progress=progress), device,
+                               global_protos, progress=progress)
     log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} view(s), {len(classnames)} "
         f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     forward = step_function(encoder, cfg, amp)
-    n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size))
+    n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size)) * methods.steps_per_batch(cfg)
     bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step",
                disable=None if progress else True,  # None: no bar when stderr is not a terminal
                dynamic_ncols=True, desc=f"epoch {start + 1}/{cfg.epochs}")
