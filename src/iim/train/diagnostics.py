@@ -74,8 +74,9 @@ def collapse_warnings(ckpt: dict) -> list[str]:
     cfg = ckpt.get("config") or {}
     what = []
     if d["proto_cos_max"] > COLLAPSE_COSINE:
-        what.append(f"the learned ID prototypes are nearly one vector (max pairwise cosine "
-                    f"{d['proto_cos_max']:.3f} > {COLLAPSE_COSINE})")
+        what.append(f"some learned ID prototypes coincide (max pairwise cosine {d['proto_cos_max']:.3f} > "
+                    f"{COLLAPSE_COSINE}; mean {d['proto_cos_mean']:.3f}: "
+                    f"{'nearly one vector' if d['proto_cos_mean'] > COLLAPSE_COSINE else 'some classes share one'})")
     if d.get("local_at_chance"):
         what.append(f"their local top-k accuracy on the support views is at chance ({d['local_acc']:.1f}% vs "
                     f"{d['chance']:.1f}%)")
@@ -84,5 +85,5 @@ def collapse_warnings(ckpt: dict) -> list[str]:
               f"{cfg.get('logit_scale')}; the default is the model's own), a learning rate too high "
               f"(--lr {cfg.get('lr')}), support crops that miss the object (iim extract --crop-scale), "
               f"too few positive patches for the grid (--k {cfg.get('k')}), or L_div too weak to keep the "
-              f"prototypes apart (--lambda-div {cfg.get('lambda_div')}). Its S-MCM scores are unlikely "
-              f"to beat the zero-shot ones."]
+              f"prototypes apart (--lambda-div {cfg.get('lambda_div')}). Its S-MCM scores may not "
+              f"beat the zero-shot ones."]
