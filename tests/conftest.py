@@ -23,3 +23,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def unwritable(monkeypatch):
+    """``unwritable(folder)``: writes below ``folder`` fail with EACCES for the rest of the test."""
+    import faults
+    made = []
+
+    def make(folder):
+        faults.unwritable(monkeypatch, folder)
+        made.append(folder)
+    yield make
+    if faults.chmod_effective():
+        for folder in made:
+            folder.chmod(0o755)
