@@ -119,7 +119,11 @@ def check_cache(c: Cache, *, deep: bool = True, progress: bool = True) -> list[s
             problems.append(f"{where}: inconsistent skipped rows")
         if not s.get("complete"):
             continue
-        split = c.split(name)
+        try:
+            split = c.split(name)          # refuses missing chunk files
+        except IIMError as e:
+            problems.append(str(e))
+            continue
         labels = np.asarray(split.group["label"][:])
         if len(labels) != n or len(split.group["path"][:]) != n:
             problems.append(f"{where}: label/path arrays do not have {n} rows")

@@ -25,6 +25,36 @@ MANIFEST = "manifest.json"
 CHUNK_BYTES = 16 << 20   # target size of one chunk of `local`
 
 
+def _chunk_file(arr, index: tuple) -> Path:
+    return Path(arr.store.root) / arr.path / arr.metadata.encode_chunk_key(index)
+
+
+def missing_chunks(arr) -> list[tuple[int, int, Path]]:
+    """``(lo, hi, file)`` for every chunk of ``arr`` never stored (rows ``lo:hi``): Zarr reads such a
+    chunk as its fill value, so a deleted chunk file would silently become zeros. Arrays here are
+    chunked along the first axis only."""
+    if arr.size == 0:
+        return []
+    rows = arr.chunks[0]
+    rest = (0,) * (arr.ndim - 1)
+    out = []
+    for i in range(-(-arr.shape[0] // rows)):
+        f = _chunk_file(arr, (i, *rest))
+        if not f.is_file():
+            out.append((i * rows, min(arr.shape[0], (i + 1) * rows), f))
+    return out
+
+
+def read_array(arr, sel=slice(None), *, what: str):
+    """``arr[sel]``, a damaged (truncated, undecodable) chunk file being a one-line error."""
+    try:
+        return arr[sel]
+    except Exception as e:                  # codec errors from zstd/blosc/numcodecs have no common type
+        raise IIMError(f"cannot read {what} from {Path(arr.store.root) / arr.path} ({type(e).__name__}: "
+                       f"{str(e).strip()[:120]}); a chunk file there is damaged: delete the split's folder and "
+                       f"run 'iim extract' again") from None
+
+
 @dataclass
 class Chunk:
     """Rows ``start .. start + len(labels)`` of a split (valid rows only), as torch tensors."""
@@ -46,6 +76,22 @@ class Split:
         bad = set(self.attrs.get("skipped_rows", []))
         self._rows = np.array([i for i in range(n_phys) if i not in bad], dtype=np.int64)
         self._contiguous = not bad
+        self.check_chunks()
+
+    def check_chunks(self) -> None:
+        """Refuse a split whose stored chunks are not all there (a chunk of skipped rows only, or of OOD
+        labels, which equal the fill value, is legitimately absent)."""
+        bad = set(self.attrs.get("skipped_rows", []))
+        arrays = [self._global, self._local, self.group["path"]]
+        if not is_ood(self.name):
+            arrays.append(self.group["label"])
+        for arr in arrays:
+            for lo, hi, f in missing_chunks(arr):
+                if arr.ndim > 1 and all(r in bad for r in range(lo, hi)):
+                    continue
+                raise IIMError(f"split {self.name}: rows {lo}..{hi - 1} of {arr.path.rsplit('/', 1)[-1]!r} "
+                               f"were never stored (missing chunk file {f}); the cache is damaged: delete "
+                               f"{Path(arr.store.root) / self.name} and run 'iim extract' again")
 
     # ---- shape -------------------------------------------------------------------------
     @property
@@ -77,11 +123,13 @@ class Split:
     # ---- metadata ----------------------------------------------------------------------
     @property
     def labels(self) -> np.ndarray:
-        return np.asarray(self.group["label"][:], dtype=np.int64)[self._rows]
+        labels = read_array(self.group["label"], what=f"the labels of split {self.name}")
+        return np.asarray(labels, dtype=np.int64)[self._rows]
 
     @property
     def paths(self) -> list[str]:
-        return [str(p) for p in np.asarray(self.group["path"][:])[self._rows]]
+        paths = read_array(self.group["path"], what=f"the image paths of split {self.name}")
+        return [str(p) for p in np.asarray(paths)[self._rows]]
 
     # ---- features ----------------------------------------------------------------------
     def read(self, start: int = 0, stop: int | None = None, *, view: int | None = None):
@@ -96,8 +144,9 @@ class Split:
                     np.zeros((0, self.views, self.hw, self.dim), np.float16))
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         vsel = slice(None) if view is None else view
-        g = self._global[lo:hi, vsel]
-        l = self._local[lo:hi, vsel]
+        what = f"rows {lo}..{hi - 1} of split {self.name}"
+        g = read_array(self._global, (slice(lo, hi), vsel), what=what)
+        l = read_array(self._local, (slice(lo, hi), vsel), what=what)
         if not self._contiguous:
             g, l = g[rows - lo], l[rows - lo]
         return g, l
@@ -268,13 +317,19 @@ class Cache:
                          created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         return SplitWriter(grp)
 
+    def has_global_prototypes(self) -> bool:
+        return (self.root / "global_proto" / "zarr.json").is_file()
+
     def global_prototypes(self) -> torch.Tensor:
         """The frozen ``"a photo of a {c}."`` prototypes stored at extraction, float32 ``[C, D]``."""
         try:
             arr = self._zroot["global_proto"]
         except KeyError:
             raise IIMError(f"cache {self.root} has no global prototypes (extract with a newer iim)") from None
-        return torch.from_numpy(np.asarray(arr[:], dtype=np.float32))
+        if missing_chunks(arr):
+            raise IIMError(f"cache {self.root}: the global prototypes were never stored (missing chunk file "
+                           f"{missing_chunks(arr)[0][2]}); the cache is damaged: extract it again")
+        return torch.from_numpy(np.asarray(read_array(arr, what="the global prototypes"), dtype=np.float32))
 
     def write_global_prototypes(self, protos) -> None:
         """Store the prototypes; a crash mid-write leaves no ``global_proto`` (written under a temporary

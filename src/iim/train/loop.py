@@ -471,10 +471,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     if state is not None:
         start, history = restore(state, encoder, optimizer)
         log(f"resuming {out} after epoch {start}/{cfg.epochs}")
-    try:
-        global_protos = cache.global_prototypes()
-    except IIMError:                        # caches from before prototypes were stored
-        global_protos = global_prototypes(model, classnames)
+    global_protos = (cache.global_prototypes() if cache.has_global_prototypes()   # damaged: refused
+                     else global_prototypes(model, classnames))   # caches from before they were stored
 
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(f".{ck.CHECKPOINT}.*.tmp"):     # left by a run killed while saving
