@@ -1,6 +1,7 @@
 """Stage one in-process: cache layout, features, views, reuse, refusal, bad images, resume."""
 import json
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from iim.extract import run as R
 from iim.extract.run import extract
 from iim.features import FEATURE_VERSION, encode_image
 from iim.models import create_model
+from iim.lock import folder_lock
 from iim.text import global_prototypes
 
 TINY = dict(model="iim-test-tiny", pretrained="none", workers=0, progress=False, log=lambda m: None)
@@ -208,12 +210,12 @@ def test_chunks_hold_whole_batches():
 
 
 def test_one_writer_per_cache(tmp_path):
-    (tmp_path / ".extract.lock").write_text(f"{R.socket.gethostname()} {os.getpid()}")
+    (tmp_path / ".extract.lock").write_text(f"{socket.gethostname()} {os.getpid()}")
     with pytest.raises(IIMError, match="another 'iim extract'"):
-        with R._lock(tmp_path):
+        with folder_lock(tmp_path, ".extract.lock", "iim extract"):
             pass
-    (tmp_path / ".extract.lock").write_text(f"{R.socket.gethostname()} 999999999")   # owner is gone
-    with R._lock(tmp_path):
+    (tmp_path / ".extract.lock").write_text(f"{socket.gethostname()} 999999999")   # owner is gone
+    with folder_lock(tmp_path, ".extract.lock", "iim extract"):
         assert (tmp_path / ".extract.lock").read_text().endswith(str(os.getpid()))
     assert not (tmp_path / ".extract.lock").exists()
 

@@ -1,6 +1,7 @@
 """Nothing silently wrong (issue 16): damaged caches, concurrent runs, destructive refusals, I/O faults.
 Each test injects one fault (tests/faults.py) and expects a one-line refusal, not wrong numbers."""
 import json
+import os
 import shutil
 import sys
 
@@ -70,3 +71,45 @@ def test_deleted_prototype_chunk_fails_verify_score_and_train(cache, tmp_path, m
     code, _, err = iim(monkeypatch, capsys, "score", "--cache", root, "--zero-shot", "--out", tmp_path / "zs", "--k", 5,
                        "--no-progress")
     refused(code, err, "global prototypes")
+
+
+# ---- 3, 4: --overwrite refuses before deleting; one trainer per run folder ----------------------
+
+def test_overwrite_refuses_before_deleting_the_old_run(cache, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "r"
+    code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", run, *FAST)
+    assert code == 0, err
+    (run / "results.json").write_text("{}")
+    before = (run / "checkpoint.pt").read_bytes()
+    code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", run, "--overwrite",
+                       *FAST, "--n-ctx", 100)
+    assert code == 2, err
+    assert (run / "checkpoint.pt").read_bytes() == before and (run / "results.json").exists()
+
+
+def test_a_run_folder_is_locked_while_training(cache, tmp_path, monkeypatch, capsys):
+    import os
+    import socket
+    from iim.train.loop import RUN_LOCK
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / RUN_LOCK).write_text(f"{socket.gethostname()} {os.getppid()}")          # a live owner
+    code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", run, *FAST)
+    refused(code, err, "another 'iim train'", str(run))
+    assert not (run / "checkpoint.pt").exists()
+    (run / RUN_LOCK).write_text(f"{socket.gethostname()} 999999999")               # killed owner
+    code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", run, *FAST)
+    assert code == 0, err
+    assert not (run / RUN_LOCK).exists()
+
+
+def test_two_trainers_racing_into_one_folder(cache, tmp_path):
+    run = tmp_path / "r"
+    args = ("train", "--cache", cache.root, "--out", run, *FAST[:-1], 3)
+    results = faults.race([faults.iim_command(*args), faults.iim_command(*args)],
+                          env={"PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"})
+    codes = sorted(c for c, _ in results)
+    assert codes == [0, 2], results
+    loser = max(results)[1]          # refused: locked out, or (if it came late) the run is already there
+    assert "another 'iim train'" in loser or "already holds a training run" in loser, loser
+    assert load_checkpoint(run)["complete"]

@@ -25,3 +25,18 @@ def atomic_write(path, write, *, binary: bool = False) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text))
+
+
+def check_writable(folder) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".iim-write-test.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        from .errors import IIMError
+        raise IIMError(f"cannot write into {folder} ({e.strerror}); choose another output folder (--out) "
+                       f"or fix its permissions") from None
+    return folder

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 import queue
-import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import open_clip
@@ -34,6 +33,7 @@ from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
 from ..models import create_model, image_size, model_logit_scale, resolve_device, train_transform, weights_id
+from ..lock import folder_lock
 from ..text import global_prototypes
 
 SPLIT_KINDS = ("train", "test", "ood")
@@ -234,41 +234,6 @@ def cache_key(bench: Benchmark, model_name: str, pretrained: str) -> dict:
                 feature_version=FEATURE_VERSION, benchmark=bench.name, classnames=list(bench.classnames))
 
 
-@contextmanager
-def _lock(root: Path):
-    """One writer per cache: ``<cache>/.extract.lock`` holds host and pid; a dead owner's lock is taken."""
-    path, me = root / ".extract.lock", f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            host, _, pid = path.read_text().partition(" ")
-            alive = host != socket.gethostname()
-            if not alive and pid.strip().isdigit():
-                try:
-                    os.kill(int(pid), 0)
-                    alive = True
-                except ProcessLookupError:
-                    alive = False
-                except PermissionError:
-                    alive = True
-            if alive:
-                raise IIMError(f"another 'iim extract' ({host} pid {pid.strip()}) is writing {root}; "
-                               f"wait for it, or delete {path} if it is gone") from None
-            path.unlink(missing_ok=True)                    # stale: its owner was killed
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
-    else:
-        raise IIMError(f"could not take the lock {path} (another 'iim extract' keeps replacing it); "
-                       f"try again")
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-
-
 def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str = "ViT-B-16",
             pretrained: str = "openai", splits=None, shots=(), seeds=(1,), views: int = 1,
             crop_scale: float | None = None, batch_size: int = 128, workers: int | None = None,
@@ -317,7 +282,7 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
 
     cache = create_cache(out, dict(key, **shape_fields, iim_version=__version__,
                                    created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
-    with _lock(out):
+    with folder_lock(out, ".extract.lock", "iim extract"):
         cache = create_cache(out, cache.manifest)       # re-read: another extraction may have just finished
         if any(cache.manifest.get(k) != v for k, v in shape_fields.items()):
             cache.update_manifest(**shape_fields)

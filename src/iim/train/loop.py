@@ -32,9 +32,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..cache import manifest_key, open_cache
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, check_writable
 from ..data.splits import split_crop_scale
 from ..errors import IIMError
+from ..lock import folder_lock
 from ..models import create_model, is_local_checkpoint, model_logit_scale, resolve_device, weights_id
 from ..options import check
 from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
@@ -45,6 +46,7 @@ from .diagnostics import collapse_warnings, epoch_diagnostics, format_diagnostic
 from .losses import diversity_loss, iim_losses, total_loss
 
 WHERE = {"device": "in device memory", "host": "in host memory", "stream": "streamed per epoch"}
+RUN_LOCK = ".train.lock"                  # held while a process trains into the run folder
 SCORE_OUTPUTS = ("results.json", "results.csv", "scores_*.npz")   # removed by --overwrite
 
 
@@ -284,7 +286,7 @@ def full_config(cfg: TrainConfig, cache) -> dict:
 
 def open_run_folder(out: Path, config: dict, fingerprint: dict, *, resume: bool, overwrite: bool, log):
     """The checkpoint to continue from (``--resume``), or None to start; refuses to silently replace a
-    run, and on ``--overwrite`` removes the old checkpoint and its score outputs."""
+    run; ``--overwrite`` returns None (:func:`discard_run` deletes the old run later, after every check)."""
     path = out / ck.CHECKPOINT
     if not path.exists():
         if resume:
@@ -294,15 +296,19 @@ def open_run_folder(out: Path, config: dict, fingerprint: dict, *, resume: bool,
         ckpt = ck.load_checkpoint(path)
         ck.check_compatible(ckpt, config, fingerprint, path=str(path))
         return ckpt
-    if overwrite:
-        for pattern in (ck.CHECKPOINT,) + SCORE_OUTPUTS:
-            for f in out.glob(pattern):
-                f.unlink()
+    if overwrite:                           # deleted by discard_run, once every check has passed
         return None
     old = ck.load_checkpoint(path)
     state = "complete" if old.get("complete") else f"stopped after epoch {old.get('epoch')}"
     raise IIMError(f"{out} already holds a training run ({state}); pass --resume to continue it "
                    f"or --overwrite to start again")
+
+
+def discard_run(out: Path) -> None:
+    """``--overwrite``: remove the old checkpoint and its score outputs (after every refusal)."""
+    for pattern in (ck.CHECKPOINT,) + SCORE_OUTPUTS:
+        for f in out.glob(pattern):
+            f.unlink()
 
 
 def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict, *extra) -> torch.Tensor:
@@ -429,9 +435,22 @@ def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encod
     return state
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-          log=tqdm.write) -> dict:
-    """Train IIM prompts; returns the final checkpoint dict (also at ``<out>/checkpoint.pt``)."""
+def train(cfg: TrainConfig, **kw) -> dict:
+    """Train IIM prompts; returns the final checkpoint dict (also at ``<out>/checkpoint.pt``). The run
+    folder is locked meanwhile (``.train.lock``: a second ``iim train`` into it is refused)."""
+    out = Path(cfg.out)
+    made = not out.exists()
+    check_writable(out)                     # creates it; refused here, before any work
+    try:
+        with folder_lock(out, RUN_LOCK, "iim train"):
+            return _train(cfg, **kw)
+    finally:
+        if made and out.is_dir() and not any(out.iterdir()):   # refused before writing anything
+            out.rmdir()
+
+
+def _train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+           log=tqdm.write) -> dict:
     check(cfg)                              # bad option values: one line, before anything is opened
     cache = open_cache(cfg.cache)
     split = cache.split(cfg.split)          # refuses a missing or incomplete split
@@ -474,7 +493,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, pr
     global_protos = (cache.global_prototypes() if cache.has_global_prototypes()   # damaged: refused
                      else global_prototypes(model, classnames))   # caches from before they were stored
 
-    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        discard_run(out)
     for stale in out.glob(f".{ck.CHECKPOINT}.*.tmp"):     # left by a run killed while saving
         stale.unlink(missing_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
