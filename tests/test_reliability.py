@@ -113,3 +113,40 @@ def test_two_trainers_racing_into_one_folder(cache, tmp_path):
     loser = max(results)[1]          # refused: locked out, or (if it came late) the run is already there
     assert "another 'iim train'" in loser or "already holds a training run" in loser, loser
     assert load_checkpoint(run)["complete"]
+
+
+# ---- 6: report refuses unfinished runs unless asked ----------------------------------------------
+
+def scored_runs(cache, tmp_path, monkeypatch, capsys, epochs=(3, 3)):
+    runs = [make_fake_run(tmp_path / "runs" / f"s{i}", cache, seed=i, epoch=e, epochs=3)
+            for i, e in enumerate(epochs, 1)]
+    for run in runs:
+        code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-plots", "--no-progress")
+        assert code == 0, err
+    return runs
+
+
+def test_report_refuses_an_unfinished_run_unless_allowed(cache, tmp_path, monkeypatch, capsys):
+    runs = scored_runs(cache, tmp_path, monkeypatch, capsys, epochs=(3, 2))
+    code, _, err = iim(monkeypatch, capsys, "report", *runs)
+    refused(code, err, str(runs[1]), "epoch 2 of 3", "--allow-incomplete")
+    code, out, err = iim(monkeypatch, capsys, "report", *runs, "--allow-incomplete", "--out", tmp_path / "sum")
+    assert code == 0, err
+    assert "(1 unfinished)" in out and str(runs[1]) in err
+    summary = json.loads((tmp_path / "sum" / "summary.json").read_text())
+    assert summary["incomplete"] == [{"run": str(runs[1]), "epoch": 2, "epochs": 3}]
+    assert "unfinished run" in (tmp_path / "sum" / "summary.md").read_text()
+
+
+def test_report_metrics_results_keys_and_twice_listed_runs(cache, tmp_path, monkeypatch, capsys):
+    runs = scored_runs(cache, tmp_path, monkeypatch, capsys)
+    for bad in ("bogus", "", "fpr95,,nope"):
+        code, _, err = iim(monkeypatch, capsys, "report", *runs, "--metrics", bad)
+        refused(code, err, "--metrics", "fpr95")
+    res = json.loads((runs[1] / "results.json").read_text())
+    del res["metrics"]
+    (runs[1] / "results.json").write_text(json.dumps(res))
+    code, _, err = iim(monkeypatch, capsys, "report", *runs)
+    refused(code, err, "lacks metrics", "score the run again")
+    code, _, err = iim(monkeypatch, capsys, "report", runs[0], tmp_path / "runs" / ".." / "runs" / "s1")
+    refused(code, err, "listed twice", str(runs[0]), "runs/../runs/s1")

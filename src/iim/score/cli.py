@@ -8,6 +8,8 @@ import click
 import numpy as np
 from click.core import ParameterSource
 
+from .. import metrics as M
+from ..atomic import check_writable
 from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..options import click_options
@@ -129,14 +131,31 @@ def _sweep(job: Job, ks, alphas, **kw) -> list[dict]:
     return rows
 
 
+class MetricList(click.ParamType):
+    """``"fpr95,auroc"`` -> a tuple of names from :data:`iim.metrics.METRICS`."""
+    name = "list"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        names = tuple(c.strip() for c in str(value).split(",") if c.strip())
+        bad = [c for c in names if c not in M.METRICS]
+        if not names or bad:
+            self.fail(f"{', '.join(map(repr, bad)) or 'no metric'} given; choose from {', '.join(M.METRICS)}",
+                      param, ctx)
+        return names
+
+
 @click.command("report")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @out_option("Also write summary.json and summary.md (mean ± std table) into this folder.")
-@click.option("--metrics", "columns", default="fpr95,auroc", show_default=True,
-              help="Columns of the printed tables: fpr95, auroc, aupr_in, aupr_out, fpr95_openood.")
+@click.option("--metrics", "columns", default="fpr95,auroc", show_default=True, type=MetricList(),
+              help=f"Columns of the printed tables: {', '.join(M.METRICS)}.")
 @click.option("--every-evaluator", is_flag=True,
               help="Side by side: every evaluator of every method, not only those its paper reports.")
-def report_cmd(runs, out, columns, every_evaluator):
+@click.option("--allow-incomplete", is_flag=True,
+              help="Also average runs scored before their last epoch (marked in the tables and summary).")
+def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
     """Mean and std over several scored runs (e.g. seeds 1, 2, 3), as the paper reports (SPEC §5).
 
     Runs of several methods or shots (and zero-shot results) are put side by side: one row group per
@@ -150,15 +169,21 @@ def report_cmd(runs, out, columns, every_evaluator):
     from .summary import group_results, load_results, markdown_table, summarise
 
     results = [load_results(r) for r in runs]
+    if out:
+        check_writable(out)
     groups = group_results(results)
-    cols = tuple(c.strip() for c in columns.split(",") if c.strip())
+    cols = columns
     if len(groups) > 1:
-        return _report_side_by_side(groups, out, cols, every_evaluator)
-    summary = summarise(results)
+        return _report_side_by_side(groups, out, cols, every_evaluator, allow_incomplete)
+    summary = summarise(results, allow_incomplete=allow_incomplete)
+    for u in summary["incomplete"]:
+        click.echo(f"Warning: {u['run']} is unfinished (epoch {u['epoch']} of {u['epochs']}); averaged "
+                   f"because of --allow-incomplete", err=True)
     seeds = ", ".join(str(s) for s in summary["seeds"])
     st = summary["settings"]
-    click.echo(f"Mean over {len(runs)} runs (seeds {seeds}); k={st['k']} alpha={st['alpha']} T={st['T']}; "
-               f"percent")
+    unfinished = f" ({len(summary['incomplete'])} unfinished)" if summary["incomplete"] else ""
+    click.echo(f"Mean over {len(runs)} runs{unfinished} (seeds {seeds}); k={st['k']} alpha={st['alpha']} "
+               f"T={st['T']}; percent")
     click.echo(report.format_table(summary["mean"], columns=cols))
     click.echo(f"\nStandard deviation over the {len(runs)} runs")
     click.echo(report.format_table(summary["std"], columns=cols))
@@ -177,15 +202,19 @@ def report_cmd(runs, out, columns, every_evaluator):
         click.echo(f"Wrote {Path(out) / 'summary.json'}, summary.md")
 
 
-def _report_side_by_side(groups, out, cols, every_evaluator):
+def _report_side_by_side(groups, out, cols, every_evaluator, allow_incomplete=False):
     from .summary import markdown_table, side_by_side
 
-    table = side_by_side(groups, every_evaluator=every_evaluator)
+    table = side_by_side(groups, every_evaluator=every_evaluator, allow_incomplete=allow_incomplete)
     click.echo(f"{len(groups)} groups side by side, each the mean over its runs; percent")
     for g in table["groups"]:
         st = g["settings"]
-        click.echo(f"  {g['label']}: {len(g['runs'])} run(s), seeds {', '.join(str(s) for s in g['seeds'])}; "
-                   f"k={st['k']} alpha={st['alpha']} T={st['T']}")
+        unfinished = f" ({len(g['incomplete'])} unfinished)" if g["incomplete"] else ""
+        click.echo(f"  {g['label']}: {len(g['runs'])} run(s){unfinished}, seeds "
+                   f"{', '.join(str(s) for s in g['seeds'])}; k={st['k']} alpha={st['alpha']} T={st['T']}")
+        for u in g["incomplete"]:
+            click.echo(f"Warning: {u['run']} is unfinished (epoch {u['epoch']} of {u['epochs']}); averaged "
+                       f"because of --allow-incomplete", err=True)
     kw = dict(methods=table["rows"], columns=cols, labels=table["labels"])
     click.echo(report.format_table(table["mean"], **kw))
     click.echo("\nStandard deviation over each group's runs")

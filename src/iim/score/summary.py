@@ -32,6 +32,7 @@ METHOD_LABELS = {"coop": "CoOp", "locoop": "LoCoOp", "localprompt": "Local-Promp
 # the evaluators each method's paper reports (SPEC §8; IIM: the paper's S-MCM, also R-MCM)
 PAPER_ROWS = {"zero_shot": ("mcm", "gl_mcm", "r_mcm_star", "s_mcm_star"), "coop": ("mcm", "gl_mcm"),
               "locoop": ("mcm", "gl_mcm"), "localprompt": ("r_mcm",), "iim": ("r_mcm", "s_mcm")}
+REQUIRED = ("ood_sets", "settings", "metrics", "id")   # what results.json must hold to be averaged
 MUST_MATCH = SCORE_KEYS              # scoring settings the averaged results must share
 
 
@@ -41,15 +42,33 @@ def load_results(run_dir) -> dict:
     if not path.is_file():
         raise IIMError(f"{run_dir} has no {RESULTS}; score it first: iim score --run {run_dir}")
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise IIMError(f"{path} is not valid JSON ({e})") from None
+    missing = [k for k in REQUIRED if not isinstance(results, dict) or k not in results]
+    if missing or not results["metrics"]:
+        raise IIMError(f"{path} lacks {', '.join(missing) or 'metrics'} (not written by 'iim score', or "
+                       f"edited); score the run again: iim score --run {run_dir}")
+    return dict(results, folder=str(Path(run_dir)))
 
 
-def summarise(results: list[dict]) -> dict:
-    """Mean, std and the per-run values of every metric of every method common to all ``results``."""
+def incomplete(r: dict) -> bool:
+    """A trained run scored before its last epoch (``iim report`` refuses it unless asked)."""
+    return not r.get("zero_shot") and r.get("complete") is False
+
+
+def summarise(results: list[dict], *, allow_incomplete: bool = False) -> dict:
+    """Mean, std and the per-run values of every metric of every method common to all ``results``.
+    A run scored before its last epoch is refused unless ``allow_incomplete`` (then listed in
+    ``"incomplete"``)."""
     if not results:
         raise IIMError("no results to summarise")
+    unfinished = [r for r in results if incomplete(r)]
+    if unfinished and not allow_incomplete:
+        r = unfinished[0]
+        raise IIMError(f"{r.get('folder', r.get('run'))} was scored after epoch {r.get('epoch')} of "
+                       f"{(r.get('run_config') or {}).get('epochs', '?')} (training did not finish); resume "
+                       f"it with 'iim train --resume' and score it again, or pass --allow-incomplete")
     first = results[0]
     sets = list(first["ood_sets"])
     for r in results[1:]:
@@ -73,6 +92,8 @@ def summarise(results: list[dict]) -> dict:
             "diagnostics": {str(r.get("run")): r.get("diagnostics") for r in results},
             "seeds": [(r.get("run_config") or {}).get("seed") for r in results],
             "settings": {k: first["settings"].get(k) for k in MUST_MATCH}, "ood_sets": sets,
+            "incomplete": [{"run": r.get("folder", r.get("run")), "epoch": r.get("epoch"),
+                            "epochs": (r.get("run_config") or {}).get("epochs")} for r in unfinished],
             "mean": mean, "std": std, "values": values,
             "id_accuracy": {"mean": float(np.mean(acc)) if acc else None, "std": float(np.std(acc)) if acc else None,
                             "values": acc}}
@@ -81,9 +102,13 @@ def summarise(results: list[dict]) -> dict:
 def _check_same_experiment(results: list[dict]) -> None:
     """The runs must differ only in their seed: same training options (other than seed, split seed and
     output folder), all trained or all zero-shot, no run twice."""
-    runs = [r.get("run") for r in results]
-    if len(set(runs)) < len(runs):
-        raise IIMError(f"a run is listed twice: {sorted(r for r in runs if runs.count(r) > 1)[0]}")
+    runs = [str(Path(r.get("folder") or r.get("run") or "").resolve()) for r in results]
+    for i, a in enumerate(runs):
+        if a in runs[:i]:
+            j = runs.index(a)
+            where = [results[n].get("folder", results[n].get("run")) for n in (j, i)]
+            shown = where[0] if where[0] == where[1] else f"{where[0]} and {where[1]} (both are {a})"
+            raise IIMError(f"a run is listed twice: {shown}")
     if len({bool(r.get("zero_shot")) for r in results}) > 1:
         raise IIMError("zero-shot results and trained runs cannot be averaged together")
 
@@ -111,10 +136,13 @@ def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS) -> st
     cells = list(mean[methods[0]])
     head = "| Method | " + " | ".join(("Average" if s == AVERAGE else s) + " FPR95 / AUROC" for s in cells) + " |"
     lines = [head, "|---|" + "---|" * len(cells)]
+
     for m in methods:
         row = [f"{mean[m][s]['fpr95']:.2f} ± {std[m][s]['fpr95']:.2f} / "
                f"{mean[m][s]['auroc']:.2f} ± {std[m][s]['auroc']:.2f}" for s in cells]
         lines.append(f"| {labels.get(m, m)} | " + " | ".join(row) + " |")
+    lines += [f"\nIncludes an unfinished run: {u['run']} (epoch {u['epoch']} of {u['epochs']})."
+              for u in summary.get("incomplete", [])]
     return "\n".join(lines)
 
 
@@ -142,12 +170,12 @@ def group_results(results: list[dict]) -> list[tuple[str, str, list[dict]]]:
     return out
 
 
-def side_by_side(groups, *, every_evaluator: bool = False) -> dict:
+def side_by_side(groups, *, every_evaluator: bool = False, allow_incomplete: bool = False) -> dict:
     """Each group's :func:`summarise`, and one table of them: ``{"groups": [...], "mean", "std", "rows",
     "labels"}`` where the rows are ``"<label>/<evaluator>"`` (each group's paper evaluators, or all)."""
     mean, std, rows, labels, summaries = {}, {}, [], {}, []
     for label, method, rs in groups:
-        summ = summarise(rs)
+        summ = summarise(rs, allow_incomplete=allow_incomplete)
         summaries.append(dict(summ, label=label, method=method))
         wanted = TABLE_METHODS if every_evaluator else PAPER_ROWS.get(method, TABLE_METHODS)
         present = [m for m in wanted if m in summ["mean"]]
@@ -160,4 +188,5 @@ def side_by_side(groups, *, every_evaluator: bool = False) -> dict:
     if any(s != sets[0] for s in sets):
         raise IIMError(f"the runs were scored on different OOD sets ({sets[0]} vs "
                        f"{next(s for s in sets if s != sets[0])}); rescore them on the same sets")
-    return {"groups": summaries, "mean": mean, "std": std, "rows": rows, "labels": labels}
+    return {"groups": summaries, "mean": mean, "std": std, "rows": rows, "labels": labels,
+            "incomplete": [u for g in summaries for u in g["incomplete"]]}
