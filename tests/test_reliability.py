@@ -150,3 +150,26 @@ def test_report_metrics_results_keys_and_twice_listed_runs(cache, tmp_path, monk
     refused(code, err, "lacks metrics", "score the run again")
     code, _, err = iim(monkeypatch, capsys, "report", runs[0], tmp_path / "runs" / ".." / "runs" / "s1")
     refused(code, err, "listed twice", str(runs[0]), "runs/../runs/s1")
+
+
+# ---- 7: a missing OOD set never silently leaves the average -------------------------------------
+
+def test_missing_or_incomplete_ood_set_is_refused_unless_named(cache, tmp_path, monkeypatch, capsys):
+    run = make_fake_run(tmp_path / "run", cache)
+    code, out, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-plots", "--no-progress")
+    assert code == 0 and "Average over 2 OOD set(s): far, near" in out
+    assert json.loads((run / "results.json").read_text())["average_over"] == ["far", "near"]
+    cache._zroot["ood_near"].attrs.update(complete=False)                  # interrupted
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-plots", "--no-progress")
+    refused(code, err, "ood_near", "incomplete", "--ood far")
+    shutil.rmtree(cache.root / "ood_near")
+    cache.update_manifest(splits={"ood_near": {"complete": True}})          # recorded, then deleted
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-plots", "--no-progress")
+    refused(code, err, "ood_near", "missing")
+    code, out, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-plots", "--no-progress",
+                         "--ood", "far")
+    assert code == 0, err
+    assert "Average over 1 OOD set(s): far (left out with --ood: near)" in out
+    assert json.loads((run / "results.json").read_text())["average_over"] == ["far"]
+    code, out, err = iim(monkeypatch, capsys, "sweep", "--run", run, "--k", "5,6", "--alpha", 1, "--no-progress")
+    refused(code, err, "ood_near")

@@ -26,6 +26,7 @@ import numpy as np
 from .errors import IIMError
 
 SEED = click.IntRange(0, 2**32 - 1)      # every --seed: numpy's SeedSequence and torch accept this range
+MAX_GRID = 10_000                        # values one list or range option may name
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, type: click.ParamType | None = None,

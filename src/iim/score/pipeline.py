@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..cache import open_cache
 from ..cache.fingerprint import compare
-from ..cache.names import ood_split_name
+from ..cache.names import is_ood, ood_set_name, ood_split_name
 from ..errors import IIMError
 from ..train import checkpoint as train_checkpoint
 from ..train.checkpoint import CHECKPOINT
@@ -160,6 +160,13 @@ def _knn_split(cache, name, *, explicit: bool, job: Job) -> str | None:
     return None
 
 
+def expected_ood_splits(cache) -> list[str]:
+    """The cache's OOD sets: every ``ood_*`` split the manifest records (extraction started it) or the
+    cache holds, complete or not."""
+    recorded = [n for n in (cache.manifest.get("splits") or {}) if is_ood(n)]
+    return sorted(set(recorded) | {n for n in cache.split_names() if is_ood(n)})
+
+
 def ood_split_names(cache, wanted=None) -> list[str]:
     """The OOD splits to score (all complete ``ood_*`` splits, or the named ones); none is an error."""
     if wanted:
@@ -167,9 +174,16 @@ def ood_split_names(cache, wanted=None) -> list[str]:
         for n in names:
             cache.split(n)    # missing / incomplete -> one-line error
     else:
-        names = cache.ood_splits()
+        names = expected_ood_splits(cache)
         if not names:
             raise IIMError(f"cache {cache.root} has no complete OOD split (ood_*); extract OOD sets first")
+        lost = [n for n in names if not cache.is_complete(n)]
+        if lost:
+            have = [ood_set_name(n) for n in names if n not in lost]
+            state = "missing" if not cache.has_split(lost[0]) else "incomplete"
+            raise IIMError(f"OOD split {lost[0]} of {cache.root} is {state}, so the average would leave it "
+                           f"out; extract it again (the same 'iim extract' command resumes), or score the "
+                           f"other sets by name: " + (" ".join(f"--ood {h}" for h in have) or "--ood NAME"))
     for n in names:
         if cache.split(n).n == 0:
             raise IIMError(f"OOD split {n!r} in {cache.root} is empty (0 images); extract it again or leave "

@@ -13,12 +13,14 @@ import time
 import numpy as np
 
 from .. import metrics as M
+from ..atomic import check_writable
 from ..cache.names import ood_set_name
 from ..errors import IIMError
 from ..models import resolve_device
+from ..options import MAX_GRID
 from . import plots, report
 from .knn import KNNScorer, memory_bank
-from .pipeline import Job, ood_split_names, stream_split
+from .pipeline import Job, expected_ood_splits, ood_split_names, stream_split
 from .scores import check_k
 from .sweep import best_settings, sweep_rows
 
@@ -29,7 +31,21 @@ def _splits(job: Job, ood):
     test = job.cache.split("test")
     if test.n == 0:
         raise IIMError(f"split 'test' in {job.cache.root} is empty (0 images)")
-    return test, ood_split_names(job.cache, ood)
+    labels, n_cls = test.labels, len(job.cache.classnames)
+    bad = np.flatnonzero((labels < 0) | (labels >= n_cls))
+    if len(bad):
+        raise IIMError(f"split 'test' in {job.cache.root}: row {bad[0]} has label {labels[bad[0]]}, outside "
+                       f"0..{n_cls - 1} ({len(bad)} such rows); the cache is damaged (iim cache verify "
+                       f"{job.cache.root})")
+    names = ood_split_names(job.cache, ood)
+    check_writable(job.out_dir)
+    return test, names
+
+
+def average_note(average_over, left_out=()) -> str:
+    """Which OOD sets the Average covers, and those of the cache it leaves out (--ood)."""
+    return (f"Average over {len(average_over)} OOD set(s): {', '.join(average_over)}"
+            + (f" (left out with --ood: {', '.join(left_out)})" if left_out else ""))
 
 
 def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="auto", knn=None,
@@ -72,6 +88,8 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "id": {"split": "test", "n": int(test.n), "accuracy": accuracy,
                "n_labelled": int(valid.sum())},
         "ood_sets": {ood_set_name(n): int(job.cache.split(n).n) for n in ood_names},
+        "average_over": [ood_set_name(n) for n in ood_names],
+        "left_out": [ood_set_name(n) for n in expected_ood_splits(job.cache) if n not in ood_names],
         "metrics": metrics,
         "notes": job.notes + job.warnings + ([bank_note] if bank_note else []),
         "run_config": job.checkpoint.get("config"),
@@ -99,7 +117,8 @@ def format_score(results: dict) -> str:
     """The console report of :func:`run_score`: settings line, the paper-style table, the ID accuracy."""
     st, idr = results["settings"], results["id"]
     lines = [f"\nk={st['k']}  alpha={st['alpha']:g}  T={st['T']:g}  recipe {st.get('recipe', 'paper')}   FPR95 (paper/MCM definition) and AUROC, "
-             f"in percent; {idr['n']} ID test images", report.format_table(results["metrics"])]
+             f"in percent; {idr['n']} ID test images", report.format_table(results["metrics"]),
+             average_note(results["average_over"], results["left_out"])]
     if idr["accuracy"] is not None:
         lines.append(f"ID accuracy (test, {idr['n_labelled']} images): {idr['accuracy']:.2f}%")
     return "\n".join(lines)
@@ -108,6 +127,9 @@ def format_score(results: dict) -> str:
 def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto", progress=True,
               recipe=None) -> list[dict]:
     """One pass over the splits for the whole (k, alpha) grid; writes and returns the rows of sweep.csv."""
+    if len(ks) * len(alphas) > MAX_GRID:
+        raise IIMError(f"a sweep of {len(ks)} k x {len(alphas)} alpha = {len(ks) * len(alphas):,} settings; at "
+                       f"most {MAX_GRID:,} in one pass (sweep fewer values)")
     recipe = recipe or job.recipe
     dev = resolve_device(device)
     test, ood_names = _splits(job, ood)
@@ -138,4 +160,5 @@ def format_sweep(rows: list[dict], ks, alphas) -> str:
         where = ", ".join(f"{n}={r[n]:g}" for n in ("k", "alpha") if r[n] != "")
         lines.append(f"  {report.LABELS[method]:<8} {where or '(no k / alpha)':<20} FPR95 {r['fpr95']:6.2f}  "
                      f"AUROC {r['auroc']:6.2f}")
+    lines.append(average_note(sorted({r["ood_set"] for r in rows} - {report.AVERAGE})))
     return "\n".join(lines)
