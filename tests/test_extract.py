@@ -10,6 +10,7 @@ import zarr
 
 from imagegen import make_world, truncate, write_image
 from iim.cache import open_cache
+from iim.cache.cli import check_cache
 from iim.data import load_benchmark
 from iim.data.folders import load_rgb
 from iim.errors import IIMError
@@ -183,6 +184,7 @@ def test_unreadable_images_stop_or_are_skipped(tmp_path):
     split = c.split("test")
     assert split.n == 12 and "bee/broken.jpg" not in split.paths and "cat/fake.png" not in split.paths
     assert c.manifest["splits"]["test"]["skipped"] == ["bee/broken.jpg", "cat/fake.png"]
+    assert c.manifest["class_dirs"] and check_cache(c) == []      # labels match their recorded folders
     raw = zarr.open_group(str(c.root), mode="r")["test"]
     bad = [i for i, p in enumerate(raw["path"][:]) if str(p) in ("bee/broken.jpg", "cat/fake.png")]
     assert len(bad) == 2 and not np.asarray(raw["local"][bad]).any()

@@ -173,3 +173,31 @@ def test_missing_or_incomplete_ood_set_is_refused_unless_named(cache, tmp_path, 
     assert json.loads((run / "results.json").read_text())["average_over"] == ["far"]
     code, out, err = iim(monkeypatch, capsys, "sweep", "--run", run, "--k", "5,6", "--alpha", 1, "--no-progress")
     refused(code, err, "ood_near")
+
+
+# ---- 8: labels -------------------------------------------------------------------------------------
+
+def test_verify_checks_labels_against_class_folders(tmp_path, monkeypatch, capsys):
+    classes = ["apple", "boat", "cat", "dog"]
+    c = make_random_cache(tmp_path / "c", hw=16, manifest=random_manifest(
+        embed_dim=32, num_patches=16, class_dirs=[f"d_{n}" for n in classes]))
+    for name in ("test", "train_k2_s1"):                   # paths as extraction writes them
+        labels = c.split(name).labels
+        c._zroot[name]["path"][:] = np.array([f"d_{classes[y]}/{i}.png" for i, y in enumerate(labels)],
+                                             dtype=object)
+    code, _, err = iim(monkeypatch, capsys, "cache", "verify", c.root)
+    assert code == 0, err
+    labels = c._zroot["train_k2_s1"]["label"][:]
+    labels[3] = (labels[3] + 1) % 4                         # another valid class
+    c._zroot["train_k2_s1"]["label"][:] = labels
+    code, _, err = iim(monkeypatch, capsys, "cache", "verify", "--quick", c.root)
+    assert code == 2 and "train_k2_s1: 1 label(s) disagree with their class folder, e.g. row 3" in err
+
+
+def test_score_refuses_test_labels_outside_the_classes(cache, tmp_path, monkeypatch, capsys):
+    run = make_fake_run(tmp_path / "run", cache)
+    labels = cache._zroot["test"]["label"][:]
+    labels[7] = 99
+    cache._zroot["test"]["label"][:] = labels
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-plots", "--no-progress")
+    refused(code, err, "row 7 has label 99", "0..3")

@@ -90,6 +90,22 @@ def ls(root):
                    f"splits: {', '.join(done) or 'none'}" + (f" (+{partial} partial)" if partial else ""))
 
 
+def label_folder_problems(where: str, labels, paths, class_dirs, classnames) -> list[str]:
+    """ID images lie in ``<class folder>/...``: each label must be the class of its image's folder
+    (``class_dirs``, recorded by extraction; caches from before it are not checked)."""
+    if not class_dirs:
+        return []
+    expected = {d: c for c, d in enumerate(class_dirs)}
+    folders = [str(p).split("/", 1)[0] for p in paths]
+    bad = [i for i, (f, y) in enumerate(zip(folders, labels)) if expected.get(f) != int(y)]
+    if not bad:
+        return []
+    i, want = bad[0], expected.get(folders[bad[0]])
+    return [f"{where}: {len(bad)} label(s) disagree with their class folder, e.g. row {i} ({paths[i]}) has "
+            f"label {int(labels[i])} ({classnames[int(labels[i])]!r})"
+            + (f", its folder is class {want} ({classnames[want]!r})" if want is not None else "")]
+
+
 def check_cache(c: Cache, *, deep: bool = True, progress: bool = True) -> list[str]:
     """Problems found in cache ``c`` (empty list: consistent). ``deep`` also reads every feature."""
     m, problems = c.manifest, []
@@ -131,6 +147,9 @@ def check_cache(c: Cache, *, deep: bool = True, progress: bool = True) -> list[s
             problems.append(f"{where}: OOD labels must all be -1")
         elif not is_ood(name) and ((labels < 0) | (labels >= n_cls)).any():
             problems.append(f"{where}: labels outside 0..{n_cls - 1}")
+        elif not is_ood(name):
+            problems += label_folder_problems(where, labels, np.asarray(split.group["path"][:]),
+                                              m.get("class_dirs"), c.classnames)
         if deep:
             bar = tqdm(total=split.n, unit="img", desc=f"verify {name}", leave=False,
                        **({} if progress else {"disable": True}))

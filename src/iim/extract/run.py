@@ -280,7 +280,7 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     shape_fields = dict(embed_dim=int(net.visual.output_dim), num_patches=int(grid * grid),
                         logit_scale=model_logit_scale(net))   # the model's own tau (SPEC §3)
 
-    cache = create_cache(out, dict(key, **shape_fields, iim_version=__version__,
+    cache = create_cache(out, dict(key, **shape_fields, class_dirs=list(bench.class_dirs), iim_version=__version__,
                                    created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
     with folder_lock(out, ".extract.lock", "iim extract"):
         cache = create_cache(out, cache.manifest)       # re-read: another extraction may have just finished
