@@ -223,6 +223,8 @@ def test_toml_benchmark_paths_relative_to_the_file(tmp_path, monkeypatch):
     ('classnames = { bee = "honey bee" }', None),
     ('classnames = ["one"]', "1 classnames for 3 class folders"),
     ('classnames = { wasp = "w" }', "'wasp', which is not a class folder"),
+    ('classnames = ["a", "a", "b"]', "classnames must differ; 'a' names folders ant, bee"),
+    ('classnames = { bee = "cat" }', "'cat' names folders bee, cat"),
     ('colour = "red"', "unknown key 'colour'"),
 ])
 def test_toml_classnames_and_validation(tmp_path, extra, match):
@@ -259,3 +261,11 @@ def test_toml_train_and_test_classes_must_agree(tmp_path):
     make_image_folder(world["train"], {"dog": 2})
     with pytest.raises(IIMError, match="different class folders \\('dog' only in train\\)"):
         load_benchmark(str(world["toml"]))
+
+
+def test_folder_link_loops_end_and_each_file_is_listed_once(tmp_path):
+    for name in ("a.png", "sub/b.png"):
+        write_image(tmp_path / "ood" / name, 0)
+    (tmp_path / "ood" / "sub" / "loop").symlink_to("..")              # ln -s .. ood/sub/loop
+    (tmp_path / "ood" / "again").symlink_to("sub")                     # the same folder twice
+    assert list_images(tmp_path / "ood") == ["a.png", "again/b.png"]

@@ -288,6 +288,15 @@ def _class_dirs(path: Path, folders: dict[str, Folder]) -> list[str]:
 
 
 def _classnames(path: Path, names, class_dirs: list[str]) -> list[str]:
+    out = _given_classnames(path, names, class_dirs)
+    twice = sorted({n for n in out if out.count(n) > 1})
+    if twice:   # identical prompts: the classes could not be told apart
+        raise IIMError(f"{path}: classnames must differ; " + ", ".join(
+            f"{n!r} names folders {', '.join(d for d, m in zip(class_dirs, out) if m == n)}" for n in twice))
+    return out
+
+
+def _given_classnames(path: Path, names, class_dirs: list[str]) -> list[str]:
     if names is None:
         return list(class_dirs)
     if isinstance(names, list) and all(isinstance(n, str) for n in names):

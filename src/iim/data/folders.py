@@ -23,14 +23,25 @@ def is_image_file(name: str) -> bool:
 
 
 def list_images(root, *, recursive: bool = True) -> list[str]:
-    """Image files under ``root`` as sorted relative POSIX paths (``"sub/img.jpg"``)."""
+    """Image files under ``root`` as sorted relative POSIX paths (``"sub/img.jpg"``); a file reached
+    twice through folder links is listed once (under the first path in walk order)."""
     root = Path(root)
     found = []
-    if recursive:
+    if recursive:   # folder links are followed, each real folder once (a link loop ends), each file once
+        seen_dirs, seen_files = set(), set()
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            real = os.path.realpath(dirpath)
+            if real in seen_dirs:
+                dirnames[:] = []
+                continue
+            seen_dirs.add(real)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             rel = Path(dirpath).relative_to(root)
-            found += [(rel / f).as_posix() for f in filenames if is_image_file(f)]
+            for f in sorted(filenames):
+                real = os.path.realpath(os.path.join(dirpath, f))
+                if is_image_file(f) and real not in seen_files:
+                    seen_files.add(real)
+                    found.append((rel / f).as_posix())
     else:
         found = [e.name for e in os.scandir(root) if is_image_file(e.name) and e.is_file()]
     return sorted(found)
