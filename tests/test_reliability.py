@@ -201,3 +201,35 @@ def test_score_refuses_test_labels_outside_the_classes(cache, tmp_path, monkeypa
     cache._zroot["test"]["label"][:] = labels
     code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-plots", "--no-progress")
     refused(code, err, "row 7 has label 99", "0..3")
+
+
+# ---- tracebacks -> one-line errors: options ---------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (("score", "--alpha", "inf"), ("--alpha", "not a finite number")),
+    (("score", "--alpha", "nan"), ("--alpha", "not a finite number")),
+    (("score", "--T", "nan"), ("--T", "not a finite number")),
+    (("sweep", "--alpha", "inf"), ("--alpha", "not a finite number")),
+    (("sweep", "--alpha", "0:1:0.0000001"), ("10,000,001 values", "at most 10,000")),
+    (("sweep", "--k", "1:60:1", "--alpha", "0:1:0.005"), ("12,060 settings", "at most 10,000")),
+])
+def test_score_options_are_validated(cache, tmp_path, monkeypatch, capsys, args, words):
+    run = make_fake_run(tmp_path / "run", cache)
+    code, _, err = iim(monkeypatch, capsys, *args, "--run", run, "--no-progress")
+    refused(code, err, *words)
+    assert not (run / "results.json").exists() and not (run / "sweep.csv").exists()
+
+
+@pytest.mark.parametrize("args", [("--lr", "inf"), ("--lr", "nan"), ("--warmup-lr", "inf"),
+                                  ("--lambda-neg", "nan"), ("--seed", 2**32)])
+def test_train_options_are_validated(cache, tmp_path, monkeypatch, capsys, args):
+    code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", tmp_path / "r", *FAST, *args)
+    refused(code, err, args[0])
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args", [("demo", "--seeds", "-1"), ("extract", "-b", "demo", "--seed", "-1")])
+def test_seeds_outside_the_range_are_refused_before_writing(tmp_path, monkeypatch, capsys, args):
+    code, _, err = iim(monkeypatch, capsys, *args, "--out", tmp_path / "o")
+    refused(code, err, "0<=x<=4294967295")
+    assert not (tmp_path / "o").exists()

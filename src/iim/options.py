@@ -29,6 +29,17 @@ SEED = click.IntRange(0, 2**32 - 1)      # every --seed: numpy's SeedSequence an
 MAX_GRID = 10_000                        # values one list or range option may name
 
 
+class Finite(click.FloatRange):
+    """A finite float (``inf`` and ``nan`` refused), optionally within ``click.FloatRange`` bounds."""
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if not np.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
 def option(default=dataclasses.MISSING, help: str = "", *, type: click.ParamType | None = None,
            result: bool = True, cli: bool = True, flag: str | None = None, **click_kw):
     """A dataclass field declaring one option. ``result``: changing it changes what the stage
@@ -109,9 +120,11 @@ def parse_grid(text, *, integer: bool = False, name: str = "value") -> list:
                 continue
             if ":" in part:
                 start, stop, step = (float(x) for x in part.split(":"))
-                if step <= 0 or stop < start:
+                if not np.isfinite([start, stop, step]).all() or step <= 0 or stop < start:
                     raise ValueError
                 n = int(np.floor((stop - start) / step + 1e-9)) + 1
+                if n > MAX_GRID:
+                    raise IIMError(f"{name} {part!r} names {n:,} values; at most {MAX_GRID:,} (use a larger step)")
                 values += [start + i * step for i in range(n)]
             else:
                 values.append(float(part))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..options import Grid, option, result_keys
+from ..options import Finite, Grid, option, result_keys
 
 K_GRID = "1,5,10,20,50,100,200"       # iim sweep's defaults
 ALPHA_GRID = "0:2:0.25"
@@ -20,9 +20,9 @@ class ScoreOptions:
     k: list = option(50, "Top-k of i2t/t2i; a list '1,5,10' or range 'a:b:step' sweeps. iim score's "
                      "default for a Local-Prompt run is 10 (its evaluation script).",
                      type=Grid(integer=True, element=click.IntRange(min=1)))
-    alpha: list = option(1.0, "Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps.", type=Grid())
+    alpha: list = option(1.0, "Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps.", type=Grid(element=Finite()))
     T: float = option(1.0, "Temperature of e(v, t) = exp(cos / T).", flag="--T",
-                      type=click.FloatRange(min=0, min_open=True))
+                      type=Finite(min=0, min_open=True))
     chunk: int | None = option(None, "Images per chunk (bounds memory). Default: ~1 GiB of work on CPU, "
                                "8 GiB on GPU.", type=click.IntRange(min=1), result=False)
     recipe: str | None = option(None, "paper (SPEC §4) or official (the authors' double exponential in "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import click
 
 from ..errors import IIMError
-from ..options import SEED, option, result_keys
+from ..options import SEED, Finite, option, result_keys
 from ..text import SDPA_BACKENDS
 from .baselines import METHODS
 from .losses import DENOMINATORS, OOD_PATCHES
@@ -27,7 +27,7 @@ RECIPES = {
     "official": dict(class_specific=True, train_projection=True, denominators="official", div_diagonal=True),
 }
 POSITIVE_INT, COUNT = click.IntRange(min=1), click.IntRange(min=0)
-WEIGHT, POSITIVE = click.FloatRange(min=0), click.FloatRange(min=0, min_open=True)
+WEIGHT, POSITIVE = Finite(min=0), Finite(min=0, min_open=True)
 # Each method's own defaults (SPEC §3 for IIM, §8 and the peers' configs for the others); an option left
 # at None takes its method's value, and the run records the value used. NOT_USED: the method has no such
 # term (giving it is refused). IIM's class_specific comes from its recipe.
