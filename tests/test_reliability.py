@@ -233,3 +233,72 @@ def test_seeds_outside_the_range_are_refused_before_writing(tmp_path, monkeypatc
     code, _, err = iim(monkeypatch, capsys, *args, "--out", tmp_path / "o")
     refused(code, err, "0<=x<=4294967295")
     assert not (tmp_path / "o").exists()
+
+
+# ---- tracebacks -> one-line errors: unwritable folders, full disks --------------------------------
+
+def test_unwritable_output_folders_are_refused_before_work(cache, tmp_path, monkeypatch, capsys, unwritable):
+    run = make_fake_run(tmp_path / "run", cache)
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-progress")   # scored once
+    assert code == 0, err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    unwritable(ro)
+    cases = [("score", "--run", run, "--k", 5, "--no-progress", "--out", ro / "s"),
+             ("sweep", "--run", run, "--k", "5,6", "--alpha", 1, "--no-progress", "--out", ro),
+             ("train", "--cache", cache.root, "--out", ro / "t", *FAST),
+             ("report", run, "--out", ro / "sum")]
+    for args in cases:
+        code, _, err = iim(monkeypatch, capsys, *args)
+        refused(code, err, "cannot write", str(ro))
+    unwritable(run)
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-progress")
+    refused(code, err, "cannot write", str(run))
+    unwritable(cache.root)
+    code, _, err = iim(monkeypatch, capsys, "extract", "-b", "demo", "--model", "iim-test-tiny",
+                       "--pretrained", "none", "--out", cache.root)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+
+
+def test_disk_full_while_training_keeps_the_last_checkpoint(cache, tmp_path, monkeypatch, capsys):
+    run, three = tmp_path / "r", (*FAST[:-1], 3)
+    faults.disk_full(monkeypatch, "iim.train.checkpoint.atomic_write", after=1)   # epoch 2's save fails
+    code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", run, *three)
+    refused(code, err, "no space left", "is kept", "--resume")
+    assert load_checkpoint(run)["epoch"] == 1 and not list(run.glob(".*.tmp"))
+    monkeypatch.undo()
+    code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", run, *three, "--resume")
+    assert code == 0, err
+    assert load_checkpoint(run)["complete"]
+
+
+def test_disk_full_while_scoring_is_one_line(cache, tmp_path, monkeypatch, capsys):
+    run = make_fake_run(tmp_path / "run", cache)
+    faults.disk_full(monkeypatch, "iim.score.report.atomic_write")
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 5, "--no-progress")
+    refused(code, err, "no space left", "run the same command again")
+
+
+def test_disk_full_while_extracting_keeps_whole_chunks_and_resumes(tmp_path, monkeypatch, capsys):
+    from imagegen import make_world
+    world = make_world(tmp_path / "w", test_per_class=6)
+    args = ("extract", "-b", world["toml"], "--model", "iim-test-tiny", "--pretrained", "none", "--splits",
+            "test", "--workers", 0, "--batch-size", 4, "--chunk-mb", 0.0001, "--no-progress",
+            "--out", tmp_path / "c")
+    from iim.cache.store import SplitWriter
+    real = SplitWriter._flush
+    calls = {"n": 0}
+
+    def flush(self, final):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(28, "No space left on device")
+        return real(self, final)
+    monkeypatch.setattr(SplitWriter, "_flush", flush)
+    code, _, err = iim(monkeypatch, capsys, *args)
+    refused(code, err, "no space left", "extraction resumes")
+    monkeypatch.setattr(SplitWriter, "_flush", real)
+    code, _, err = iim(monkeypatch, capsys, *args)
+    assert code == 0, err
+    code, _, err = iim(monkeypatch, capsys, "cache", "verify", tmp_path / "c")
+    assert code == 0, err

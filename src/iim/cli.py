@@ -6,6 +6,7 @@ provides the ``iim-extract`` / ``iim-train`` / ``iim-score`` / ``iim-sweep`` sho
 """
 from __future__ import annotations
 
+import errno
 import importlib
 
 import click
@@ -50,6 +51,18 @@ def iim():
     """
 
 
+def os_error_message(e: OSError) -> str:
+    """What failed, what was kept, what to do. Every iim write is atomic (whole chunks, epochs, files)."""
+    where = f" {e.filename}" if e.filename else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device while writing{where}; everything finished before (whole cache "
+                f"chunks, training epochs, result files) is kept: free some space and run the same command "
+                f"again (extraction resumes, 'iim train --resume' continues)")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{where} ({e.strerror}); choose a writable folder (--out) or fix its permissions"
+    return f"{e.strerror or e}{':' + where if where else ''} ({type(e).__name__})"
+
+
 def _run(command: click.Command, **kw):
     from .log import console_handler
     console_handler()       # stage messages (logger "iim") to stderr, above any progress bar
@@ -67,6 +80,9 @@ def _run(command: click.Command, **kw):
     except click.ClickException as e:
         e.show()
         raise SystemExit(e.exit_code)
+    except OSError as e:                          # disk full, permissions, ...: one line, not a traceback
+        click.echo(f"Error: {os_error_message(e)}", err=True)
+        raise SystemExit(2)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         raise SystemExit(130)
