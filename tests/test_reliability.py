@@ -302,3 +302,28 @@ def test_disk_full_while_extracting_keeps_whole_chunks_and_resumes(tmp_path, mon
     assert code == 0, err
     code, _, err = iim(monkeypatch, capsys, "cache", "verify", tmp_path / "c")
     assert code == 0, err
+
+
+# ---- tracebacks -> one-line errors: damaged metadata and chunks ---------------------------------
+
+@pytest.mark.parametrize("target", ["zarr.json", "test/zarr.json", "test/local/zarr.json",
+                                    "test/local/c/0/0/0/0"])
+def test_truncated_metadata_or_chunk_is_named_in_one_line(cache, tmp_path, monkeypatch, capsys, target):
+    run = make_fake_run(tmp_path / "run", cache)
+    bad = faults.truncate(cache.root / target)
+    commands = [("cache", "verify", cache.root), ("score", "--run", run, "--k", 5, "--no-plots", "--no-progress")]
+    if target.endswith("zarr.json"):
+        commands += [("cache", "info", cache.root), ("cache", "verify", "--quick", cache.root)]
+    if target.count("/") <= 1:               # the cache's or a split group's metadata: train lists them
+        commands += [("train", "--cache", cache.root, "--out", tmp_path / "r", *FAST)]
+    for args in commands:
+        code, _, err = iim(monkeypatch, capsys, *args)
+        assert code == 2 and str(bad) in err and "Traceback" not in err, (args, err)
+        assert err.strip().splitlines()[-1].startswith("Error: "), err
+
+
+def test_verify_follows_the_progress_switch(cache, monkeypatch, capsys):
+    code, _, err = iim(monkeypatch, capsys, "cache", "verify", cache.root)     # stderr is not a terminal
+    assert code == 0 and "verify test" not in err
+    code, _, err = iim(monkeypatch, capsys, "cache", "verify", "--no-progress", cache.root)
+    assert code == 0 and err == ""

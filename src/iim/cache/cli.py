@@ -7,6 +7,7 @@ import click
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..cli_options import progress_option
 from ..errors import IIMError
 from .names import is_ood
 from .store import MANIFEST, Cache, open_cache
@@ -118,7 +119,11 @@ def check_cache(c: Cache, *, deep: bool = True, progress: bool = True) -> list[s
         problems.append(str(e))
     recorded = m.get("splits") or {}
     for name in c.split_names():
-        s = c.split_status(name)
+        try:
+            s = c.split_status(name)
+        except IIMError as e:
+            problems.append(str(e))
+            continue
         n, views = s["global_shape"][:2]
         where = f"split {name}"
         if s["global_shape"] != [n, views, dim] or s["local_shape"] != [n, views, hw, dim]:
@@ -152,29 +157,35 @@ def check_cache(c: Cache, *, deep: bool = True, progress: bool = True) -> list[s
                                               m.get("class_dirs"), c.classnames)
         if deep:
             bar = tqdm(total=split.n, unit="img", desc=f"verify {name}", leave=False,
-                       **({} if progress else {"disable": True}))
-            for chunk in split.iter_chunks(view=None):
-                for what, arr in (("global", chunk.global_feats), ("local", chunk.local_feats)):
-                    a = arr.numpy()
-                    if not np.isfinite(a).all():
-                        problems.append(f"{where}: non-finite {what} features near row {chunk.start}")
-                    zero = ~a.reshape(len(a), -1).any(axis=1)
-                    if zero.any():
-                        problems.append(f"{where}: all-zero {what} features at row "
-                                        f"{int(chunk.index[np.argmax(zero)])} (never written?)")
-                bar.update(len(chunk.labels))
+                       disable=None if progress else True)    # None: no bar when stderr is not a terminal
+            try:
+                for chunk in split.iter_chunks(view=None):
+                    for what, arr in (("global", chunk.global_feats), ("local", chunk.local_feats)):
+                        a = arr.numpy()
+                        if not np.isfinite(a).all():
+                            problems.append(f"{where}: non-finite {what} features near row {chunk.start}")
+                        zero = ~a.reshape(len(a), -1).any(axis=1)
+                        if zero.any():
+                            problems.append(f"{where}: all-zero {what} features at row "
+                                            f"{int(chunk.index[np.argmax(zero)])} (never written?)")
+                    bar.update(len(chunk.labels))
+            except IIMError as e:                   # an undecodable chunk: report it, check the rest
+                problems.append(str(e))
             bar.close()
     return problems
 
 
 @cache.command("verify")
 @click.argument("path", type=click.Path(file_okay=False))
-@click.option("--quick", is_flag=True, help="Check metadata and shapes only; do not read the features.")
-def verify(path, quick):
-    """Check the cache at PATH: manifest, shapes, labels, rows written, and (unless --quick) that
-    every stored feature is finite and every row was written."""
+@click.option("--quick", is_flag=True, help="Check metadata, shapes, labels and that every chunk file exists; "
+              "do not read the features.")
+@progress_option
+def verify(path, quick, progress):
+    """Check the cache at PATH: manifest, metadata, shapes, labels (range, and class folder), rows
+    written, every chunk file present, and (unless --quick) every stored feature decodes, is finite
+    and was written."""
     c = open_cache(path)
-    problems = check_cache(c, deep=not quick)
+    problems = check_cache(c, deep=not quick, progress=progress)
     for p in problems:
         click.echo(f"  {p}", err=True)
     if problems:

@@ -6,7 +6,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -46,13 +45,49 @@ def missing_chunks(arr) -> list[tuple[int, int, Path]]:
 
 
 def read_array(arr, sel=slice(None), *, what: str):
-    """``arr[sel]``, a damaged (truncated, undecodable) chunk file being a one-line error."""
+    """``arr[sel]``, a damaged (truncated, undecodable) chunk file being a one-line error naming it."""
     try:
         return arr[sel]
     except Exception as e:                  # codec errors from zstd/blosc/numcodecs have no common type
-        raise IIMError(f"cannot read {what} from {Path(arr.store.root) / arr.path} ({type(e).__name__}: "
-                       f"{str(e).strip()[:120]}); a chunk file there is damaged: delete the split's folder and "
-                       f"run 'iim extract' again") from None
+        where = Path(arr.store.root) / arr.path
+        rows, rest = arr.chunks[0], (0,) * (arr.ndim - 1)
+        for i in range(-(-arr.shape[0] // rows)):           # find the chunk that does not decode
+            try:
+                arr[i * rows:(i + 1) * rows]
+            except Exception:
+                where = _chunk_file(arr, (i, *rest))
+                break
+        raise IIMError(f"cannot read {what}: {where} is damaged ({type(e).__name__}: {str(e).strip()[:100]}); "
+                       f"delete the split's folder and run 'iim extract' again") from None
+
+
+def _bad_metadata(root: Path) -> Path | None:
+    """The first ``zarr.json`` under ``root`` that is not valid JSON (a truncated copy, a full disk)."""
+    for f in sorted(Path(root).rglob("zarr.json")):
+        try:
+            json.loads(f.read_text())
+        except (OSError, ValueError):
+            return f
+    return None
+
+
+def _metadata_guard(method):
+    """Zarr's errors on damaged metadata (``JSONDecodeError``, ``KeyError``, ...) -> one line naming the file."""
+    import functools
+
+    @functools.wraps(method)
+    def guarded(self, *a, **kw):
+        try:
+            return method(self, *a, **kw)
+        except IIMError:
+            raise
+        except Exception:
+            bad = _bad_metadata(self.root)
+            if bad is None:
+                raise
+            raise IIMError(f"cache {self.root}: {bad} is damaged (not valid JSON); delete the folder it "
+                           f"describes and run 'iim extract' again to redo it") from None
+    return guarded
 
 
 @dataclass
@@ -225,6 +260,7 @@ class SplitWriter:
 class Cache:
     """A feature-cache folder: ``manifest.json`` plus one Zarr group per split."""
 
+    @_metadata_guard
     def __init__(self, root: Path, manifest: dict):
         self.root = Path(root)
         self.manifest = manifest
@@ -237,10 +273,17 @@ class Cache:
     def classnames(self) -> list[str]:
         return list(self.manifest.get("classnames") or [])
 
+    @_metadata_guard
     def split_names(self, complete_only: bool = False) -> list[str]:
-        with warnings.catch_warnings():   # zarr notes manifest.json is not a Zarr node; that is by design
-            warnings.simplefilter("ignore")
-            names = sorted(name for name, _ in self._zroot.groups())
+        names = []                        # the split groups, from the folder (Zarr's listing trips on damage)
+        for meta in sorted(self.root.glob("*/zarr.json")):
+            try:
+                node = json.loads(meta.read_text()).get("node_type")
+            except (OSError, ValueError, AttributeError):
+                raise IIMError(f"cache {self.root}: {meta} is damaged (not valid JSON); delete "
+                               f"{meta.parent} and run 'iim extract' again to redo it") from None
+            if node == "group":
+                names.append(meta.parent.name)
         if complete_only:
             names = [n for n in names if self._zroot[n].attrs.get("complete", False)]
         return names
@@ -258,9 +301,11 @@ class Cache:
     def has_split(self, name: str) -> bool:
         return name in self.split_names()
 
+    @_metadata_guard
     def is_complete(self, name: str) -> bool:
         return self.has_split(name) and bool(self._zroot[name].attrs.get("complete", False))
 
+    @_metadata_guard
     def split(self, name: str) -> Split:
         """Open a complete split for reading; a missing or incomplete split is a clear error."""
         if not self.has_split(name):
@@ -271,6 +316,7 @@ class Cache:
                            f"run the same 'iim extract' command again to resume it")
         return Split(self._zroot[name], name)
 
+    @_metadata_guard
     def split_status(self, name: str) -> dict:
         """Attributes and storage shapes of any split, complete or not (for ``iim cache info``)."""
         if not self.has_split(name):
@@ -320,6 +366,7 @@ class Cache:
     def has_global_prototypes(self) -> bool:
         return (self.root / "global_proto" / "zarr.json").is_file()
 
+    @_metadata_guard
     def global_prototypes(self) -> torch.Tensor:
         """The frozen ``"a photo of a {c}."`` prototypes stored at extraction, float32 ``[C, D]``."""
         try:
