@@ -327,3 +327,37 @@ def test_verify_follows_the_progress_switch(cache, monkeypatch, capsys):
     assert code == 0 and "verify test" not in err
     code, _, err = iim(monkeypatch, capsys, "cache", "verify", "--no-progress", cache.root)
     assert code == 0 and err == ""
+
+
+# ---- clearer messages -------------------------------------------------------------------------------
+
+def test_clearer_messages(cache, tmp_path, monkeypatch, capsys):
+    run = make_fake_run(tmp_path / "run", cache)
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--k", 0, "--no-progress")
+    refused(code, err, "k must be at least 1")
+    code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", tmp_path / "t", *FAST,
+                       "--epochs", 0)
+    refused(code, err, "epochs must be at least 1")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "checkpoint.pt").write_bytes(b"\x80\x02not a pickle at all" * 10)
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", garbage, "--no-progress")
+    refused(code, err, "not a readable iim checkpoint")
+    assert "weights_only" not in err
+    moved = tmp_path / "moved"
+    shutil.move(cache.root, moved)
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--no-progress")
+    refused(code, err, "(moved?)", "--cache DIR")
+    code, _, err = iim(monkeypatch, capsys, "score", "--run", run, "--cache", moved, "--k", 5, "--no-plots",
+                       "--no-progress")
+    assert code == 0, err
+
+
+def test_cache_ls_lists_every_cache_and_marks_a_broken_one(tmp_path, monkeypatch, capsys):
+    for name in ("a", "b", "c"):
+        make_random_cache(tmp_path / name, hw=16)
+    (tmp_path / "b" / "manifest.json").write_text("{ not json")
+    code, out, err = iim(monkeypatch, capsys, "cache", "ls", tmp_path)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and "BROKEN" in lines[1] and "BROKEN" not in lines[0] + lines[2]

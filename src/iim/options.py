@@ -29,6 +29,20 @@ SEED = click.IntRange(0, 2**32 - 1)      # every --seed: numpy's SeedSequence an
 MAX_GRID = 10_000                        # values one list or range option may name
 
 
+class AtLeast(click.IntRange):
+    """An integer of at least ``n``; anything less says so ("--k 0: k must be at least 1")."""
+
+    def __init__(self, n: int):
+        super().__init__(min=n)
+
+    def convert(self, value, param, ctx):
+        value = click.INT.convert(value, param, ctx)
+        if value < self.min:
+            name = param.name if param is not None else "the value"
+            self.fail(f"{value} given; {name} must be at least {self.min}", param, ctx)
+        return value
+
+
 class Finite(click.FloatRange):
     """A finite float (``inf`` and ``nan`` refused), optionally within ``click.FloatRange`` bounds."""
     name = "finite float"

@@ -83,10 +83,14 @@ def ls(root):
         click.echo(f"no caches in {root}")
         return
     for p in found:
-        c = open_cache(p)
-        m = c.manifest
-        done = c.splits()
-        partial = len(c.split_names()) - len(done)
+        try:
+            c = open_cache(p)
+            m = c.manifest
+            done = c.splits()
+            partial = len(c.split_names()) - len(done)
+        except IIMError as e:                        # one broken cache does not hide the others
+            click.echo(f"{str(p):24s} BROKEN: {e}")
+            continue
         click.echo(f"{str(p):24s} {m.get('benchmark')}  {m.get('model')}/{m.get('weights')}  "
                    f"splits: {', '.join(done) or 'none'}" + (f" (+{partial} partial)" if partial else ""))
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..options import Finite, Grid, option, result_keys
+from ..options import AtLeast, Finite, Grid, option, result_keys
 
 K_GRID = "1,5,10,20,50,100,200"       # iim sweep's defaults
 ALPHA_GRID = "0:2:0.25"
@@ -19,7 +19,7 @@ class ScoreOptions:
     """How a run (or the zero-shot prototypes) is scored (SPEC §4)."""
     k: list = option(50, "Top-k of i2t/t2i; a list '1,5,10' or range 'a:b:step' sweeps. iim score's "
                      "default for a Local-Prompt run is 10 (its evaluation script).",
-                     type=Grid(integer=True, element=click.IntRange(min=1)))
+                     type=Grid(integer=True, element=AtLeast(1)))
     alpha: list = option(1.0, "Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps.", type=Grid(element=Finite()))
     T: float = option(1.0, "Temperature of e(v, t) = exp(cos / T).", flag="--T",
                       type=Finite(min=0, min_open=True))
@@ -29,7 +29,7 @@ class ScoreOptions:
                                 "R-MCM/S-MCM with negatives, SPEC §9). Default: the run's recipe (zero-shot: "
                                 "paper).", type=click.Choice(("paper", "official")))
     knn_k: int = option(1, "KNN baseline: distance to the k-th nearest support feature.",
-                        type=click.IntRange(min=1))
+                        type=AtLeast(1))
     knn_all_views: bool = option(False, "Put every augmented view into the KNN bank (default: view 0).")
 
 

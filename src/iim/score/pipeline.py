@@ -98,6 +98,9 @@ def prepare_run(run=None, *, runs_dir="runs", cache_path=None, out=None, knn_spl
     cache_path = cache_path or cfg.get("cache")
     if not cache_path:
         raise IIMError(f"run {run_dir} records no cache; pass --cache")
+    if cache_path == cfg.get("cache") and not Path(cache_path).exists():
+        raise IIMError(f"the cache {cache_path} recorded in {run_dir} is not there (moved?); point to it "
+                       f"with --cache DIR")
     cache = open_cache(cache_path)
     notes.append(f"{chose}, cache {cache.root}")
     _check_compatible(ckpt, cache, run_dir)

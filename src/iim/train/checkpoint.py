@@ -47,7 +47,9 @@ def load_checkpoint(path, *, need=("contexts",)) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise IIMError(f"{path} is not a readable iim checkpoint ({type(e).__name__}: {e})") from None
+        # torch's message is advice about weights_only, which does not apply to a damaged file
+        raise IIMError(f"{path} is not a readable iim checkpoint ({type(e).__name__}: truncated, damaged or "
+                       f"not written by iim); train again with --overwrite, or copy the file again") from None
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in ("config", *need)):
         raise IIMError(f"{path} is not an iim training checkpoint (needs {', '.join(('config', *need))})")
     return ckpt

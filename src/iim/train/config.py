@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import click
 
 from ..errors import IIMError
-from ..options import SEED, Finite, option, result_keys
+from ..options import SEED, AtLeast, Finite, option, result_keys
 from ..text import SDPA_BACKENDS
 from .baselines import METHODS
 from .losses import DENOMINATORS, OOD_PATCHES
@@ -26,7 +26,7 @@ RECIPES = {
     "paper": dict(class_specific=False, train_projection=False, denominators="paper", div_diagonal=False),
     "official": dict(class_specific=True, train_projection=True, denominators="official", div_diagonal=True),
 }
-POSITIVE_INT, COUNT = click.IntRange(min=1), click.IntRange(min=0)
+POSITIVE_INT, COUNT = AtLeast(1), AtLeast(0)
 WEIGHT, POSITIVE = Finite(min=0), Finite(min=0, min_open=True)
 # Each method's own defaults (SPEC §3 for IIM, §8 and the peers' configs for the others); an option left
 # at None takes its method's value, and the run records the value used. NOT_USED: the method has no such
