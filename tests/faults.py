@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from imagegen import truncate  # noqa: F401  (cut a file to a fraction of its bytes)
+
 
 def chunk_path(root, split: str, array: str, index: int = 0) -> Path:
     """The file of chunk ``index`` (along rows) of ``<root>/<split>/<array>`` (Zarr v3 default keys)."""
@@ -36,14 +38,6 @@ def delete_chunk(root, split: str, array: str, index: int = 0) -> Path:
     path = chunk_path(root, split, array, index)
     assert path.is_file(), f"no chunk {path}"
     path.unlink()
-    return path
-
-
-def truncate(path, keep: float = 0.5) -> Path:
-    """Cut ``path`` to ``keep`` of its size (a crash mid-copy, a full disk)."""
-    path = Path(path)
-    data = path.read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
     return path
 
 
