@@ -10,7 +10,7 @@ import zarr
 
 from imagegen import make_world, truncate, write_image
 from iim.cache import open_cache
-from iim.cache.cli import check_cache
+from iim.cache.verify import check_cache
 from iim.data import load_benchmark
 from iim.data.folders import load_rgb
 from iim.errors import IIMError
