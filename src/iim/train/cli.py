@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from tqdm.auto import tqdm
 
 from ..cache import open_cache
 from ..cache.names import parse_train_split, train_split_name
@@ -73,4 +74,5 @@ def train(cache_dir, shots, seed, views, out, device, resume, overwrite, progres
         bench = cache.manifest.get("benchmark") or cache.root.name
         out = Path("runs") / f"{bench}-k{shots}-s{seed}{f'-v{views}' if views > 1 else ''}-{options['method']}"
     cfg = TrainConfig(cache=str(cache_dir), split=split, out=str(out), seed=seed, device=device, **options)
-    run_training(cfg, resume=resume, overwrite=overwrite, progress=progress)
+    run_training(cfg, resume=resume, overwrite=overwrite, progress=progress,
+                 log=tqdm.write)   # the command's epoch lines on stdout, above the progress bar

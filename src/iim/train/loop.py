@@ -35,6 +35,7 @@ from ..cache import manifest_key, open_cache
 from ..atomic import atomic_write_text, check_writable
 from ..data.splits import split_crop_scale
 from ..errors import IIMError
+from ..log import info as log_info
 from ..lock import folder_lock
 from ..models import create_model, is_local_checkpoint, model_logit_scale, resolve_device, weights_id
 from ..options import check
@@ -450,7 +451,7 @@ def train(cfg: TrainConfig, **kw) -> dict:
 
 
 def _train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-           log=tqdm.write) -> dict:
+           log=log_info) -> dict:
     check(cfg)                              # bad option values: one line, before anything is opened
     cache = open_cache(cfg.cache)
     split = cache.split(cfg.split)          # refuses a missing or incomplete split
