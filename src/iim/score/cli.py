@@ -10,7 +10,7 @@ from click.core import ParameterSource
 
 from .. import metrics as M
 from ..atomic import check_writable
-from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
+from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option, seed_option
 from ..errors import IIMError
 from ..options import click_options
 from ..train.methods import score_k
@@ -97,16 +97,31 @@ def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
 @click.command("sweep")
 @_common
 @click_options(ScoreOptions, skip=SWEEP_SKIPS, defaults={"k": K_GRID, "alpha": ALPHA_GRID})
-def sweep(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk, recipe):
-    """Sweep k and alpha in ONE pass over the cache (one sorted top-k_max; alpha is linear).
+@click.option("--grid", "grid", multiple=True, metavar="NAME=VALUES",
+              help="Training grid: a training option and its values (repeatable), e.g. n_neg=0,10,20, "
+                   "lambda_neg=0:5:2.5, hard_negative_mining=on,off, shots=1,4; needs --cache.")
+@seed_option("Training grid: the seeds of every point (split seed and training seed).", many=True)
+@click.pass_context
+def sweep(ctx, run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk, recipe,
+          grid, seed):
+    """Sweep k and alpha in ONE pass over the cache (one sorted top-k_max; alpha is linear), or train
+    and score a grid of training options (--grid / --seed / --cache without --run).
 
     \b
     iim sweep                                  # newest run, k 1,5,10,20,50,100,200 x alpha 0:2:0.25
     iim sweep --run runs/NAME --k 10,50 --alpha 0.5,1
+    iim sweep --cache cache/demo --grid n_neg=0,10,20 --grid lambda_neg=0,1,5 --seed 1,2,3 --out sweeps/neg
 
     Writes sweep.csv (k, alpha, method, ood_set, fpr95, auroc; percent; ood_set 'average' = mean over
-    sets) into the run folder (--out) and prints the best setting per method.
+    sets) into the run folder (--out) and prints the best setting per method. A training grid writes
+    one run folder per point under <out>/points/, results.csv, points.csv, report.md and figures/.
     """
+    if grid or seed or (cache is not None and run is None and not zero_shot):
+        from ..sweep.cli import training_grid
+        given = {n: ctx.get_parameter_source(n) != ParameterSource.DEFAULT for n in ("k", "alpha")}
+        return training_grid(cache=cache, specs=grid, seeds=seed, out=out, run=run, zero_shot=zero_shot,
+                             ood=ood, device=device, progress=progress, ks=k if given["k"] else None,
+                             alphas=alpha if given["alpha"] else None, T=T, chunk=chunk, recipe=recipe)
     ks, alphas = k, alpha
     job = _job(run, runs_dir, cache, zero_shot, out)
     _announce(job)

@@ -1,0 +1,36 @@
+"""Sweeps over training options (``iim sweep --cache C --grid NAME=VALUES ... --out DIR``): every grid
+point an ordinary run folder, trained, scored, and collected into one CSV and a report.
+
+    from iim.sweep import run_grid, parse_specs
+    summary = run_grid("cache/demo", parse_specs(["n_neg=0,10"], seeds=[1, 2]), "sweeps/nneg")
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..atomic import atomic_write_text
+from .collect import collect
+from .grid import expand, parse_specs, point_name, sweepable  # noqa: F401  (the package's API)
+from .run import Point, Scoring, plan, run_point, summary_line  # noqa: F401
+
+
+def run_grid(cache, grid: dict, out, *, scoring: Scoring | None = None, device: str = "auto",
+             progress: bool = True, log=tqdm.write) -> dict:
+    """Check every point, then train and score the unfinished ones, one after the other, and collect
+    the results; returns ``collect``'s summary plus ``points`` (the :class:`Point` list)."""
+    scoring = scoring or Scoring(device=device)
+    points = plan(cache, grid, out, device=device, scoring=scoring)     # every refusal before training
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "sweep.json", json.dumps(dict(cache=str(cache), grid=grid, scoring=scoring.key(),
+                                                          points=[p.name for p in points]), indent=2) + "\n")
+    bar = tqdm(total=len(points), unit="point", desc="sweep", disable=None if progress else True)
+    for i, p in enumerate(points, 1):
+        bar.set_postfix_str(p.name, refresh=True)
+        log(summary_line(i, len(points), p, run_point(p, scoring)))
+        bar.update()
+    bar.close()
+    return dict(collect(out, points, scoring, grid), points=points)

@@ -1,0 +1,165 @@
+"""Running a training grid: every point is an ordinary run folder ``<out>/points/<name>/`` trained with
+:func:`iim.train.loop.train` and scored with :func:`iim.score.run.run_score` (and
+:func:`~iim.score.run.run_sweep` over the test k / alpha lists); ``point.json`` records its state.
+
+    points = plan("cache/demo", {"n_neg": [0, 10], "seed": [1, 2]}, "sweeps/nneg")   # checks everything
+    for p in points:
+        status = run_point(p, scoring)    # skips a finished point; a failure is recorded, not raised
+
+A rerun skips finished points, continues a killed point from its last checkpoint (``train(resume=True)``)
+and retries failed ones; a larger grid in the same folder reuses the points it shares.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_write_text
+from ..cache import open_cache
+from ..cache.names import parse_train_split, train_split_name
+from ..errors import IIMError
+from ..score.pipeline import ood_split_names, prepare_run
+from ..score.run import run_score, run_sweep
+from ..score.scores import check_k
+from ..train.config import TrainConfig
+from ..train.loop import train, validate
+from .grid import SPLIT_KEYS, expand, point_name
+
+POINTS, STATE = "points", "point.json"
+
+
+@dataclass
+class Point:
+    name: str
+    options: dict            # the swept options, with the split's shots / seed / views filled in
+    config: TrainConfig
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.config.out)
+
+
+@dataclass
+class Scoring:
+    """How every point is scored: results.json at (k, alpha), sweep.csv over ks x alphas if several."""
+    ks: list = field(default_factory=lambda: [50])
+    alphas: list = field(default_factory=lambda: [1.0])
+    k: int = 50
+    alpha: float = 1.0
+    T: float = 1.0
+    ood: tuple = ()
+    chunk: int | None = None
+    device: str = "auto"
+    recipe: str | None = None       # None: each point's own recipe (as iim score)
+
+    @property
+    def sweeps(self) -> bool:
+        return len(self.ks) * len(self.alphas) > 1
+
+    def key(self) -> dict:
+        return dict(ks=list(self.ks), alphas=list(self.alphas), k=self.k, alpha=self.alpha, T=self.T,
+                    ood=sorted(self.ood), recipe=self.recipe)
+
+
+def resolve_split(cache, shots, seed, views):
+    """The complete train split for ``(shots, seed, views)`` (None: any); a missing one names the
+    ``iim extract`` command that adds it."""
+    found = [t for n in cache.train_splits() if (t := parse_train_split(n))]
+    match = [t for t in found if all(w is None or w == g for w, g in zip((shots, seed, views), t[1:]))]
+    if len(match) == 1:
+        return match[0]
+    want = ", ".join(f"{n}={v}" for n, v in (("shots", shots), ("seed", seed), ("views", views)) if v is not None)
+    if match:
+        names = ", ".join(t.name for t in match)
+        raise IIMError(f"cache {cache.root} has several train splits for {want or 'this grid'} ({names}); "
+                       f"pick one with --grid shots=K (or --seed S, --grid views=V)")
+    have = ", ".join(t.name for t in found) or "none"
+    k = shots if shots is not None else (found[0].shots if len({t.shots for t in found}) == 1 else "K")
+    s = seed if seed is not None else 1
+    bench = cache.manifest.get("benchmark") or "NAME"
+    cmd = (f"iim extract --benchmark {bench} --shots {k} --seed {s}" + (f" --views {views}" if views else "")
+           + f" --out {cache.root}")
+    name = train_split_name(k, s, views or 1) if isinstance(k, int) else f"for {want}"
+    raise IIMError(f"cache {cache.root} has no train split {name} (train splits: {have}); add it first "
+                   f"with '{cmd}'")
+
+
+def plan(cache_dir, grid: dict, out, *, device: str = "auto", scoring: Scoring | None = None) -> list[Point]:
+    """The grid's points, every one checked (split present, options accepted as ``iim train`` accepts
+    them, test k possible) before anything is trained."""
+    cache = open_cache(cache_dir)
+    points = []
+    for opts in expand(grid) or [{}]:
+        split = resolve_split(cache, *(opts.get(n) for n in ("shots", "seed", "views")))
+        opts = dict(opts, shots=split.shots, seed=split.seed, views=split.views)
+        name = point_name(opts)
+        train_opts = {n: v for n, v in opts.items() if n not in SPLIT_KEYS and n != "seed"}
+        cfg = TrainConfig(cache=str(cache_dir), split=split.name, out=str(Path(out) / POINTS / name),
+                          seed=split.seed, device=device, **train_opts)
+        validate(cfg, cache.split(split.name))
+        points.append(Point(name, opts, cfg))
+    if len({p.name for p in points}) < len(points):
+        raise IIMError("two grid points share a folder name; report this grid as a bug")
+    test = cache.split("test")
+    ood_split_names(cache, scoring.ood if scoring else ())
+    if scoring is not None:
+        check_k(scoring.ks, test.hw, len(cache.classnames))
+    return points
+
+
+def read_state(p: Point) -> dict | None:
+    path = p.dir / STATE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def is_done(p: Point, scoring: Scoring) -> bool:
+    st = read_state(p)
+    return bool(st) and st["status"] == "done" and st.get("scoring") == scoring.key()
+
+
+def _write_state(p: Point, **state) -> None:
+    p.dir.mkdir(parents=True, exist_ok=True)
+    body = dict(name=p.name, options=p.options, **state)
+    atomic_write_text(p.dir / STATE, json.dumps(body, indent=2, default=str) + "\n")
+
+
+def run_point(p: Point, scoring: Scoring) -> dict:
+    """Train (or continue) and score one point unless it is finished; returns its ``point.json``. An
+    error (non-finite loss, out of memory, ...) is recorded as ``status: failed`` with its message."""
+    if is_done(p, scoring):
+        return dict(read_state(p), skipped=True)
+    t0 = time.perf_counter()
+    p.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(p.dir / "train.log", "a") as f:
+            train(p.config, resume=True, progress=False, log=lambda s: print(s, file=f, flush=True))
+        job = prepare_run(p.dir, cache_path=p.config.cache, out=p.dir)
+        kw = dict(T=scoring.T, ood=scoring.ood, chunk=scoring.chunk, device=scoring.device, progress=False,
+                  recipe=scoring.recipe)
+        res = run_score(job, k=scoring.k, alpha=scoring.alpha, knn=dict(k=1, all_views=False), plot=False, **kw)
+        if scoring.sweeps:
+            run_sweep(job, scoring.ks, scoring.alphas, **kw)
+    except Exception as e:                     # noqa: BLE001  (one failing point must not stop the grid)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, IIMError):
+            msg = f"{type(e).__name__}: {msg}"
+        _write_state(p, status="failed", error=msg, seconds=time.perf_counter() - t0)
+        return read_state(p)
+    head = next(m for m in ("s_mcm", "s_mcm_star") if m in res["metrics"])
+    avg = res["metrics"][head]["average"]
+    _write_state(p, status="done", scoring=scoring.key(), seconds=time.perf_counter() - t0,
+                 headline={"method": head, "fpr95": avg["fpr95"], "auroc": avg["auroc"]})
+    return read_state(p)
+
+
+def summary_line(i: int, n: int, p: Point, st: dict) -> str:
+    """One line per finished point."""
+    where = f"[{i}/{n}] {p.name}"
+    if st["status"] == "failed":
+        return f"{where}: FAILED: {st['error']}"
+    h = st["headline"]
+    from ..score.report import LABELS
+    done = "done earlier" if st.get("skipped") else f"{st['seconds']:.1f} s"
+    return f"{where}: {LABELS[h['method']]} average FPR95 {h['fpr95']:.2f}  AUROC {h['auroc']:.2f}  ({done})"
