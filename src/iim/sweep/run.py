@@ -74,7 +74,7 @@ def resolve_split(cache, shots, seed, views):
     if match:
         names = ", ".join(t.name for t in match)
         raise IIMError(f"cache {cache.root} has several train splits for {want or 'this grid'} ({names}); "
-                       f"pick one with --grid shots=K (or --seed S, --grid views=V)")
+                       f"pick with --seed S, --grid shots=K or --grid views=V")
     have = ", ".join(t.name for t in found) or "none"
     k = shots if shots is not None else (found[0].shots if len({t.shots for t in found}) == 1 else "K")
     s = seed if seed is not None else 1
@@ -90,9 +90,10 @@ def plan(cache_dir, grid: dict, out, *, device: str = "auto", scoring: Scoring |
     """The grid's points, every one checked (split present, options accepted as ``iim train`` accepts
     them, test k possible) before anything is trained."""
     cache = open_cache(cache_dir)
+    combos = expand(grid) or [{}]
+    splits = [resolve_split(cache, *(o.get(n) for n in ("shots", "seed", "views"))) for o in combos]
     points = []
-    for opts in expand(grid) or [{}]:
-        split = resolve_split(cache, *(opts.get(n) for n in ("shots", "seed", "views")))
+    for opts, split in zip(combos, splits):       # every split first: a missing one is named first
         opts = dict(opts, shots=split.shots, seed=split.seed, views=split.views)
         name = point_name(opts)
         train_opts = {n: v for n, v in opts.items() if n not in SPLIT_KEYS and n != "seed"}

@@ -1,0 +1,223 @@
+"""``iim sweep --cache C --grid NAME=VALUES``: grid parsing and refusals, a 2 x 2 grid end to end
+through the CSV and the report, a failing point, overlap reuse, and resume after a killed sweep."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from helpers import make_random_cache
+from iim.errors import IIMError
+from iim.sweep import expand, parse_specs, point_name
+from iim.train.checkpoint import load_checkpoint
+from test_score_cli import run_cli
+
+FAST = ["--grid", "epochs=2", "--grid", "n_ctx=4", "--grid", "batch_size=4"]
+CLI = "import sys; from iim.cli import main; sys.argv[0] = 'iim'; main()"
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
+
+
+def add_train_split(cache, seed: int, shots: int = 2):
+    """A second support set (train_k{shots}_s{seed}): the first one's features plus noise."""
+    src = cache.split(f"train_k{shots}_s1")
+    g, loc = src.read()
+    rng = np.random.default_rng(seed)
+    w = cache.writer(f"train_k{shots}_s{seed}", n=src.n, views=src.views, hw=src.hw, dim=src.dim,
+                     labels=src.labels, paths=[f"s{seed}/{i}.png" for i in range(src.n)])
+    w.append(g + 0.05 * rng.standard_normal(g.shape).astype(np.float16),
+             loc + 0.05 * rng.standard_normal(loc.shape).astype(np.float16))
+    w.finish()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    c = make_random_cache(tmp_path_factory.mktemp("grid") / "cache")
+    add_train_split(c, 2)
+    return c
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# ---- grammar ------------------------------------------------------------------------------------
+def test_grid_values_are_read_with_each_options_own_type():
+    grid = parse_specs(["n_neg=0,10,20", "lambda-neg=0:5:2.5", "hard_negative_mining=on,off",
+                        "ood_patches=all-rest,next-k", "lr=1e-3,5e-4"], seeds=[3, 1])
+    assert grid == {"n_neg": [0, 10, 20], "lambda_neg": [0.0, 2.5, 5.0], "hard_negative_mining": [True, False],
+                    "ood_patches": ["all-rest", "next-k"], "lr": [0.0005, 0.001], "seed": [3, 1]}
+    points = expand(grid)
+    assert len(points) == 3 * 3 * 2 * 2 * 2 * 2 and points[1] == dict(points[0], seed=1)
+    # names: split first, then only the options that differ from their defaults (stable across grids)
+    assert point_name({"shots": 4, "seed": 1, "views": 1, "n_neg": 300, "lambda_neg": 0.0}) == "shots4-seed1-lambda_neg0"
+    assert point_name({"shots": 4, "seed": 2, "views": 8, "hard_negative_mining": False}) == \
+        "shots4-seed2-views8-hard_negative_miningoff"
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["nope=1"], "--grid nope: not a training option that changes the result"),
+    (["alpha=0,1"], "test-time k and alpha: --k / --alpha"),
+    (["device=cpu"], "--grid device: not a training option"),          # result=False: not sweepable
+    (["n_neg=a,b"], "cannot read --grid n_neg 'a,b'"),
+    (["k=2.5"], "--grid k must be whole numbers"),
+    (["n_neg=-1,3"], "--grid n_neg: -1 is refused by --n-neg"),
+    (["lr=0"], "--grid lr: 0.0 is refused by --lr"),
+    (["hard_negative_mining=maybe"], "'maybe' is refused by --hard-negative-mining"),
+    (["ood_patches=all"], "'all' is refused by --ood-patches"),
+    (["n_neg="], "--grid n_neg '' names no values"),
+    (["ood_patches=,"], "names no values"),
+    (["n_neg"], "write NAME=VALUES"),
+    (["n_neg=1", "n_neg=2"], "given twice"),
+])
+def test_grid_refusals(specs, message):
+    with pytest.raises(IIMError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_specs(specs)
+
+
+def test_refusals_are_one_line_errors_before_any_training(cache, tmp_path, capsys):
+    out = tmp_path / "sw"
+    for args, message in [
+        (["--grid", "n_neg=0,x"], "cannot read --grid n_neg"),
+        (["--seed", "1,5", "--grid", "k=8"], "has no train split train_k2_s5 (train splits: train_k2_s1, "
+         f"train_k2_s2); add it first with 'iim extract --benchmark random --shots 2 --seed 5 --out {cache.root}'"),
+        (["--grid", "shots=2,8", "--seed", "1", "--grid", "k=8"], "iim extract --benchmark random --shots 8 --seed 1"),
+        (["--grid", "k=8,40", "--seed", "1"], "--k 40 needs 2k <= 64 patches"),          # as iim train refuses it
+        (["--grid", "k=8", "--seed", "1", "--k", "1000"], "k=1000 is out of range"),   # test k, before training
+        (["--grid", "k=8"], "several train splits"),    # two seeds, none chosen
+        (["--grid", "n_neg=0", "--run", tmp_path], "drop --run"),
+    ]:
+        code, _, err = run_cli(capsys, "sweep", "--cache", cache.root, "--out", out, *args)
+        assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
+        assert not out.exists(), args
+
+
+# ---- end to end ---------------------------------------------------------------------------------
+@pytest.fixture
+def swept(cache, tmp_path):
+    """A 2 x 2 grid (n_neg x train k), seed 1, scored over test k 5,20 x alpha 0,1."""
+    out = tmp_path / "nneg_k"
+    return out, ["--cache", cache.root, "--grid", "n_neg=0,4", "--grid", "k=4,8", "--seed", "1", *FAST,
+                 "--k", "5,20", "--alpha", "0,1", "--out", out, "--no-progress"]
+
+
+def test_two_by_two_grid_end_to_end(cache, swept, capsys):
+    out, args = swept
+    code, stdout, err = run_cli(capsys, "sweep", *args)
+    assert code == 0, err
+    names = ["shots2-seed1-k4-n_neg0-n_ctx4-epochs2-batch_size4", "shots2-seed1-k8-n_neg0-n_ctx4-epochs2-batch_size4",
+             "shots2-seed1-k4-n_neg4-n_ctx4-epochs2-batch_size4", "shots2-seed1-k8-n_neg4-n_ctx4-epochs2-batch_size4"]
+    for i, name in enumerate(names, 1):
+        assert f"[{i}/4] {name}: S-MCM{'*' if 'n_neg0' in name else ''} average FPR95" in stdout
+    assert "4/4 points done, 0 failed" in stdout
+
+    # every point is an ordinary run folder with the options it stands for
+    for name in names:
+        ck = load_checkpoint(out / "points" / name)
+        assert ck["complete"] and ck["epoch"] == 2 and ck["config"]["split"] == "train_k2_s1"
+        assert (ck["config"]["k"], ck["config"]["n_neg"]) == (int(name.split("-k")[1][0]), int(name.split("n_neg")[1][0]))
+        assert {"results.json", "sweep.csv", "scores_test.npz", "config.json", "point.json"} <= \
+            {p.name for p in (out / "points" / name).iterdir()}
+
+    # the tidy CSV: results.json rows at (test k 5, alpha 1) with every metric, sweep.csv rows for the rest
+    rows = read_csv(out / "results.csv")
+    assert {"point", "k", "n_neg", "seed", "shots", "lambda_neg", "test_k", "alpha", "method", "ood_set",
+            "fpr95", "auroc", "aupr_in"} <= set(rows[0])
+    keys = [(r["point"], r["test_k"], r["alpha"], r["method"], r["ood_set"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    for name in names:
+        res = json.loads((out / "points" / name / "results.json").read_text())["metrics"]
+        sweep = read_csv(out / "points" / name / "sweep.csv")
+        mine = {(r["test_k"], r["alpha"], r["method"], r["ood_set"]): r for r in rows if r["point"] == name}
+        knn = 3                                        # far, near, average: scored by run_score only
+        assert len(mine) == len({(r["k"], r["alpha"], r["method"], r["ood_set"]) for r in sweep}) + knn
+        for method, per in res.items():
+            k = "5" if method not in ("mcm", "gl_mcm", "knn") else ""
+            a = "1" if method in ("s_mcm", "s_mcm_star") else ""
+            for ood, vals in per.items():
+                for metric, v in vals.items():
+                    assert float(mine[(k, a, method, ood)][metric]) == pytest.approx(v, abs=1e-7)
+        for r in sweep:
+            got = mine[(r["k"], r["alpha"], r["method"], r["ood_set"])]
+            assert float(got["fpr95"]) == pytest.approx(float(r["fpr95"]), abs=1e-6)
+        assert {r["n_neg"] for r in mine.values()} == {name.split("n_neg")[1][0]}
+
+    # the report: one Table 3 row per setting, evaluators side by side, figures as PNG and PDF
+    md = (out / "report.md").read_text()
+    avg = {r["point"]: float(r["fpr95"]) for r in rows
+           if r["ood_set"] == "average" and r["test_k"] == "5" and r["alpha"] == "1"
+           and r["method"] == ("s_mcm_star" if "n_neg0" in r["point"] else "s_mcm")}
+    assert f"| 4 | 8 | S-MCM | 1 | " in md and f"{avg[names[3]]:.2f}" in md
+    assert "## Evaluators side by side: average FPR95" in md and "| GL-MCM |" in md
+    for fig in ("vs_n_neg", "vs_k", "train_k_vs_test_k", "evaluators"):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000, fig
+
+    # an overlapping grid in the same folder reuses its points
+    code, stdout, err = run_cli(capsys, "sweep", "--cache", cache.root, "--grid", "n_neg=4", "--grid", "k=8",
+                                "--seed", "1", *FAST, "--k", "5,20", "--alpha", "0,1", "--out", out, "--no-progress")
+    assert code == 0, err
+    assert f"[1/1] {names[3]}: S-MCM average FPR95 {avg[names[3]]:.2f}" in stdout and "done earlier" in stdout
+    assert {r["point"] for r in read_csv(out / "results.csv")} == {names[3]}
+
+
+def test_a_failing_point_is_recorded_and_the_others_continue(cache, tmp_path, capsys, monkeypatch):
+    import iim.sweep.run as sweep_run
+    real = sweep_run.train
+
+    def train(cfg, **kw):
+        if cfg.n_neg == 4:
+            raise IIMError("non-finite loss at epoch 1, step 1 (loss=nan); try a smaller --lr")
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(sweep_run, "train", train)
+    out = tmp_path / "sw"
+    code, stdout, err = run_cli(capsys, "sweep", "--cache", cache.root, "--grid", "n_neg=0,4", "--seed", "1",
+                                "--grid", "epochs=1", "--grid", "k=4", *FAST[2:], "--out", out, "--no-progress")
+    assert code == 1
+    assert "FAILED: non-finite loss at epoch 1" in stdout and "1/2 points done, 1 failed" in stdout
+    points = {r["point"]: r for r in read_csv(out / "points.csv")}
+    failed = [r for r in points.values() if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["n_neg"] == "4" and "non-finite loss" in failed[0]["error"]
+    assert "## Failed points" in (out / "report.md").read_text()
+    assert {r["n_neg"] for r in read_csv(out / "results.csv")} == {"0"}
+
+
+def test_resume_after_a_killed_sweep_skips_finished_points_and_gives_the_same_csv(cache, tmp_path, capsys):
+    grid = ["--cache", str(cache.root), "--grid", "n_neg=4", "--grid", "lambda_neg=0,5", "--seed", "1,2",
+            "--grid", "k=4", *FAST, "--k", "5,20", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
+    victim = subprocess.Popen([sys.executable, "-c", CLI, "sweep", *grid, "--out", str(tmp_path / "killed")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while victim.poll() is None and time.time() < deadline and \
+            len(list((tmp_path / "killed").glob("points/*/point.json"))) < 1:
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read()
+    finished = {p.parent.name for p in (tmp_path / "killed").glob("points/*/point.json")}
+    assert 1 <= len(finished) < 4
+
+    code, stdout, err = run_cli(capsys, "sweep", *grid, "--out", tmp_path / "killed")
+    assert code == 0, err
+    for name in finished:
+        assert any(name in line and "done earlier" in line for line in stdout.splitlines()), stdout
+    assert stdout.count("done earlier") == len(finished)
+    code, stdout, err = run_cli(capsys, "sweep", *grid, "--out", tmp_path / "ref")
+    assert code == 0, err
+    assert (tmp_path / "killed" / "results.csv").read_text() == (tmp_path / "ref" / "results.csv").read_text()
+
+    # Table 3 rows: mean ± std over the two seeds, from the CSV
+    rows = read_csv(tmp_path / "ref" / "results.csv")
+    md = (tmp_path / "ref" / "report.md").read_text()
+    for lam in ("0", "5"):
+        v = [float(r["fpr95"]) for r in rows if r["lambda_neg"] == lam and r["method"] == "s_mcm"
+             and r["ood_set"] == "average" and r["test_k"] == "5" and r["alpha"] == "1"]
+        assert len(v) == 2
+        assert f"| {lam} | S-MCM | 2 | " in md and f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" in md
