@@ -55,7 +55,8 @@ def test_grid_values_are_read_with_each_options_own_type():
     points = expand(grid)
     assert len(points) == 3 * 3 * 2 * 2 * 2 * 2 and points[1] == dict(points[0], seed=1)
     # names: split first, then only the options that differ from their defaults (stable across grids)
-    assert point_name({"shots": 4, "seed": 1, "views": 1, "n_neg": 300, "lambda_neg": 0.0}) == "shots4-seed1-lambda_neg0"
+    default_n_neg = {"shots": 4, "seed": 1, "views": 1, "n_neg": 300, "lambda_neg": 0.0}
+    assert point_name(default_n_neg) == "shots4-seed1-lambda_neg0"
     assert point_name({"shots": 4, "seed": 2, "views": 8, "hard_negative_mining": False}) == \
         "shots4-seed2-views8-hard_negative_miningoff"
 
@@ -120,7 +121,8 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
     for name in names:
         ck = load_checkpoint(out / "points" / name)
         assert ck["complete"] and ck["epoch"] == 2 and ck["config"]["split"] == "train_k2_s1"
-        assert (ck["config"]["k"], ck["config"]["n_neg"]) == (int(name.split("-k")[1][0]), int(name.split("n_neg")[1][0]))
+        want = (int(name.split("-k")[1][0]), int(name.split("n_neg")[1][0]))
+        assert (ck["config"]["k"], ck["config"]["n_neg"]) == want
         assert {"results.json", "sweep.csv", "scores_test.npz", "config.json", "point.json"} <= \
             {p.name for p in (out / "points" / name).iterdir()}
 
