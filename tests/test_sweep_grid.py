@@ -222,4 +222,4 @@ def test_resume_after_a_killed_sweep_skips_finished_points_and_gives_the_same_cs
         v = [float(r["fpr95"]) for r in rows if r["lambda_neg"] == lam and r["method"] == "s_mcm"
              and r["ood_set"] == "average" and r["test_k"] == "5" and r["alpha"] == "1"]
         assert len(v) == 2
-        assert f"| {lam} | S-MCM | 2 | " in md and f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}" in md
+        assert f"| {lam} | S-MCM | 2 | " in md and f"{np.mean(v):.2f} ± {np.std(v):.2f}" in md

@@ -92,7 +92,7 @@ def _pm(values) -> str:
     v = np.asarray(values, dtype=float)
     if len(v) < 2:
         return f"{v[0]:.2f}" if len(v) else "–"
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+    return f"{v.mean():.2f} ± {v.std():.2f}"            # population std, as iim report
 
 
 def _setting(r, varying) -> tuple:
