@@ -8,7 +8,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 DATASET ?= imagenet
 ARGS    ?=
 
-.PHONY: install test demo extract clean
+.PHONY: install test demo extract splits reproduce ablation clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,53 @@ demo: install
 # make extract DATASET=imagenet [ARGS="--data-root /data --shots 16 --seed 1"]
 extract: install
 	$(BIN)/iim extract --benchmark $(DATASET) $(ARGS)
+
+# The paper's tables from one command each (iim sweep --grid, README "iim sweep --grid"); DATASET=demo runs
+# offline on a CPU. Seeds and shots: SEEDS=1,2,3 SHOTS=4. Per benchmark: the model, the negatives C_n, the
+# train k and its grids (the demo's from iim.demo.run.DemoSettings: 64 patches, 20 classes).
+SEEDS   ?= 1,2,3
+SHOTS   ?= 4
+ifeq ($(DATASET),demo)
+EXTRACT_ARGS ?= --model iim-demo --pretrained demo --views 4
+NEG     ?= 20
+TRAIN_K ?= 8
+FIXED   ?= --grid batch_size=8
+NEG_GRID ?= 0,5,10,20,40
+K_GRID   ?= 2,4,8,16
+TEST_K_GRID ?= 1,2,4,8,16,32
+else
+EXTRACT_ARGS ?=
+NEG     ?= 300
+TRAIN_K ?= 50
+FIXED   ?=
+NEG_GRID ?= 0,100,300,500
+K_GRID   ?= 10,25,50,75
+TEST_K_GRID ?= 1,5,10,20,50,100,200
+endif
+CACHE   := cache/$(DATASET)
+SWEEP   := $(BIN)/iim sweep --cache $(CACHE) --grid shots=$(SHOTS) --seed $(SEEDS) $(FIXED)
+
+splits: install
+	$(BIN)/iim extract --benchmark $(DATASET) --shots $(SHOTS) --seed $(SEEDS) $(EXTRACT_ARGS) --out $(CACHE)
+
+# Table 1/2 rows: 0-shot MCM / GL-MCM / R-MCM* / S-MCM* (results/), IIM (S-MCM) and IIM* (no negatives,
+# S-MCM*), mean ± std over SEEDS (sweeps/<dataset>-reproduce-k<shots>/report.md)
+reproduce: splits
+	$(BIN)/iim score --zero-shot --cache $(CACHE) --out results/$(DATASET)-0shot --k $(TRAIN_K) --no-plots
+	$(SWEEP) --grid n_neg=0,$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out sweeps/$(DATASET)-reproduce-k$(SHOTS) $(ARGS)
+
+# Table 3 (each loss term, hard-negative mining), Fig. 4 (C_n, lambda_neg, lambda_div, alpha), Fig. 5
+# (train k x test k): one sweep folder each under sweeps/<dataset>-*
+ablation: splits
+	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_neg=0,5 --grid lambda_div=0,0.5 \
+	  --grid hard_negative_mining=on,off --k $(TRAIN_K) --out sweeps/$(DATASET)-table3 $(ARGS)
+	$(SWEEP) --grid n_neg=$(NEG_GRID) --grid k=$(TRAIN_K) --k $(TRAIN_K) --alpha 0:2:0.25 \
+	  --out sweeps/$(DATASET)-n_neg $(ARGS)
+	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_neg=0,1,2.5,5,10 --k $(TRAIN_K) \
+	  --out sweeps/$(DATASET)-lambda_neg $(ARGS)
+	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_div=0,0.25,0.5,1 --k $(TRAIN_K) \
+	  --out sweeps/$(DATASET)-lambda_div $(ARGS)
+	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(K_GRID) --k $(TEST_K_GRID) --out sweeps/$(DATASET)-k $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
