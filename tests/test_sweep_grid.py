@@ -156,7 +156,7 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
            and r["method"] == ("s_mcm_star" if "n_neg0" in r["point"] else "s_mcm")}
     assert f"| 4 | 8 | S-MCM | 1 | " in md and f"{avg[names[3]]:.2f}" in md
     assert "## Evaluators side by side: average FPR95" in md and "| GL-MCM |" in md
-    for fig in ("vs_n_neg", "vs_k", "train_k_vs_test_k", "evaluators"):
+    for fig in ("vs_n_neg", "vs_k", "vs_alpha", "train_k_vs_test_k", "evaluators"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000, fig
 

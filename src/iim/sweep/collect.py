@@ -178,7 +178,7 @@ def _figure(n: int, width: float = 4.0):
 
 
 def _figures(folder: Path, rows, varying, scoring) -> list[str]:
-    """Fig. 4 style (average FPR95 / AUROC against each swept option), Fig. 5 (train k x test k heat
+    """Fig. 4 style (average FPR95 / AUROC against each swept option, and against the test alpha), Fig. 5 (train k x test k heat
     map when both vary), Fig. 6 (evaluators side by side). Returns the figure names."""
     if not rows:
         return []
@@ -204,6 +204,22 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
         axes[0].legend(fontsize=7)
         _save(fig, folder / f"vs_{opt}")
         names.append(f"vs_{opt}")
+    if len(scoring.alphas) > 1:                             # Fig. 4's alpha panel (test time)
+        by_alpha = [r for r in rows if r["ood_set"] == report.AVERAGE and r["test_k"] == scoring.k
+                    and r["alpha"] != ""]
+        fig, axes = _figure(2)
+        for ax, metric in zip(axes, ("fpr95", "auroc")):
+            for m in HEADLINE:
+                ys = [[r[metric] for r in by_alpha if r["method"] == m and r["alpha"] == a] for a in scoring.alphas]
+                if any(ys):
+                    ax.errorbar(scoring.alphas, [np.mean(y) if y else np.nan for y in ys],
+                                yerr=[np.std(y) if y else np.nan for y in ys], marker="o", capsize=3,
+                                label=report.LABELS[m])
+            ax.set_xlabel(f"alpha (test k = {scoring.k})")
+            ax.set_ylabel(f"average {metric.upper()} (%)")
+        axes[0].legend(fontsize=7)
+        _save(fig, folder / "vs_alpha")
+        names.append("vs_alpha")
     if "k" in varying and len(scoring.ks) > 1:              # Fig. 5
         sweep = [r for r in rows if r["ood_set"] == report.AVERAGE and r["alpha"] in ("", scoring.alpha)
                  and r["test_k"] != ""]
