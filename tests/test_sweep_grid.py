@@ -52,6 +52,8 @@ def test_grid_values_are_read_with_each_options_own_type():
                         "ood_patches=all-rest,next-k", "lr=1e-3,5e-4"], seeds=[3, 1])
     assert grid == {"n_neg": [0, 10, 20], "lambda_neg": [0.0, 2.5, 5.0], "hard_negative_mining": [True, False],
                     "ood_patches": ["all-rest", "next-k"], "lr": [0.0005, 0.001], "seed": [3, 1]}
+    assert parse_specs(["recipe=official,paper", "class_specific=on,off", "ctx_init=a photo of a,"]) == \
+        {"recipe": ["official", "paper"], "class_specific": [True, False], "ctx_init": ["a photo of a"]}
     points = expand(grid)
     assert len(points) == 3 * 3 * 2 * 2 * 2 * 2 and points[1] == dict(points[0], seed=1)
     # names: split first, then only the options that differ from their defaults (stable across grids)
