@@ -30,7 +30,9 @@ def run_grid(cache, grid: dict, out, *, scoring: Scoring | None = None, device: 
     bar = tqdm(total=len(points), unit="point", desc="sweep", disable=None if progress else True)
     for i, p in enumerate(points, 1):
         bar.set_postfix_str(p.name, refresh=True)
-        log(summary_line(i, len(points), p, run_point(p, scoring)))
+        line = summary_line(i, len(points), p, run_point(p, scoring))
+        with tqdm.external_write_mode():          # the line above the bar, not through it
+            log(line)
         bar.update()
     bar.close()
     return dict(collect(out, points, scoring, grid), points=points)

@@ -223,10 +223,15 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
     if "k" in varying and len(scoring.ks) > 1:              # Fig. 5
         sweep = [r for r in rows if r["ood_set"] == report.AVERAGE and r["alpha"] in ("", scoring.alpha)
                  and r["test_k"] != ""]
-        head = next(m for m in HEADLINE if any(r["method"] == m for r in sweep))
+        head = {}                                           # per point: S-MCM, or S-MCM* without negatives
+        for r in sweep:
+            if r["method"] in HEADLINE and head.get(r["point"]) != HEADLINE[0]:
+                head[r["point"]] = r["method"]
+        sweep = [r for r in sweep if head.get(r["point"]) == r["method"]]
+        label = " / ".join(report.LABELS[m] for m in HEADLINE if m in head.values())
         train_ks = sorted({r["k"] for r in sweep})
-        grid = np.array([[np.mean([r["fpr95"] for r in sweep if r["method"] == head and r["k"] == tk
-                                   and r["test_k"] == k] or [np.nan]) for k in scoring.ks] for tk in train_ks])
+        grid = np.array([[np.mean([r["fpr95"] for r in sweep if r["k"] == tk and r["test_k"] == k] or [np.nan])
+                          for k in scoring.ks] for tk in train_ks])
         fig, (ax,) = _figure(1, 5.0)
         im = ax.imshow(grid, cmap="viridis_r", aspect="auto")
         ax.set_xticks(range(len(scoring.ks)), [str(k) for k in scoring.ks])
@@ -236,7 +241,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
-        fig.colorbar(im, ax=ax, label=f"average FPR95 of {report.LABELS[head]} (%)")
+        fig.colorbar(im, ax=ax, label=f"average FPR95 of {label} (%)")
         _save(fig, folder / "train_k_vs_test_k")
         names.append("train_k_vs_test_k")
     settings = list(dict.fromkeys(_setting(r, varying) for r in at))       # Fig. 6
