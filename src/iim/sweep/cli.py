@@ -27,14 +27,15 @@ def training_grid(*, cache, specs, seeds, out, run, zero_shot, ood, device, prog
         raise IIMError("a training grid needs --cache (the feature cache the points train on)")
     grid = parse_specs(specs, seeds=seeds)
     ks, alphas = ks or [50], alphas or [1.0]
-    scoring = Scoring(ks=ks, alphas=alphas, k=_default(ks, 50), alpha=_default(alphas, 1.0), T=T,
+    scoring = Scoring(ks=ks, alphas=alphas, alpha=_default(alphas, 1.0), T=T,
                       ood=tuple(ood), chunk=chunk, device=device, recipe=recipe)
     out = Path(out) if out is not None else Path("sweeps") / Path(cache).name
     t0 = time.perf_counter()
     summary = run_grid(cache, grid, out, scoring=scoring, device=device, progress=progress, log=click.echo)
     n = len(summary["points"])
-    click.echo(f"{summary['done']}/{n} points done, {summary['failed']} failed; scored at k={scoring.k} "
-               f"alpha={scoring.alpha:g} ({LABELS['s_mcm']} where the point has negatives)")
+    ks = sorted({scoring.k_for(p.config.k) for p in summary["points"]})
+    click.echo(f"{summary['done']}/{n} points done, {summary['failed']} failed; scored at k="
+               f"{','.join(map(str, ks))} alpha={scoring.alpha:g} ({LABELS['s_mcm']} where the point has negatives)")
     click.echo(f"Wrote {out}/{', '.join(summary['files'])} ({summary['rows']} rows, "
                f"{time.perf_counter() - t0:.1f} s)")
     return 1 if summary["failed"] else 0

@@ -43,7 +43,7 @@ def point_rows(p: Point, scoring: Scoring) -> list[dict]:
     res = json.loads((p.dir / "results.json").read_text())
     rows, seen = [], set()
     for method, per in res["metrics"].items():
-        k = scoring.k if method in ALPHA_METHODS + K_METHODS else ""
+        k = scoring.k_for(p.config.k) if method in ALPHA_METHODS + K_METHODS else ""
         a = scoring.alpha if method in ALPHA_METHODS else ""
         for ood_set, vals in per.items():
             rows.append(dict(test_k=k, alpha=a, method=method, ood_set=ood_set, **vals))
@@ -85,7 +85,7 @@ def collect(out, points: list[Point], scoring: Scoring, grid: dict) -> dict:
 # ---- tables --------------------------------------------------------------------------------------
 def _at_setting(rows, scoring: Scoring):
     """Rows at the scoring (k, alpha) (and the k / alpha-free evaluators)."""
-    return [r for r in rows if (r["test_k"] in ("", scoring.k)) and (r["alpha"] in ("", scoring.alpha))]
+    return [r for r in rows if r["test_k"] in ("", scoring.k_for(r["k"])) and r["alpha"] in ("", scoring.alpha)]
 
 
 def _pm(values) -> str:
@@ -103,6 +103,12 @@ def _fmt(v) -> str:
     return ("on" if v else "off") if isinstance(v, bool) else (f"{v:g}" if isinstance(v, float) else str(v))
 
 
+def _test_k(scoring: Scoring) -> str:
+    if scoring.k is not None:
+        return str(scoring.k)
+    return "each point's train k when --k lists it (else 50 or the first)"
+
+
 def _headline(rows_of_point) -> str:
     have = {r["method"] for r in rows_of_point}
     return next(m for m in HEADLINE if m in have)
@@ -118,7 +124,7 @@ def _markdown(points, states, rows, grid, varying, scoring, figures) -> str:
              f"{len(points)} grid points ({n_done} done, "
              f"{sum(s['status'] == 'failed' for s in states.values())} failed); grid: "
              + "; ".join(f"{n} = {', '.join(_fmt(v) for v in vals)}" for n, vals in grid.items()) + ".",
-             f"Scored at test k = {scoring.k}, alpha = {scoring.alpha:g}, T = {scoring.T:g}; FPR95 and AUROC in "
+             f"Scored at test k = {_test_k(scoring)}, alpha = {scoring.alpha:g}, T = {scoring.T:g}; FPR95 and AUROC in "
              f"percent, mean ± std over seeds. All rows: results.csv.\n"]
     ood_sets = list(dict.fromkeys(r["ood_set"] for r in at if r["ood_set"] != report.AVERAGE)) + [report.AVERAGE]
     cols = varying or ["(all)"]
@@ -178,7 +184,8 @@ def _figure(n: int, width: float = 4.0):
 
 
 def _figures(folder: Path, rows, varying, scoring) -> list[str]:
-    """Fig. 4 style (average FPR95 / AUROC against each swept option, and against the test alpha), Fig. 5 (train k x test k heat
+    """Fig. 4 style (average FPR95 / AUROC against each swept option, and against the test alpha),
+    Fig. 5 (train k x test k heat
     map when both vary), Fig. 6 (evaluators side by side). Returns the figure names."""
     if not rows:
         return []
@@ -205,7 +212,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
         _save(fig, folder / f"vs_{opt}")
         names.append(f"vs_{opt}")
     if len(scoring.alphas) > 1:                             # Fig. 4's alpha panel (test time)
-        by_alpha = [r for r in rows if r["ood_set"] == report.AVERAGE and r["test_k"] == scoring.k
+        by_alpha = [r for r in rows if r["ood_set"] == report.AVERAGE and r["test_k"] == scoring.k_for(r["k"])
                     and r["alpha"] != ""]
         fig, axes = _figure(2)
         for ax, metric in zip(axes, ("fpr95", "auroc")):
@@ -215,7 +222,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
                     ax.errorbar(scoring.alphas, [np.mean(y) if y else np.nan for y in ys],
                                 yerr=[np.std(y) if y else np.nan for y in ys], marker="o", capsize=3,
                                 label=report.LABELS[m])
-            ax.set_xlabel(f"alpha (test k = {scoring.k})")
+            ax.set_xlabel("alpha")
             ax.set_ylabel(f"average {metric.upper()} (%)")
         axes[0].legend(fontsize=7)
         _save(fig, folder / "vs_alpha")

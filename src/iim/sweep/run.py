@@ -43,10 +43,11 @@ class Point:
 
 @dataclass
 class Scoring:
-    """How every point is scored: results.json at (k, alpha), sweep.csv over ks x alphas if several."""
+    """How every point is scored: results.json at (k, alpha), sweep.csv over ks x alphas if several.
+    ``k`` None: each point's own train k when ``ks`` lists it, else 50 when listed, else ``ks[0]``."""
     ks: list = field(default_factory=lambda: [50])
     alphas: list = field(default_factory=lambda: [1.0])
-    k: int = 50
+    k: int | None = None
     alpha: float = 1.0
     T: float = 1.0
     ood: tuple = ()
@@ -57,6 +58,12 @@ class Scoring:
     @property
     def sweeps(self) -> bool:
         return len(self.ks) * len(self.alphas) > 1
+
+    def k_for(self, train_k: int) -> int:
+        """The test k of a point's results.json."""
+        if self.k is not None:
+            return self.k
+        return next(k for k in (train_k, 50, self.ks[0]) if k in self.ks)
 
     def key(self) -> dict:
         return dict(ks=list(self.ks), alphas=list(self.alphas), k=self.k, alpha=self.alpha, T=self.T,
@@ -139,7 +146,8 @@ def run_point(p: Point, scoring: Scoring) -> dict:
         job = prepare_run(p.dir, cache_path=p.config.cache, out=p.dir)
         kw = dict(T=scoring.T, ood=scoring.ood, chunk=scoring.chunk, device=scoring.device, progress=False,
                   recipe=scoring.recipe)
-        res = run_score(job, k=scoring.k, alpha=scoring.alpha, knn=dict(k=1, all_views=False), plot=False, **kw)
+        res = run_score(job, k=scoring.k_for(p.config.k), alpha=scoring.alpha, knn=dict(k=1, all_views=False),
+                        plot=False, **kw)
         if scoring.sweeps:
             run_sweep(job, scoring.ks, scoring.alphas, **kw)
     except Exception as e:                     # noqa: BLE001  (one failing point must not stop the grid)
