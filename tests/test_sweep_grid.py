@@ -15,6 +15,7 @@ from helpers import make_random_cache
 from iim.errors import IIMError
 from iim.sweep import expand, parse_specs, point_name
 from iim.train.checkpoint import load_checkpoint
+from iim.train.config import TrainConfig
 from test_score_cli import run_cli
 
 FAST = ["--grid", "epochs=2", "--grid", "n_ctx=4", "--grid", "batch_size=4"]
@@ -57,7 +58,7 @@ def test_grid_values_are_read_with_each_options_own_type():
     points = expand(grid)
     assert len(points) == 3 * 3 * 2 * 2 * 2 * 2 and points[1] == dict(points[0], seed=1)
     # names: split first, then only the options that differ from their defaults (stable across grids)
-    default_n_neg = {"shots": 4, "seed": 1, "views": 1, "n_neg": 300, "lambda_neg": 0.0}
+    default_n_neg = {"shots": 4, "seed": 1, "views": 1, "n_neg": TrainConfig.n_neg, "lambda_neg": 0.0}
     assert point_name(default_n_neg) == "shots4-seed1-lambda_neg0"
     assert point_name({"shots": 4, "seed": 2, "views": 8, "hard_negative_mining": False}) == \
         "shots4-seed2-views8-hard_negative_miningoff"
