@@ -1,4 +1,4 @@
-"""``iim cache``: look into feature caches (``info``, ``ls``) and check them (``verify``)."""
+"""``iim cache``: look into feature caches (``info``, ``ls``), check them (``verify``), exchange them as HDF5 (``export``, ``import``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -111,3 +111,29 @@ def verify(path, quick, progress):
     done, partial = c.splits(), len(c.split_names()) - len(c.splits())
     click.echo(f"{c.root}: OK ({len(done)} complete split(s)" + (f", {partial} partial" if partial else "")
                + (", features not read" if quick else "") + ")")
+
+
+@cache.command("export")
+@click.option("--format", "fmt", type=click.Choice(["hdf5"]), default="hdf5", show_default=True,
+              help="File format of the export.")
+@click.option("--allow-incomplete", is_flag=True, help="Export interrupted splits too (the rows written so "
+              "far; they stay incomplete when imported).")
+@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@progress_option
+def export(fmt, allow_incomplete, path, out, progress):
+    """Write the cache at PATH to one HDF5 file OUT (a group per split, the manifest as a root attribute)."""
+    from .hdf5 import export_hdf5
+    out = export_hdf5(path, out, allow_incomplete=allow_incomplete, progress=progress)
+    click.echo(f"wrote {out} ({_human(Path(out).stat().st_size)})")
+
+
+@cache.command("import")
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("path", type=click.Path(file_okay=False))
+@progress_option
+def import_(src, path, progress):
+    """Write the HDF5 file SRC (from 'iim cache export') into the cache at PATH (a new or matching cache)."""
+    from .hdf5 import import_hdf5
+    c = import_hdf5(src, path, progress=progress)
+    click.echo(f"{c.root}: imported {len(c.splits())} complete split(s)")
