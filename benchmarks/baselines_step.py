@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import open_clip
 import torch
@@ -34,24 +32,9 @@ from iim.train.loop import build_encoder, step_function, train_step
 from iim.train.methods import method_losses
 from iim.train.losses import diversity_loss, iim_losses, total_loss
 from peers import FullLengthPrompts
+from timing import timings
 
 METHODS = ("iim", "coop", "locoop", "localprompt")
-
-
-def timings(step, *, iters: int, warmup: int, device) -> tuple[float, float]:
-    """``(best, median)`` wall time of ``step()`` in ms (best: robust on a shared machine)."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return min(times), statistics.median(times)
 
 
 def main():

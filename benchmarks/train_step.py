@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -42,23 +41,13 @@ from iim.text import PromptEncoder, encode_prompts_reference
 from iim.train import diversity_loss, iim_losses, total_loss
 from iim.train.loop import TrainConfig, step_function, train, train_step
 from peers import FullLengthPrompts, cuda_graphed
+from timing import timings
 from variants import add_variant_options, allow_many_compiles, variant_label, variants
 
 
 def timed(step, *, iters: int, warmup: int, device) -> float:
     """Median wall time of ``step()`` in ms."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return timings(step, iters=iters, warmup=warmup, device=device)[1]
 
 
 def loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_images: int, device, runs) -> dict:

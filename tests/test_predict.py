@@ -2,7 +2,6 @@
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch
 from PIL import Image
 
 import iim
-import iim.cli
 from helpers import make_fake_run
 from imagegen import make_world, truncate, write_image
 from iim.data.folders import list_images, load_rgb
@@ -20,18 +18,12 @@ from iim.extract.run import extract
 from iim.metrics import recall_threshold
 from iim.predict.inputs import select_images
 from iim.score.run import run_score
+from test_extract_cli import run_cli
 from iim.score.pipeline import prepare_run, prepare_zero_shot
 
 TINY = dict(model="iim-test-tiny", pretrained="none", workers=0, progress=False, log=lambda m: None)
 K, ALPHA = 10, 0.5            # not ScoreOptions' defaults: predict must take them from results.json
 
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["iim", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        iim.cli.main()
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
 
 
 def one_line_error(code, err, match):
