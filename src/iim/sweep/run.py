@@ -3,8 +3,8 @@
 :func:`~iim.score.run.run_sweep` over the test k / alpha lists); ``point.json`` records its state.
 
     points = plan("cache/demo", {"n_neg": [0, 10], "seed": [1, 2]}, "sweeps/nneg")   # checks everything
-    for p in points:
-        status = run_point(p, scoring)    # skips a finished point; a failure is recorded, not raised
+    for group in group_points(points):    # points that train together in one process
+        states = run_group(group, scoring)   # skips finished points; a failure is recorded, not raised
 
 A rerun skips finished points, continues a killed point from its last checkpoint (``train(resume=True)``)
 and retries failed ones; a larger grid in the same folder reuses the points it shares.
@@ -23,7 +23,7 @@ from ..errors import IIMError
 from ..score.pipeline import ood_split_names, prepare_run
 from ..score.run import run_score, run_sweep
 from ..score.scores import check_k
-from ..train.config import TrainConfig
+from ..train.config import TrainConfig, resolve_method
 from ..train.loop import train, validate
 from .grid import SPLIT_KEYS, expand, point_name
 
@@ -161,6 +161,38 @@ def run_point(p: Point, scoring: Scoring) -> dict:
     _write_state(p, status="done", scoring=scoring.key(), seconds=time.perf_counter() - t0,
                  headline={"method": head, "fpr95": avg["fpr95"], "auroc": avg["auroc"]})
     return read_state(p)
+
+
+def group_key(cfg: TrainConfig):
+    """Points with equal keys can train together (:func:`iim.train.joint.train_jointly`): same cache and
+    train split, epochs and batch size (so the same steps), device and execution options; None: the
+    point trains on its own (``--compile``, ``--attention flex``: one compiled graph per point)."""
+    if cfg.compile != "off" or cfg.attention == "flex":
+        return None
+    c = resolve_method(cfg)
+    return (str(Path(c.cache).resolve()), c.split, c.method, c.epochs, c.batch_size, c.pos_views, c.device,
+            c.attention, c.features_in, c.bf16, c.pretrained)
+
+
+def group_points(points: list[Point], *, max_pack: int | None = None) -> list[list[Point]]:
+    """The points in groups that train together, each of at most ``max_pack`` points (None: as many
+    as memory allows, :func:`iim.train.joint.auto_pack`; 1: every point on its own), in grid order of
+    each group's first point."""
+    groups: dict = {}
+    for i, p in enumerate(points):
+        key = group_key(p.config)
+        groups.setdefault(("solo", i) if key is None else key, []).append(p)
+    out = []
+    for members in groups.values():
+        size = max_pack or len(members)
+        out += [members[i:i + size] for i in range(0, len(members), size)]
+    return out
+
+
+def run_group(group: list[Point], scoring: Scoring) -> list[dict]:
+    """Train the group's unfinished points together, then score each; returns each point's
+    ``point.json`` state (as :func:`run_point`): a failing point is recorded and the others go on."""
+    return [run_point(p, scoring) for p in group]
 
 
 def summary_line(i: int, n: int, p: Point, st: dict) -> str:
