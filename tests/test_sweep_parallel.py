@@ -147,3 +147,34 @@ def test_jobs_refusals_are_one_line(world, capsys, extra, message):
     code, _, err = run_cli(capsys, "sweep", *argv)
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (root / "bad").exists()
+
+
+def _dying_worker(index, groups, scoring, device, threads, results):
+    """Worker 0 dies at once (as if killed); the others work as usual."""
+    if index == 0:
+        os._exit(3)
+    from iim.sweep.parallel import _worker
+    _worker(index, groups, scoring, device, threads, results)
+
+
+def test_a_dead_worker_leaves_its_points_failed_and_the_others_done(world, monkeypatch):
+    import iim.sweep.parallel as parallel
+    from iim.sweep import Scoring, group_points, parse_specs, plan
+    root, args = world
+    grid = parse_specs(["n_neg=4", "epochs=1", "n_ctx=4", "batch_size=4", "k=4"], seeds=[1, 2])
+    scoring = Scoring(ks=[5])
+    points = plan(args[1], grid, root / "dead", scoring=scoring)
+    groups = group_points(points)
+    assert len(groups) == 2
+    monkeypatch.setattr(parallel, "_worker", _dying_worker)
+    lines = []
+    states = parallel.run_jobs(points, groups, scoring, 2, progress=False, log=lines.append)
+    dead = {p.name for g in assign([len(g) for g in groups], 2)[0] for p in groups[g]}
+    assert dead and len(lines) == len(points)
+    for p in points:
+        st = json.loads((p.dir / "point.json").read_text())
+        assert states[p.name] == st
+        if p.name in dead:
+            assert st["status"] == "failed" and st["error"].startswith("worker 0 exited with code 3")
+        else:
+            assert st["status"] == "done"

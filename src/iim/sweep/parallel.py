@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
-import os
 import queue as queue_mod
+
+import torch
 
 from tqdm.auto import tqdm
 
@@ -111,7 +112,6 @@ def run_torchrun(points: list[Point], groups: list[list[Point]], scoring: Scorin
 
 # ---- --jobs N --------------------------------------------------------------------------------------
 def _worker(index: int, groups: list[list[Point]], scoring: Scoring, device: str, threads: int, results) -> None:
-    import torch
     torch.set_num_threads(threads)
     try:
         train_share(groups, scoring, device, lambda p, st: results.put((index, p.name, st)))
@@ -128,7 +128,7 @@ def run_jobs(points: list[Point], groups: list[list[Point]], scoring: Scoring, j
     by_name = {p.name: p for p in points}
     ctx = mp.get_context("spawn")                  # CUDA and threads: a fresh interpreter per worker
     results = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // len(shares))
+    threads = max(1, torch.get_num_threads() // len(shares))     # the parent's threads, shared out
     procs = [ctx.Process(target=_worker, daemon=True, name=f"iim-sweep-{i}",
                          args=(i, [groups[g] for g in share], scoring, worker_device(scoring.device, i),
                                threads, results))
