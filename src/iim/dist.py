@@ -52,8 +52,12 @@ def worker_device(device: str, index: int) -> str:
 @contextlib.contextmanager
 def process_group(env: TorchrunEnv):
     """A gloo process group over torchrun's rendezvous (``MASTER_ADDR`` / ``MASTER_PORT``), for
-    barriers and :func:`gather` only (the work itself needs no collective)."""
+    barriers and :func:`gather` only (the work itself needs no collective). One the caller has already
+    started is used as it is, and left to the caller."""
     import torch.distributed as dist
+    if dist.is_initialized():
+        yield
+        return
     dist.init_process_group("gloo", rank=env.rank, world_size=env.world, timeout=WAIT)
     try:
         yield
