@@ -451,6 +451,12 @@ class Resources:
         return self._once(key, lambda: TrainFeatures(split, device, where, progress=self.progress))
 
 
+def _steps(feats, batches):
+    """The inputs of every optimiser step of ``batches``, fetched as they are taken."""
+    for idx in batches:
+        yield from feats.steps(idx)
+
+
 def run_epoch(epoch: int, runs: list[Run], forward, bar, *, compiled: bool) -> list:
     """One epoch of every run in ``runs`` (same split, batch size, steps): each its own lr, its own
     seed's views and order (:func:`epoch_draw`), then every step of all runs together
@@ -467,7 +473,7 @@ def run_epoch(epoch: int, runs: list[Run], forward, bar, *, compiled: bool) -> l
         view, order = epoch_draw(c.seed, epoch, r.feats.split.n, r.feats.split.views)
         r.feats.start_epoch(view)
         orders.append(order)
-        steps.append(x for idx in epoch_batches(order, c.batch_size) for x in r.feats.steps(idx))
+        steps.append(_steps(r.feats, epoch_batches(order, c.batch_size)))
     t0 = time.perf_counter()
     bar.set_description(f"epoch {epoch + 1}/{runs[0].cfg.epochs}")
     sums, n_steps = np.zeros((len(runs), 4)), 0
