@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,7 +14,6 @@ import iim.train.joint as joint
 import iim.train.loop as loop
 from helpers import make_random_cache
 from iim.errors import IIMError
-from iim.models import create_model
 from iim.text import PromptEncoder, encode_packed
 from iim.train.checkpoint import load_checkpoint
 from iim.train.config import TrainConfig
