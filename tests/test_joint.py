@@ -1,5 +1,6 @@
 """Joint training (issue 12): runs trained together in one packed forward end exactly where their
 separate ``train()`` runs end; a failing run does not stop the others; a killed joint run resumes."""
+import dataclasses
 import json
 import os
 import signal
@@ -88,6 +89,17 @@ def test_joint_training_equals_separate_runs(cache, tmp_path):
     assert json.loads((folder / "config.json").read_text())["lr"] == POINTS[0]["lr"]
 
 
+def test_methods_train_jointly_as_they_train_alone(cache, tmp_path):
+    """IIM, CoOp and LoCoOp (one step per batch each; CoOp / LoCoOp read the global features) mix."""
+    points = [dict(seed=1, method="coop", lr=2e-3), dict(seed=2, method="locoop", lr=2e-3),
+              dict(seed=1, k=4, n_neg=3)]
+    cfgs = configs(cache, tmp_path / "j", points)
+    assert len({joint.joint_key(c) for c in cfgs}) == 1
+    for cfg, state in zip(configs(cache, tmp_path / "a", points), train_jointly(cfgs, progress=False,
+                                                                                 log=lambda s: None)):
+        assert_same_run(state, train(cfg, progress=False, log=lambda s: None))
+
+
 def test_a_non_finite_point_stops_alone(cache, tmp_path, monkeypatch):
     real = loop.prompt_losses
 
@@ -137,7 +149,25 @@ def test_a_killed_joint_run_resumes_to_the_same_result(cache, tmp_path):
         assert_same_run(state, train(cfg, progress=False, log=lambda s: None))
 
 
-def test_auto_pack_is_bounded_by_memory():
+def test_auto_pack_is_bounded_by_memory(cache, tmp_path, monkeypatch):
     per = joint.point_bytes(n_tokens=10_000, width=512, layers=12, batch=32, hw=196, dim=512, prompts=1300)
     assert joint.auto_pack(per, torch.device("cpu"), fraction=1e-30) == 1
     assert joint.auto_pack(per, torch.device("cpu")) == max(1, int(loop._available_ram() * 0.25 // per))
+    small, large = (joint.run_bytes(c, cache) for c in configs(cache, tmp_path, [dict(seed=1, n_neg=0), dict(seed=1, n_neg=50)]))
+    assert 0 < small < large
+    # the sweep's groups: as many points as the memory allows, or --pack N
+    from iim.sweep import group_points, plan
+    with pytest.raises(IIMError, match="--k 50 needs 2k <= 64 patches"):   # the method's default k, checked
+        plan(cache.root, {"n_neg": [0, 2], "seed": [1]}, tmp_path / "sw")
+    points = plan(cache.root, {"n_neg": [0, 2, 4, 6], "seed": [1, 2], "k": [4]}, tmp_path / "sw")
+    assert [len(g) for g in group_points(points)] == [8]
+    assert [len(g) for g in group_points(points, max_pack=3)] == [3, 3, 2]
+    assert [len(g) for g in group_points(points, max_pack=1)] == [1] * 8
+    monkeypatch.setattr(loop, "_available_ram", lambda: 5 * large)      # 1.25 of the largest point
+    assert [len(g) for g in group_points(points)] == [1] * 8
+    # --compile / --attention flex points train alone
+    cfg = configs(cache, tmp_path, [dict(seed=1, n_neg=0)])[0]
+    assert joint.joint_key(dataclasses.replace(cfg, compile="default")) is None
+    assert joint.joint_key(dataclasses.replace(cfg, attention="flex")) is None
+    assert joint.joint_key(dataclasses.replace(cfg, lr=1.0)) == joint.joint_key(cfg)
+    assert joint.joint_key(dataclasses.replace(cfg, batch_size=2)) != joint.joint_key(cfg)
