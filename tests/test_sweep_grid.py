@@ -128,6 +128,8 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
         assert (ck["config"]["k"], ck["config"]["n_neg"]) == want
         assert {"results.json", "sweep.csv", "scores_test.npz", "config.json", "point.json"} <= \
             {p.name for p in (out / "points" / name).iterdir()}
+        log = (out / "points" / name / "train.log").read_text()      # its own lines (trained jointly)
+        assert log.count("epoch 1/2") == log.count("epoch 2/2") == 1 and f"{name}/checkpoint.pt" in log
 
     # the tidy CSV: results.json rows at (test k 5, alpha 1) with every metric, sweep.csv rows for the rest
     rows = read_csv(out / "results.csv")
