@@ -29,6 +29,7 @@ same in plain PyTorch, each block of 64 rows gathering the few key blocks it see
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -64,13 +65,20 @@ def neg_prompt(n_ctx: int) -> str:
     return " ".join([CTX_TOKEN] * n_ctx) + " ."
 
 
+@functools.lru_cache(maxsize=8)
+def model_tokenizer(name: str):
+    """open_clip's tokenizer of model ``name``, built once per process (reading its BPE vocabulary takes
+    ~0.1 s: paid once, not per prompt encoder)."""
+    return open_clip.get_tokenizer(name)
+
+
 def tokenize(model, texts, *, names=None) -> torch.Tensor:
     """Tokenize with the model's own open_clip tokenizer -> ``[N, context_length]`` int64.
 
     Unlike the tokenizer, never truncates silently: a text longer than the text encoder's context is
     an :class:`IIMError` naming the text (or ``names[i]``, e.g. the class name that made it long).
     """
-    tokenizer = open_clip.get_tokenizer(_model_name(model))
+    tokenizer = model_tokenizer(_model_name(model))
     length = getattr(model, "context_length", 77)
     if not texts:
         return torch.zeros(0, length, dtype=torch.long)
@@ -612,7 +620,7 @@ def encode_prompts_reference(model, classnames, ctx: torch.Tensor, neg_ctx: torc
     Returns ``(id_features [C, D], neg_features [n_neg, D])`` like :class:`PromptEncoder`.
     """
     n_ctx = ctx.shape[-2]
-    tokenizer = open_clip.get_tokenizer(_model_name(model))
+    tokenizer = model_tokenizer(_model_name(model))
     device = model.positional_embedding.device
 
     def encode(texts, context):                     # context: [N, n_ctx, W]

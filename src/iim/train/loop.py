@@ -27,7 +27,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,7 +40,7 @@ from ..log import info as log_info
 from ..lock import folder_lock
 from ..models import create_model, is_local_checkpoint, model_logit_scale, resolve_device, weights_id
 from ..options import check
-from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
+from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes, model_tokenizer
 from . import checkpoint as ck
 from . import methods
 from .config import COMPILE_MODES, FEATURES_IN, RECIPES, TrainConfig, resolve_recipe  # noqa: F401  (re-exported)
@@ -207,7 +206,7 @@ def build_encoder(model, classnames, cfg: TrainConfig) -> PromptEncoder:
 
 def ctx_init_tokens(model_name: str, words: str) -> torch.Tensor:
     """The token ids of ``--ctx-init`` words (no SOT/EOT), with the model's tokenizer."""
-    tokens = open_clip.get_tokenizer(model_name)([words])[0]
+    tokens = model_tokenizer(model_name)([words])[0]
     return tokens[1:int(tokens.argmax())]
 
 
