@@ -485,7 +485,8 @@ def encode_packed(encoders: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
     model = encoders[0].model
     if any(e.model is not model for e in encoders):
         raise IIMError("encode_packed packs encoders of one and the same model")
-    order = sorted(range(len(encoders)), key=lambda i: encoders[i].plan_key())     # stable: same plans adjacent
+    order = [0] if len(encoders) == 1 else \
+        sorted(range(len(encoders)), key=lambda i: encoders[i].plan_key())     # stable: same plans adjacent
     encs = [encoders[i] for i in order]
     runs, start, eot = [], 0, []        # runs: (encoder, first row, copies) of consecutive same-plan encoders
     for e in encs:
@@ -493,7 +494,7 @@ def encode_packed(encoders: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
             runs[-1][2] += 1
         else:
             runs.append([e, start, 1])
-        eot.append(e.eot_index + start)
+        eot.append(e.eot_index + start if start else e.eot_index)
         start += e.n_tokens
     eot = eot[0] if len(eot) == 1 else torch.cat(eot)
     x = _cat([e._embed() for e in encs]).to(model.transformer.get_cast_dtype())      # [T, W] packed
