@@ -69,8 +69,14 @@ def test_packed_forward_equals_each_encoder_alone(tiny_model):
         torch.testing.assert_close(grads[w - 1], e.ctx.grad, atol=float(2e-6 * scale), rtol=0)
 
 
-def test_joint_training_equals_separate_runs(cache, tmp_path):
+def test_joint_training_equals_separate_runs(cache, tmp_path, monkeypatch):
+    loads = []
+    real_init = loop.TrainFeatures.__init__
+    monkeypatch.setattr(loop.TrainFeatures, "__init__", lambda self, split, *a, **kw: (
+        loads.append(split.name), real_init(self, split, *a, **kw))[1])
     joint_states = train_jointly(configs(cache, tmp_path / "joint"), progress=False, log=lambda s: None)
+    assert sorted(loads) == ["train_k2_s1", "train_k2_s2", "train_k2_s3"]     # each split's features once
+    monkeypatch.undo()
     assert all(isinstance(s, dict) and s["complete"] for s in joint_states), joint_states
     for cfg, js in zip(configs(cache, tmp_path / "alone"), joint_states):
         alone = train(cfg, progress=False, log=lambda s: None)

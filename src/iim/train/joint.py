@@ -11,7 +11,8 @@ ONE backward through the sum of the losses. The runs' parameters are disjoint an
 the packed pass is row-wise or within one run's rows, so each run gets exactly its own gradient; each
 has its own SGD (lr schedule, momentum, weight decay). The epoch loop, checkpoints, epoch lines and run
 folders are those of ``iim train`` (:func:`iim.train.loop.train_epochs`), so each run ends where its
-separate ``iim train`` ends. A run whose loss turns non-finite stops (its last good checkpoint kept,
+separate ``iim train`` ends (each history's ``seconds``: the joint epoch's wall time). A run whose
+loss turns non-finite stops (its last good checkpoint kept,
 ``iim train``'s message) and the others go on.
 
 Every method trains jointly (the runs' steps per epoch must agree: same split size and batch size; one
