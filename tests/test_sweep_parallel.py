@@ -63,12 +63,13 @@ def test_bad_jobs_and_torchrun_env():
 # ---- several processes against one ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A cache with two support sets and the reference: a 2 (n_neg) x 2 (seed) grid in one process."""
+    """A cache with two support sets and the reference: a 2 (n_neg) x 2 (seed) grid in one process, in two
+    joint groups of 2 (``--pack 2``), so that two workers get one group each."""
     root = tmp_path_factory.mktemp("parallel")
     cache = make_random_cache(root / "cache")
     add_train_split(cache, 2)
     args = ["--cache", cache.root, "--grid", "n_neg=0,4", "--seed", "1,2", "--grid", "epochs=1",
-            "--grid", "n_ctx=4", "--grid", "batch_size=4", "--grid", "k=4", "--k", "5,20", "--no-progress"]
+            "--grid", "n_ctx=4", "--grid", "batch_size=4", "--grid", "k=4", "--k", "5,20", "--pack", "2", "--no-progress"]
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     code, _, err = run_cli(_Capsys(), "sweep", *args, "--out", root / "one")
@@ -164,7 +165,7 @@ def test_a_dead_worker_leaves_its_points_failed_and_the_others_done(world, monke
     grid = parse_specs(["n_neg=4", "epochs=1", "n_ctx=4", "batch_size=4", "k=4"], seeds=[1, 2])
     scoring = Scoring(ks=[5])
     points = plan(args[1], grid, root / "dead", scoring=scoring)
-    groups = group_points(points)
+    groups = group_points(points, max_pack=1)
     assert len(groups) == 2
     monkeypatch.setattr(parallel, "_worker", _dying_worker)
     lines = []
