@@ -76,3 +76,11 @@ def gather(obj, *, dst: int = 0) -> list | None:
     out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
     dist.gather_object(obj, out, dst=dst)
     return out
+
+
+def broadcast(obj, *, src: int = 0):
+    """Rank ``src``'s ``obj`` (picklable) on every rank."""
+    import torch.distributed as dist
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -18,7 +18,7 @@ import torch
 
 from tqdm.auto import tqdm
 
-from ..dist import barrier, gather, process_group, torchrun_env, worker_device
+from ..dist import barrier, broadcast, gather, process_group, torchrun_env, worker_device
 from ..errors import IIMError
 from .run import STATE, Point, Scoring, _write_state, read_state, run_group, summary_line
 
@@ -90,10 +90,11 @@ def run_torchrun(points: list[Point], groups: list[list[Point]], scoring: Scorin
                  progress: bool = True, log=tqdm.write) -> dict | None:
     """This rank's share of ``groups``, then a barrier; rank 0 returns every point's state (its own
     points reported as they finish, the other ranks' after the barrier), the other ranks None."""
-    mine = [groups[g] for g in assign([len(g) for g in groups], env.world)[env.rank]]
     device = worker_device(scoring.device, env.local_rank)
     show = Progress(len(points), progress=progress, log=log) if env.rank == 0 else None
     with process_group(env):
+        groups = same_groups(points, groups)
+        mine = [groups[g] for g in assign([len(g) for g in groups], env.world)[env.rank]]
         states = train_share(mine, scoring, device, show or (lambda p, st: None))
         everything = gather(states)            # every rank reaches this, whatever its points did
         barrier()
@@ -108,6 +109,13 @@ def run_torchrun(points: list[Point], groups: list[list[Point]], scoring: Scorin
             show(p, merged[p.name])
     show.close()
     return merged
+
+
+def same_groups(points: list[Point], groups: list[list[Point]]) -> list[list[Point]]:
+    """Rank 0's grouping on every rank: the pack size follows each process's free memory at start
+    (:func:`~iim.sweep.run.group_points`), so the ranks' own groupings may differ; the deal must not."""
+    by_name = {p.name: p for p in points}
+    return [[by_name[n] for n in g] for g in broadcast([[p.name for p in g] for g in groups])]
 
 
 # ---- --jobs N --------------------------------------------------------------------------------------
