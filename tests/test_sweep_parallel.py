@@ -1,0 +1,181 @@
+"""A training grid over several processes: the deal of groups to workers, and torchrun (2 CPU ranks on
+gloo) and ``--jobs 2`` giving the same point folders and the same results.csv as one process."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import make_random_cache
+from iim.sweep.parallel import assign, check_jobs
+from iim.dist import torchrun_env
+from iim.errors import IIMError
+from iim.train.checkpoint import load_checkpoint
+from test_score_cli import run_cli
+from test_sweep_grid import add_train_split
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py: the reference sweep on one thread
+
+
+# ---- the deal ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sizes, workers", [([3, 1, 1, 2, 2, 1], 2), ([1] * 7, 3), ([5, 4, 3, 3, 2, 2, 1], 3),
+                                            ([2, 2], 4), ([], 2)])
+def test_assign_deals_every_group_once_balanced_by_points(sizes, workers):
+    shares = assign(sizes, workers)
+    assert shares == assign(list(sizes), workers)                  # the same deal on every rank
+    assert len(shares) == workers and sorted(g for s in shares for g in s) == list(range(len(sizes)))
+    assert all(s == sorted(s) for s in shares)                     # grid order within a worker
+    loads = [sum(sizes[g] for g in s) for s in shares]
+    assert max(loads) - min(loads) <= max(sizes, default=0)
+    # largest first onto the least loaded: the straightforward greedy, step by step
+    load, want = [0] * workers, [[] for _ in range(workers)]
+    for g in sorted(range(len(sizes)), key=lambda g: (-sizes[g], g)):
+        w = load.index(min(load))
+        load[w] += sizes[g]
+        want[w].append(g)
+    assert shares == [sorted(s) for s in want]
+
+
+def test_assign_examples():
+    assert assign([1] * 5, 2) == [[0, 2, 4], [1, 3]]
+    assert assign([3, 1, 1, 1], 2) == [[0], [1, 2, 3]]
+    assert assign([2, 2], 3) == [[0], [1], []]
+
+
+def test_bad_jobs_and_torchrun_env():
+    for bad in (0, -2, True, "2"):
+        with pytest.raises(IIMError, match="--jobs .*at least 1"):
+            check_jobs(bad)
+    with pytest.raises(IIMError, match="drop --jobs"):
+        check_jobs(2, torchrun_env({"RANK": "0", "WORLD_SIZE": "2"}))
+    check_jobs(None, torchrun_env({"RANK": "0", "WORLD_SIZE": "2"}))
+    assert torchrun_env({}) is None
+    assert torchrun_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}) == (1, 2, 0)
+    with pytest.raises(IIMError, match="RANK=2 WORLD_SIZE=2"):
+        torchrun_env({"RANK": "2", "WORLD_SIZE": "2"})
+
+
+# ---- several processes against one ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A cache with two support sets and the reference: a 2 (n_neg) x 2 (seed) grid in one process, in two
+    joint groups of 2 (``--pack 2``), so that two workers get one group each."""
+    root = tmp_path_factory.mktemp("parallel")
+    cache = make_random_cache(root / "cache")
+    add_train_split(cache, 2)
+    args = ["--cache", cache.root, "--grid", "n_neg=0,4", "--seed", "1,2", "--grid", "epochs=1",
+            "--grid", "n_ctx=4", "--grid", "batch_size=4", "--grid", "k=4", "--k", "5,20", "--pack", "2", "--no-progress"]
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    code, _, err = run_cli(_Capsys(), "sweep", *args, "--out", root / "one")
+    torch.set_num_threads(n)
+    assert code == 0, err
+    return root, [str(a) for a in args]
+
+
+class _Capsys:
+    """``run_cli`` outside a test: its output is not needed, only the exit code."""
+
+    def readouterr(self):
+        return "", ""
+
+
+def same_as_one_process(root, out):
+    one = root / "one"
+    names = sorted(p.name for p in (one / "points").iterdir())
+    assert len(names) == 4 and sorted(p.name for p in (out / "points").iterdir()) == names
+    for name in names:
+        a, b = load_checkpoint(one / "points" / name), load_checkpoint(out / "points" / name)
+        assert a["complete"] and b["complete"]
+        for key in ("ctx", "neg_ctx"):
+            if key in a["contexts"]:
+                assert torch.equal(a["contexts"][key], b["contexts"][key]), (name, key)
+        sa, sb = (json.loads((d / "points" / name / "point.json").read_text()) for d in (one, out))
+        assert sa["status"] == sb["status"] == "done" and sa["headline"] == sb["headline"]
+        ra, rb = (json.loads((d / "points" / name / "results.json").read_text()) for d in (one, out))
+        assert ra["metrics"] == rb["metrics"] and ra["id"] == rb["id"] and ra["settings"] == rb["settings"]
+    assert (out / "results.csv").read_text() == (one / "results.csv").read_text()
+    assert (out / "report.md").is_file() and (out / "sweep.json").read_text() == (one / "sweep.json").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_cpu_ranks_give_the_one_process_folders(world):
+    root, args = world
+    out = root / "torchrun"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
+               CUDA_VISIBLE_DEVICES="")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "iim", "sweep", *args, "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # only rank 0 reports: one line per point, one summary
+    assert proc.stdout.count("points done") == 1 and "4/4 points done, 0 failed" in proc.stdout, proc.stdout
+    assert sum(line.startswith("[") for line in proc.stdout.splitlines()) == 4
+    same_as_one_process(root, out)
+
+
+def test_jobs_two_workers_give_the_one_process_folders(world, capsys):
+    root, args = world
+    out = root / "jobs"
+    code, stdout, err = run_cli(capsys, "sweep", *args, "--jobs", "2", "--out", out)
+    assert code == 0, err
+    assert "4/4 points done, 0 failed" in stdout and sum(line.startswith("[") for line in stdout.splitlines()) == 4
+    same_as_one_process(root, out)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--jobs", "0"], "0 given; jobs must be at least 1"),
+    (["--run", "somewhere", "--jobs", "2"], "--jobs shares a training grid"),
+])
+def test_jobs_refusals_are_one_line(world, capsys, extra, message):
+    root, args = world
+    argv = ["--cache", args[1], "--grid", "n_neg=0", "--seed", "1", "--out", root / "bad", *extra]
+    if "--run" in extra:
+        argv = ["--out", root / "bad", *extra]
+    code, _, err = run_cli(capsys, "sweep", *argv)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (root / "bad").exists()
+
+
+def _dying_worker(index, groups, scoring, device, threads, results):
+    """Worker 0 dies at once (as if killed); the others work as usual."""
+    if index == 0:
+        os._exit(3)
+    from iim.sweep.parallel import _worker
+    _worker(index, groups, scoring, device, threads, results)
+
+
+def test_a_dead_worker_leaves_its_points_failed_and_the_others_done(world, monkeypatch):
+    import iim.sweep.parallel as parallel
+    from iim.sweep import Scoring, group_points, parse_specs, plan
+    root, args = world
+    grid = parse_specs(["n_neg=4", "epochs=1", "n_ctx=4", "batch_size=4", "k=4"], seeds=[1, 2])
+    scoring = Scoring(ks=[5])
+    points = plan(args[1], grid, root / "dead", scoring=scoring)
+    groups = group_points(points, max_pack=1)
+    assert len(groups) == 2
+    monkeypatch.setattr(parallel, "_worker", _dying_worker)
+    lines = []
+    states = parallel.run_jobs(points, groups, scoring, 2, progress=False, log=lines.append)
+    dead = {p.name for g in assign([len(g) for g in groups], 2)[0] for p in groups[g]}
+    assert dead and len(lines) == len(points)
+    for p in points:
+        st = json.loads((p.dir / "point.json").read_text())
+        assert states[p.name] == st
+        if p.name in dead:
+            assert st["status"] == "failed" and st["error"].startswith("worker 0 exited with code 3")
+        else:
+            assert st["status"] == "done"
