@@ -110,8 +110,10 @@ def packed_configs(args, tmp: Path, n: int) -> list[TrainConfig]:
 
 def ms_per_step(states, wall: float) -> float:
     """ms per step of the second epoch, from the run's history (else the whole call's wall time)."""
-    state = states[0] if isinstance(states, (list, tuple)) else states
-    h = (state or {}).get("history") or []
+    state = next((s for s in states if isinstance(s, dict)), None)     # a run that failed: its exception
+    if state is None:
+        raise SystemExit(f"every packed run failed: {states[0]}")
+    h = state.get("history") or []
     if h and h[-1].get("steps"):
         return 1e3 * h[-1]["seconds"] / h[-1]["steps"]
     return float("nan") if not wall else 1e3 * wall
