@@ -280,6 +280,7 @@ class PromptEncoder(nn.Module):
         self.register_buffer("row_reads_prefix", torch.tensor(plan.row_reads_prefix, device=device),
                              persistent=False)
         self._block_mask = None
+        self._copies = {}                # _copies_index of several encoders with this plan
         if attention == "flex":   # built now, outside any torch.compile'd forward that calls the encoder
             self.block_mask()
         if attention == "blocks":
@@ -292,20 +293,12 @@ class PromptEncoder(nn.Module):
                 f"class_specific={self.class_specific}, tokens={self.n_tokens}")
 
     def forward(self):
-        model = self.model
-        dtype = model.transformer.get_cast_dtype()
-        x = self._embed().to(dtype)                                      # [T, W] packed
-        blocks = model.transformer.resblocks
-        for i, block in enumerate(blocks):
-            last = i == len(blocks) - 1
-            if self.checkpoint and torch.is_grad_enabled():
-                x = _checkpoint(self._layer, block, x, last, use_reentrant=False)
-            else:
-                x = self._layer(block, x, last)
-        x = model.ln_final(x)                                           # x: EOT rows only
-        feats = _float32_at_least(_project(model, x) if self.projection is None else x @ self.projection)
-        C = len(self.classnames)
-        return feats[:C], feats[C:]
+        return encode_packed([self])[0]
+
+    def plan_key(self) -> tuple:
+        """Encoders with equal keys pack their prompts alike (same :class:`PackingPlan`): their attention
+        runs as one batch in :func:`encode_packed`."""
+        return (tuple(self.classnames), self.n_ctx, self.n_neg, self.class_specific, self.attention)
 
     def _embed(self) -> torch.Tensor:
         """Pack the prompt embeddings (context rows substituted, positions added) -> ``[T, W]``."""
@@ -320,21 +313,15 @@ class PromptEncoder(nn.Module):
         x = torch.cat(parts)
         return x if self.embed_order is None else x.index_select(0, self.embed_order)
 
-    def _layer(self, block, x: torch.Tensor, last: bool) -> torch.Tensor:
-        """One ResidualAttentionBlock on the packed rows; in the last layer keep only the EOT rows."""
-        attn = block.attn
-        qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)   # [T, 3W]
+    def _attend(self, qkv: torch.Tensor, heads: int, last: bool, copies: int = 1) -> torch.Tensor:
+        """Attention of the packed rows of ``copies`` encoders with this packing plan, back to back in
+        ``qkv`` -> outputs in packed-row order (the EOT rows only if ``last``)."""
         if self.attention in ("flex", "blocks"):   # outputs in packed-row order
-            attend = self._attend_flex if self.attention == "flex" else self._attend_blocks
-            o = attend(qkv, attn.num_heads)
-            if last:
-                x, o = _Rows.apply(x, self.eot_index), _Rows.apply(o, self.eot_index)
-        else:
-            o = self._attend_segments(qkv, attn.num_heads, last)
-            if last:
-                x = _Rows.apply(x, self.eot_index)
-        x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
+            if copies != 1:
+                raise IIMError(f"attention={self.attention!r} attends one encoder at a time")
+            o = (self._attend_flex if self.attention == "flex" else self._attend_blocks)(qkv, heads)
+            return _Rows.apply(o, self.eot_index) if last else o
+        return self._attend_segments(qkv, heads, last, copies)
 
     def visible(self, query_rows: torch.Tensor, key_rows: torch.Tensor) -> torch.Tensor:
         """Whether packed row ``key_rows`` is visible to ``query_rows`` (broadcast): same prompt and not
@@ -421,26 +408,112 @@ class PromptEncoder(nn.Module):
         o = _flex_attention(q.device)(q, k, v, block_mask=self.block_mask())
         return o[0].transpose(0, 1).reshape(T, -1)
 
-    def _attend_segments(self, qkv: torch.Tensor, heads: int, last: bool) -> torch.Tensor:
-        """Attention per right-padded segment, outputs back in packed order (EOT rows only if ``last``)."""
+    def _attend_segments(self, qkv: torch.Tensor, heads: int, last: bool, copies: int = 1) -> torch.Tensor:
+        """Attention per right-padded segment, outputs back in packed order (EOT rows only if ``last``);
+        ``copies`` encoders' rows (same plan, back to back) attend as one batch."""
         outs = []
-        for seg in self.segments:
-            qkv_seg = _Rows.apply(qkv, seg.index).view(seg.n, seg.n_queries, 3, heads, -1)
+        seg_index, out_index, eot_out_index = self._copies_index(copies)
+        for seg, index in zip(self.segments, seg_index):
+            n = seg.n * copies
+            qkv_seg = _Rows.apply(qkv, index).view(n, seg.n_queries, 3, heads, -1)
             q, k, v = qkv_seg.permute(2, 0, 3, 1, 4)                           # [n, heads, rows, dim]
-            if seg.n_prefix:   # every row's keys/values start with the shared prefix's; expand's
+            if seg.n_prefix:   # every row's keys/values start with its copy's shared prefix; expand's
                 # backward sums the prefix gradient over the classes (a reduction, no atomics)
-                pre = qkv[:seg.n_prefix].view(1, seg.n_prefix, 3, heads, -1).permute(2, 0, 3, 1, 4)
-                k = torch.cat([pre[1].expand(seg.n, -1, -1, -1), k], dim=2)
-                v = torch.cat([pre[2].expand(seg.n, -1, -1, -1), v], dim=2)
+                pre = qkv.view(copies, -1, qkv.shape[-1])[:, :seg.n_prefix]
+                pre = pre.reshape(copies, 1, seg.n_prefix, 3, heads, -1).permute(3, 0, 1, 4, 2, 5)
+                pre = pre.expand(-1, -1, seg.n, -1, -1, -1).reshape(3, n, heads, seg.n_prefix, -1)
+                k = torch.cat([pre[1], k], dim=2)
+                v = torch.cat([pre[2], v], dim=2)
             if self.attention == "bmm":
                 o = _bmm_attention(q, k, v, seg.bias.to(q.dtype))
             else:
                 with _sdpa_backend(self.attention):
                     o = F.scaled_dot_product_attention(q, k, v, attn_mask=seg.mask, is_causal=seg.mask is None)
-            outs.append(o.transpose(1, 2).reshape(seg.n * seg.n_queries, -1))
+            outs.append(o.transpose(1, 2).reshape(n * seg.n_queries, -1))
         o = torch.cat(outs) if len(outs) > 1 else outs[0]
         # in the last layer only the EOT rows feed out_proj, the MLP, ln_final and the projection
-        return _Rows.apply(o, self.eot_out_index if last else self.out_index)
+        return _Rows.apply(o, eot_out_index if last else out_index)
+
+    def _copies_index(self, copies: int) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """The gathers of :meth:`_attend_segments` for ``copies`` encoders' rows back to back: each
+        segment's rows (copy c's shifted by c x T), and each packed row's place in the segments' outputs
+        (segment s holds every copy's rows, copy by copy) -> ``(segment indices, out_index, eot_out_index)``."""
+        if copies == 1:
+            return [seg.index for seg in self.segments], self.out_index, self.eot_out_index
+        key = (copies, str(self.out_index.device))
+        if key not in self._copies:
+            dev = self.out_index.device
+            shift = torch.arange(copies, device=dev)[:, None]
+            index = [(seg.index[None] + shift * self.n_tokens).flatten() for seg in self.segments]
+            size = torch.tensor([seg.n * seg.n_queries for seg in self.segments], device=dev)
+            base = torch.cumsum(size, 0) - size                 # segment starts in one copy's outputs
+
+            def place(rows):    # one copy's output positions -> every copy's
+                s = torch.searchsorted(base, rows, right=True) - 1
+                return (copies * base[s] + shift * size[s] + rows - base[s]).flatten()
+            self._copies[key] = index, place(self.out_index), place(self.eot_out_index)
+        return self._copies[key]
+
+
+def encoder_layer(block, x: torch.Tensor, attend, eot_index: torch.Tensor | None = None) -> torch.Tensor:
+    """One open_clip ResidualAttentionBlock on packed rows ``x [T, W]``: ln_1, the qkv projection,
+    ``attend(qkv) -> [T', W]`` (T' = T, or the EOT rows ``eot_index`` only in the last layer), out_proj,
+    ln_2 and the MLP, every token-wise part as one call on all rows."""
+    attn = block.attn
+    o = attend(F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias))        # qkv: [T, 3W]
+    if eot_index is not None:
+        x = _Rows.apply(x, eot_index)
+    x = x + block.ls_1(F.linear(o, attn.out_proj.weight, attn.out_proj.bias))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def encode_packed(encoders: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The forward of one or several :class:`PromptEncoder` on the same frozen model as ONE packed pass:
+    their packed rows back to back, the token-wise work of each layer (:func:`encoder_layer`) as one call
+    on all of them, attention per encoder on its own rows (one batch for encoders sharing a packing plan,
+    :meth:`PromptEncoder.plan_key`) -> each encoder's ``(id_features [C, D], neg_features [n_neg, D])``.
+    Every operation is row-wise or within one encoder's rows, so each output depends on its own encoder's
+    contexts only (and its gradient reaches only them)."""
+    model = encoders[0].model
+    if any(e.model is not model for e in encoders):
+        raise IIMError("encode_packed packs encoders of one and the same model")
+    order = sorted(range(len(encoders)), key=lambda i: encoders[i].plan_key())     # stable: same plans adjacent
+    encs = [encoders[i] for i in order]
+    runs, start, eot = [], 0, []        # runs: (encoder, first row, copies) of consecutive same-plan encoders
+    for e in encs:
+        if runs and runs[-1][0].plan_key() == e.plan_key() and e.attention not in ("flex", "blocks"):
+            runs[-1][2] += 1
+        else:
+            runs.append([e, start, 1])
+        eot.append(e.eot_index + start)
+        start += e.n_tokens
+    eot = eot[0] if len(eot) == 1 else torch.cat(eot)
+    x = _cat([e._embed() for e in encs]).to(model.transformer.get_cast_dtype())      # [T, W] packed
+    blocks = model.transformer.resblocks
+    for i, block in enumerate(blocks):
+        last = i == len(blocks) - 1
+
+        def attend(qkv, last=last, heads=block.attn.num_heads):
+            return _cat([e._attend(qkv[a:a + n * e.n_tokens], heads, last, n) for e, a, n in runs])
+        if encs[0].checkpoint and torch.is_grad_enabled():
+            x = _checkpoint(encoder_layer, block, x, attend, eot if last else None, use_reentrant=False)
+        else:
+            x = encoder_layer(block, x, attend, eot if last else None)
+    x = model.ln_final(x)                                                # x: EOT rows only
+    sizes = [len(e.classnames) + e.n_neg for e in encs]
+    if all(e.projection is None for e in encs):
+        parts = _project(model, x).split(sizes)
+    else:
+        parts = [_project(model, r) if e.projection is None else r @ e.projection for e, r in zip(encs, x.split(sizes))]
+    feats = [_float32_at_least(f) for f in parts]
+    out = [None] * len(encs)
+    for i, e, f in zip(order, encs, feats):
+        out[i] = (f[:len(e.classnames)], f[len(e.classnames):])
+    return out
+
+
+def _cat(xs: list) -> torch.Tensor:
+    return xs[0] if len(xs) == 1 else torch.cat(xs)
 
 
 _FLEX = {}

@@ -101,9 +101,12 @@ def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
               help="Training grid: a training option and its values (repeatable), e.g. n_neg=0,10,20, "
                    "lambda_neg=0:5:2.5, hard_negative_mining=on,off, shots=1,4; needs --cache.")
 @seed_option("Training grid: the seeds of every point (split seed and training seed).", many=True)
+@click.option("--pack", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Training grid: at most N points trained together in one packed forward (1: each "
+                   "point on its own). Default: as many as memory allows.")
 @click.pass_context
 def sweep(ctx, run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk, recipe,
-          grid, seed):
+          grid, seed, pack):
     """Sweep k and alpha in ONE pass over the cache (one sorted top-k_max; alpha is linear), or train
     and score a grid of training options (--grid / --seed / --cache without --run).
 
@@ -116,12 +119,16 @@ def sweep(ctx, run, runs_dir, cache, zero_shot, out, ood, device, progress, k, a
     sets) into the run folder (--out) and prints the best setting per method. A training grid writes
     one run folder per point under <out>/points/, results.csv, points.csv, report.md and figures/.
     """
-    if grid or seed or (cache is not None and run is None and not zero_shot):
+    training = grid or seed or (cache is not None and run is None and not zero_shot)
+    if pack is not None and not training:
+        raise IIMError("--pack sets how many grid points train together; it needs a training grid (--grid, --cache)")
+    if training:
         from ..sweep.cli import training_grid
         given = {n: ctx.get_parameter_source(n) != ParameterSource.DEFAULT for n in ("k", "alpha")}
         return training_grid(cache=cache, specs=grid, seeds=seed, out=out, run=run, zero_shot=zero_shot,
                              ood=ood, device=device, progress=progress, ks=k if given["k"] else None,
-                             alphas=alpha if given["alpha"] else None, T=T, chunk=chunk, recipe=recipe)
+                             alphas=alpha if given["alpha"] else None, T=T, chunk=chunk, recipe=recipe,
+                             pack=pack)
     ks, alphas = k, alpha
     job = _job(run, runs_dir, cache, zero_shot, out)
     _announce(job)

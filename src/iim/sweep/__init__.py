@@ -14,13 +14,14 @@ from tqdm.auto import tqdm
 from ..atomic import atomic_write_text
 from .collect import collect
 from .grid import expand, parse_specs, point_name, sweepable  # noqa: F401  (the package's API)
-from .run import Point, Scoring, plan, run_point, summary_line  # noqa: F401
+from .run import Point, Scoring, group_points, plan, run_group, run_point, summary_line  # noqa: F401
 
 
 def run_grid(cache, grid: dict, out, *, scoring: Scoring | None = None, device: str = "auto",
-             progress: bool = True, log=tqdm.write) -> dict:
-    """Check every point, then train and score the unfinished ones, one after the other, and collect
-    the results; returns ``collect``'s summary plus ``points`` (the :class:`Point` list)."""
+             progress: bool = True, log=tqdm.write, pack: int | None = None) -> dict:
+    """Check every point, then train the unfinished ones group by group (:func:`group_points`: points
+    that share the split, epochs and batch size train together, at most ``pack`` at a time), score
+    them, and collect the results; returns ``collect``'s summary plus ``points`` (the :class:`Point` list)."""
     scoring = scoring or Scoring(device=device)
     points = plan(cache, grid, out, device=device, scoring=scoring)     # every refusal before training
     out = Path(out)
@@ -28,11 +29,13 @@ def run_grid(cache, grid: dict, out, *, scoring: Scoring | None = None, device: 
     atomic_write_text(out / "sweep.json", json.dumps(dict(cache=str(cache), grid=grid, scoring=scoring.key(),
                                                           points=[p.name for p in points]), indent=2) + "\n")
     bar = tqdm(total=len(points), unit="point", desc="sweep", disable=None if progress else True)
-    for i, p in enumerate(points, 1):
-        bar.set_postfix_str(p.name, refresh=True)
-        line = summary_line(i, len(points), p, run_point(p, scoring))
-        with tqdm.external_write_mode():          # the line above the bar, not through it
-            log(line)
-        bar.update()
+    i = 0
+    for group in group_points(points, max_pack=pack):
+        bar.set_postfix_str(group[0].name + (f" +{len(group) - 1}" if len(group) > 1 else ""), refresh=True)
+        for p, state in zip(group, run_group(group, scoring)):
+            i += 1
+            with tqdm.external_write_mode():      # the line above the bar, not through it
+                log(summary_line(i, len(points), p, state))
+            bar.update()
     bar.close()
     return dict(collect(out, points, scoring, grid), points=points)

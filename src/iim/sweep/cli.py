@@ -19,7 +19,7 @@ def _default(values: list, preferred):
 
 
 def training_grid(*, cache, specs, seeds, out, run, zero_shot, ood, device, progress, ks, alphas, T, chunk,
-                  recipe=None):
+                  recipe=None, pack=None):
     if run is not None or zero_shot:
         raise IIMError("--grid / --seed train a grid of runs from --cache; drop --run / --zero-shot "
                        "(re-score one run with 'iim sweep --run DIR')")
@@ -31,7 +31,8 @@ def training_grid(*, cache, specs, seeds, out, run, zero_shot, ood, device, prog
                       ood=tuple(ood), chunk=chunk, device=device, recipe=recipe)
     out = Path(out) if out is not None else Path("sweeps") / Path(cache).name
     t0 = time.perf_counter()
-    summary = run_grid(cache, grid, out, scoring=scoring, device=device, progress=progress, log=click.echo)
+    summary = run_grid(cache, grid, out, scoring=scoring, device=device, progress=progress, log=click.echo,
+                       pack=pack)
     n = len(summary["points"])
     ks = sorted({scoring.k_for(p.config.k) for p in summary["points"]})
     click.echo(f"{summary['done']}/{n} points done, {summary['failed']} failed; scored at k="

@@ -1,16 +1,18 @@
 """Running a training grid: every point is an ordinary run folder ``<out>/points/<name>/`` trained with
-:func:`iim.train.loop.train` and scored with :func:`iim.score.run.run_score` (and
+:func:`iim.train.loop.train`, or together with the points it groups with (:func:`group_points`) by
+:func:`iim.train.joint.train_jointly` (the same run folder, the same result), and scored with :func:`iim.score.run.run_score` (and
 :func:`~iim.score.run.run_sweep` over the test k / alpha lists); ``point.json`` records its state.
 
     points = plan("cache/demo", {"n_neg": [0, 10], "seed": [1, 2]}, "sweeps/nneg")   # checks everything
-    for p in points:
-        status = run_point(p, scoring)    # skips a finished point; a failure is recorded, not raised
+    for group in group_points(points):    # points that train together in one process
+        states = run_group(group, scoring)   # skips finished points; a failure is recorded, not raised
 
 A rerun skips finished points, continues a killed point from its last checkpoint (``train(resume=True)``)
 and retries failed ones; a larger grid in the same folder reuses the points it shares.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from ..score.pipeline import ood_split_names, prepare_run
 from ..score.run import run_score, run_sweep
 from ..score.scores import check_k
 from ..train.config import TrainConfig
+from ..train.joint import joint_key, train_jointly
 from ..train.loop import train, validate
 from .grid import SPLIT_KEYS, expand, point_name
 
@@ -133,16 +136,56 @@ def _write_state(p: Point, **state) -> None:
     atomic_write_text(p.dir / STATE, json.dumps(body, indent=2, default=str) + "\n")
 
 
-def run_point(p: Point, scoring: Scoring) -> dict:
+def group_points(points: list[Point], *, max_pack: int | None = None) -> list[list[Point]]:
+    """The points in groups that train together (:func:`~iim.train.joint.joint_key`), each of at most ``max_pack`` points (None: as many
+    as memory allows, :func:`iim.train.joint.auto_pack`; 1: every point on its own), in grid order of
+    each group's first point."""
+    groups: dict = {}
+    for i, p in enumerate(points):
+        key = joint_key(p.config)
+        groups.setdefault(("solo", i) if key is None else key, []).append(p)
+    out = []
+    for members in groups.values():
+        size = max_pack or len(members)
+        out += [members[i:i + size] for i in range(0, len(members), size)]
+    return out
+
+
+def run_group(group: list[Point], scoring: Scoring) -> list[dict]:
+    """Train the group's unfinished points together (:func:`~iim.train.joint.train_jointly`), then
+    score each; returns each point's ``point.json`` state (as :func:`run_point`; ``seconds``: its share
+    of the joint training plus its scoring): a failing point is recorded and the others go on."""
+    todo = [p for p in group if not is_done(p, scoring)]
+    if len(todo) < 2:
+        return [run_point(p, scoring) for p in group]
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as files:        # each point's lines in its own train.log
+        logs = []
+        for p in todo:
+            p.dir.mkdir(parents=True, exist_ok=True)
+            f = files.enter_context(open(p.dir / "train.log", "a"))
+            logs.append(lambda s, f=f: print(s, file=f, flush=True))
+        trained = dict(zip((p.name for p in todo),
+                           train_jointly([p.config for p in todo], resume=True, progress=False, log=logs)))
+    share = (time.perf_counter() - t0) / len(todo)
+    return [run_point(p, scoring, trained=trained.get(p.name), train_seconds=share) for p in group]
+
+
+def run_point(p: Point, scoring: Scoring, *, trained=None, train_seconds: float = 0.0) -> dict:
     """Train (or continue) and score one point unless it is finished; returns its ``point.json``. An
-    error (non-finite loss, out of memory, ...) is recorded as ``status: failed`` with its message."""
+    error (non-finite loss, out of memory, ...) is recorded as ``status: failed`` with its message.
+    ``trained``: the point's checkpoint dict or exception from a joint training (:func:`run_group`),
+    which took ``train_seconds`` per point; None: train it here on its own."""
     if is_done(p, scoring):
         return dict(read_state(p), skipped=True)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - train_seconds
     p.dir.mkdir(parents=True, exist_ok=True)
     try:
-        with open(p.dir / "train.log", "a") as f:
-            train(p.config, resume=True, progress=False, log=lambda s: print(s, file=f, flush=True))
+        if isinstance(trained, Exception):
+            raise trained
+        if trained is None:
+            with open(p.dir / "train.log", "a") as f:
+                train(p.config, resume=True, progress=False, log=lambda s: print(s, file=f, flush=True))
         job = prepare_run(p.dir, cache_path=p.config.cache, out=p.dir)
         kw = dict(T=scoring.T, ood=scoring.ood, chunk=scoring.chunk, device=scoring.device, progress=False,
                   recipe=scoring.recipe)

@@ -16,6 +16,8 @@ per epoch): epochs ``0 .. warmup-1`` use ``warmup_lr``; epoch ``e >= warmup`` us
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -312,12 +314,10 @@ def discard_run(out: Path) -> None:
             f.unlink()
 
 
-def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict, *extra) -> torch.Tensor:
-    """The forward of one step: all C + Cn prompts once, then Eq. 5-11 (another ``cfg.method``: its
-    losses, :mod:`iim.train.methods`) -> ``[loss, pos, neg, div]``.
-    Labels are not range-checked here (``train`` checks the split's once): no GPU sync mid-step."""
-    with torch.autocast(**amp):
-        id_f, neg_f = encoder()
+def prompt_losses(cfg: TrainConfig, id_f, neg_f, local, labels, *extra) -> torch.Tensor:
+    """Eq. 5-11 of one step from the prompts' features (another ``cfg.method``: its losses,
+    :mod:`iim.train.methods`) -> ``[loss, pos, neg, div]``. Labels are not range-checked here
+    (``train`` checks the split's once): no GPU sync mid-step."""
     if cfg.method != "iim":
         return methods.method_losses(cfg, id_f, neg_f, local, labels, *extra)
     terms = iim_losses(local, labels, id_f, neg_f, k=cfg.k, logit_scale=cfg.logit_scale,
@@ -326,6 +326,13 @@ def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict, *extra) -> 
     div = diversity_loss(id_f, neg_f, diagonal=cfg.div_diagonal)
     loss = total_loss(terms["pos"], terms["neg"], div, lambda_neg=cfg.lambda_neg, lambda_div=cfg.lambda_div)
     return torch.stack([loss, terms["pos"], terms["neg"], div])
+
+
+def step_losses(encoder, local, labels, cfg: TrainConfig, amp: dict, *extra) -> torch.Tensor:
+    """The forward of one step: all C + Cn prompts once, then :func:`prompt_losses`."""
+    with torch.autocast(**amp):
+        id_f, neg_f = encoder()
+    return prompt_losses(cfg, id_f, neg_f, local, labels, *extra)
 
 
 def step_function(encoder, cfg: TrainConfig, amp: dict):
@@ -345,17 +352,32 @@ def step_function(encoder, cfg: TrainConfig, amp: dict):
     return torch.compile(forward, mode=None if cfg.compile == "default" else cfg.compile, dynamic=False)
 
 
+def sgd_steps(values: list, optimizers: list) -> tuple[np.ndarray, np.ndarray]:
+    """One SGD step of each run from its ``[loss, pos, neg, div]``: ONE backward through the sum of the
+    losses (the runs' parameters are disjoint: each gets exactly its own gradient), then each run's own
+    update, skipped where a value is non-finite -> ``(values [P, 4], finite [P])``."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    (values[0][0] if len(values) == 1 else torch.stack([v[0] for v in values]).sum()).backward()
+    out = torch.stack([v.detach().float() for v in values]).cpu().numpy()      # one device sync
+    finite = np.isfinite(out).all(axis=1)
+    for opt, ok in zip(optimizers, finite):
+        if ok:
+            opt.step()
+    return out, finite
+
+
+def _loss_text(values) -> str:
+    return f"loss={values[0]}, pos={values[1]}, neg={values[2]}, div={values[3]}"
+
+
 def train_step(forward, optimizer, *inputs) -> np.ndarray:
     """One SGD step on the contexts; returns ``[loss, pos, neg, div]``. A non-finite loss raises
     ``FloatingPointError`` BEFORE the update, leaving the contexts as they were."""
-    values = forward(*inputs)
-    optimizer.zero_grad(set_to_none=True)
-    values[0].backward()
-    values = values.detach().float().cpu().numpy()
-    if not np.isfinite(values).all():
-        raise FloatingPointError(f"loss={values[0]}, pos={values[1]}, neg={values[2]}, div={values[3]}")
-    optimizer.step()
-    return values
+    values, finite = sgd_steps([forward(*inputs)], [optimizer])
+    if not finite[0]:
+        raise FloatingPointError(_loss_text(values[0]))
+    return values[0]
 
 
 def restore(state: dict, encoder, optimizer) -> tuple[int, list]:
@@ -374,45 +396,163 @@ class _StepFailed(Exception):
     """A step failed with an error the caller turns into a one-line message (``hint``)."""
 
 
-def run_epoch(epoch: int, cfg: TrainConfig, forward, optimizer, feats: TrainFeatures, n: int, bar,
-              *, compiled: bool, encoder: PromptEncoder | None = None) -> dict:
-    """One epoch: set its lr, draw its views and order, take every step -> the epoch's history entry,
-    with :mod:`iim.train.diagnostics` of ``encoder``'s new ID prototypes on this epoch's support views.
-    A non-finite loss raises ``FloatingPointError``, a failing compile :class:`_StepFailed`."""
-    lr = lr_at_epoch(epoch, lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-                     warmup_lr=cfg.warmup_lr)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+@dataclasses.dataclass
+class Run:
+    """One run folder being trained (:func:`prepare`): its resolved options, encoder, optimizer, train
+    features, history so far and last saved checkpoint (``state``); ``error`` once it has stopped."""
+    cfg: TrainConfig
+    config: dict
+    fingerprint: dict
+    out: Path
+    encoder: PromptEncoder
+    optimizer: torch.optim.Optimizer
+    feats: "methods.StepInputs"
+    global_protos: torch.Tensor
+    amp: dict
+    n_steps: int                   # optimiser steps per epoch
+    start: int                     # epochs done before this process
+    history: list
+    state: dict | None
+    log: object
+    error: Exception | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.out / ck.CHECKPOINT
+
+
+class Resources:
+    """What the runs trained in one process share, each made once: the opened caches, each cache's
+    text model (per device) and global prototypes, each train split's features (:class:`TrainFeatures`;
+    every run reads them through its own shallow copy, which holds its own epoch draw)."""
+
+    def __init__(self, *, progress: bool = True):
+        self.progress, self._made = progress, {}
+
+    def _once(self, key, make):
+        if key not in self._made:
+            self._made[key] = make()
+        return self._made[key]
+
+    def cache(self, path):
+        return self._once(("cache", str(Path(path).resolve())), lambda: open_cache(path))
+
+    def model(self, cache, device, pretrained):
+        return self._once(("model", str(cache.root), str(device), pretrained),
+                          lambda: load_text_model(cache.manifest, device, pretrained))
+
+    def global_prototypes(self, cache, model) -> torch.Tensor:
+        return self._once(("global", str(cache.root), id(model)), lambda: (
+            cache.global_prototypes() if cache.has_global_prototypes()      # damaged: refused
+            else global_prototypes(model, cache.classnames)))            # caches from before they were stored
+
+    def features(self, cache, split, device, where: str) -> TrainFeatures:
+        key = ("feats", str(cache.root), split.name, str(device), where)
+        return self._once(key, lambda: TrainFeatures(split, device, where, progress=self.progress))
+
+
+def _steps(feats, batches):
+    """The inputs of every optimiser step of ``batches``, fetched as they are taken."""
+    for idx in batches:
+        yield from feats.steps(idx)
+
+
+def run_epoch(epoch: int, runs: list[Run], forward, bar, *, compiled: bool) -> list:
+    """One epoch of every run in ``runs`` (same split, batch size, steps): each its own lr, its own
+    seed's views and order (:func:`epoch_draw`), then every step of all runs together
+    (``forward(runs, inputs) -> [[loss, pos, neg, div]]``, :func:`sgd_steps`) -> each run's history
+    entry, with :mod:`iim.train.diagnostics` of its new ID prototypes on this epoch's support views,
+    or the ``FloatingPointError`` that stopped it (before its update). A failing compile raises
+    :class:`_StepFailed`."""
+    orders, steps = [], []
+    for r in runs:
+        c = r.cfg
+        lr = lr_at_epoch(epoch, lr=c.lr, epochs=c.epochs, warmup_epochs=c.warmup_epochs, warmup_lr=c.warmup_lr)
+        for group in r.optimizer.param_groups:
+            group["lr"] = lr
+        view, order = epoch_draw(c.seed, epoch, r.feats.split.n, r.feats.split.views)
+        r.feats.start_epoch(view)
+        orders.append(order)
+        steps.append(_steps(r.feats, epoch_batches(order, c.batch_size)))
     t0 = time.perf_counter()
-    view, order = epoch_draw(cfg.seed, epoch, n, feats.split.views)
-    feats.start_epoch(view)
-    bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
-    batches = epoch_batches(order, cfg.batch_size)
-    sums, n_steps = np.zeros(4), 0
-    for step, inputs in enumerate(x for idx in batches for x in feats.steps(idx)):
+    bar.set_description(f"epoch {epoch + 1}/{runs[0].cfg.epochs}")
+    sums, n_steps = np.zeros((len(runs), 4)), 0
+    stopped: list = [None] * len(runs)
+    for step, inputs in enumerate(zip(*steps)):
+        live = [i for i, e in enumerate(stopped) if e is None]
+        if not live:
+            break
         try:
-            values = train_step(forward, optimizer, *inputs)
-        except FloatingPointError as e:
-            raise FloatingPointError(f"step {step + 1} ({e})") from None
+            values, finite = sgd_steps(forward([runs[i] for i in live], [inputs[i] for i in live]),
+                                       [runs[i].optimizer for i in live])
         except Exception as e:            # the first step compiles (--compile, flex): say what failed
             if compiled or not _compile_error(e):
                 raise
             raise _StepFailed(f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}") from e
         compiled, n_steps = True, n_steps + 1
-        sums += values
-        bar.set_postfix(loss=f"{values[0]:.3f}", pos=f"{values[1]:.3f}", neg=f"{values[2]:.3f}",
-                        div=f"{values[3]:.3f}", lr=f"{lr:.2e}", refresh=False)
+        for i, v, ok in zip(live, values, finite):
+            sums[i] += v
+            if not ok:
+                stopped[i] = FloatingPointError(f"step {step + 1} ({_loss_text(v)})")
+        v = values[0]
+        bar.set_postfix(loss=f"{v[0]:.3f}", pos=f"{v[1]:.3f}", neg=f"{v[2]:.3f}", div=f"{v[3]:.3f}",
+                        lr=f"{runs[live[0]].optimizer.param_groups[0]['lr']:.2e}", refresh=False)
         bar.update()
-    loss_m, pos_m, neg_m, div_m = (float(v) for v in sums / n_steps)
     seconds = time.perf_counter() - t0
-    # ID-only diagnostics of the new prototypes on this epoch's support views (no test or OOD image)
-    diag = {}
-    if encoder is not None:
-        id_p, _ = learned_prototypes(encoder)
-        k = cfg.k if cfg.k is not None else min(50, feats.split.hw)     # CoOp / LoCoOp have no k of their own
-        diag = epoch_diagnostics(id_p.to(feats.device), (feats.batch(i) for i in order.split(256)), k)
-    return {"epoch": epoch + 1, "lr": lr, "loss": loss_m, "pos": pos_m, "neg": neg_m, "div": div_m,
-            "steps": n_steps, "seconds": seconds, **diag}
+    entries = []
+    for r, order, total, err in zip(runs, orders, sums, stopped):
+        if err is not None:
+            entries.append(err)
+            continue
+        # ID-only diagnostics of the new prototypes on this epoch's support views (no test or OOD image)
+        id_p, _ = learned_prototypes(r.encoder)
+        k = r.cfg.k if r.cfg.k is not None else min(50, r.feats.split.hw)   # CoOp / LoCoOp have no k of their own
+        diag = epoch_diagnostics(id_p.to(r.feats.device), (r.feats.batch(i) for i in order.split(256)), k)
+        loss_m, pos_m, neg_m, div_m = (float(v) for v in total / n_steps)
+        entries.append({"epoch": epoch + 1, "lr": r.optimizer.param_groups[0]["lr"], "loss": loss_m,
+                        "pos": pos_m, "neg": neg_m, "div": div_m, "steps": n_steps, "seconds": seconds, **diag})
+    return entries
+
+
+def train_epochs(runs: list[Run], forward, *, progress: bool = True) -> None:
+    """THE epoch loop, of ``iim train`` (one run) and of joint training (several, same epochs and
+    steps): every remaining epoch of every run (a run resumed further along joins at its epoch), a
+    checkpoint and an epoch line per run after each. A run whose loss turns non-finite stops with its
+    last good checkpoint kept (``run.error``); the others go on."""
+    first, epochs, n_steps = min(r.start for r in runs), runs[0].cfg.epochs, runs[0].n_steps
+    bar = tqdm(total=epochs * n_steps, initial=first * n_steps, unit="step",
+               disable=None if progress else True,  # None: no bar when stderr is not a terminal
+               dynamic_ncols=True, desc=f"epoch {first + 1}/{epochs}")
+    try:
+        for epoch in range(first, epochs):
+            live = [r for r in runs if r.error is None and r.start <= epoch]
+            if not live:
+                break
+            try:
+                entries = run_epoch(epoch, live, forward, bar, compiled=epoch > first)
+            except _StepFailed as e:
+                hint = "without --compile" if live[0].cfg.compile != "off" else "with --attention auto"
+                raise IIMError(f"torch.compile failed ({e}); train {hint}") from e.__cause__
+            for r, entry in zip(live, entries):
+                if isinstance(entry, FloatingPointError):
+                    kept = (f"the last good checkpoint (epoch {r.state['epoch']}) is kept in {r.path}" if r.state
+                            else "no checkpoint was written")
+                    r.error = IIMError(f"non-finite loss at epoch {epoch + 1}, {entry}; training stopped and "
+                                       f"{kept}; try a smaller --lr")
+                    continue
+                r.history.append(entry)
+                r.state = save(r.path, cfg=r.cfg, config=r.config, fingerprint=r.fingerprint, encoder=r.encoder,
+                               optimizer=r.optimizer, global_protos=r.global_protos, history=r.history)
+                r.log(f"epoch {epoch + 1}/{epochs}  loss {entry['loss']:.4f} (pos {entry['pos']:.4f}, neg "
+                      f"{entry['neg']:.4f}, div {entry['div']:.4f})  lr {entry['lr']:.2e}  "
+                      f"{format_diagnostics(entry)}{'  COLLAPSED' if entry['collapsed'] else ''}  "
+                      f"{entry['seconds']:.1f}s  -> {r.path}")
+    finally:
+        bar.close()
+    for r in runs:
+        if r.error is None:
+            for w in collapse_warnings(r.state):
+                r.log(f"warning: {w}")
 
 
 def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encoder, optimizer,
@@ -436,24 +576,42 @@ def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encod
     return state
 
 
-def train(cfg: TrainConfig, **kw) -> dict:
-    """Train IIM prompts; returns the final checkpoint dict (also at ``<out>/checkpoint.pt``). The run
-    folder is locked meanwhile (``.train.lock``: a second ``iim train`` into it is refused)."""
-    out = Path(cfg.out)
+@contextlib.contextmanager
+def run_folder(out: Path):
+    """Hold the run folder ``out`` (``.train.lock``: a second ``iim train`` into it is refused); a
+    folder this call created and nothing was written to is removed again."""
     made = not out.exists()
     check_writable(out)                     # creates it; refused here, before any work
     try:
         with folder_lock(out, RUN_LOCK, "iim train"):
-            return _train(cfg, **kw)
+            yield out
     finally:
         if made and out.is_dir() and not any(out.iterdir()):   # refused before writing anything
             out.rmdir()
 
 
-def _train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
-           log=log_info) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          log=log_info) -> dict:
+    """Train IIM prompts; returns the final checkpoint dict (also at ``<out>/checkpoint.pt``). The run
+    folder is locked meanwhile (``.train.lock``: a second ``iim train`` into it is refused)."""
+    with run_folder(Path(cfg.out)):
+        run = prepare(cfg, Resources(progress=progress), resume=resume, overwrite=overwrite, log=log)
+        if isinstance(run, dict):
+            return run
+        fn = step_function(run.encoder, run.cfg, run.amp)
+        train_epochs([run], lambda runs, inputs: [fn(*inputs[0])], progress=progress)
+        if run.error is not None:
+            raise run.error from None
+        return run.state
+
+
+def prepare(cfg: TrainConfig, shared: Resources, *, resume: bool = False, overwrite: bool = False,
+            log=log_info) -> Run | dict:
+    """Everything before the first epoch of a run: every refusal (before anything is written), the
+    run folder opened (:func:`open_run_folder`), the encoder built or restored, ``config.json`` written,
+    the features from ``shared`` -> the :class:`Run`, or the checkpoint of a run already complete."""
     check(cfg)                              # bad option values: one line, before anything is opened
-    cache = open_cache(cfg.cache)
+    cache = shared.cache(cfg.cache)
     split = cache.split(cfg.split)          # refuses a missing or incomplete split
     cfg = methods.resolve(cfg, split)       # the method's defaults for options left at None
     validate(cfg, split, cache.manifest.get("model"))
@@ -464,13 +622,9 @@ def _train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, p
     if cfg.attention == "flex" and device.type != "cuda":
         raise IIMError(f"--attention flex trains on CUDA only (torch's FlexAttention has no {device.type} "
                        f"backward); leave --attention at auto on this device")
-    model = None
 
     def text_model():
-        nonlocal model
-        if model is None:
-            model = load_text_model(cache.manifest, device, cfg.pretrained)
-        return model
+        return shared.model(cache, device, cfg.pretrained)
     cfg = dataclasses.replace(resolve_recipe(cfg), logit_scale=resolve_logit_scale(cfg, cache.manifest, text_model))
     config, fingerprint = full_config(cfg, cache), manifest_key(cache.manifest)
     out = Path(cfg.out)
@@ -491,45 +645,18 @@ def _train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, p
     if state is not None:
         start, history = restore(state, encoder, optimizer)
         log(f"resuming {out} after epoch {start}/{cfg.epochs}")
-    global_protos = (cache.global_prototypes() if cache.has_global_prototypes()   # damaged: refused
-                     else global_prototypes(model, classnames))   # caches from before they were stored
+    global_protos = shared.global_prototypes(cache, model)
 
     if overwrite:
         discard_run(out)
     for stale in out.glob(f".{ck.CHECKPOINT}.*.tmp"):     # left by a run killed while saving
         stale.unlink(missing_ok=True)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    feats = methods.StepInputs(cfg, TrainFeatures(split, device, cfg.features_in, progress=progress), device,
-                               global_protos, progress=progress)
+    own = copy.copy(shared.features(cache, split, device, cfg.features_in))   # its own epoch draw, shared tensors
+    feats = methods.StepInputs(cfg, own, device, global_protos, progress=shared.progress)
     log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} view(s), {len(classnames)} "
         f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    forward = step_function(encoder, cfg, amp)
     n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size)) * methods.steps_per_batch(cfg)
-    bar = tqdm(total=cfg.epochs * n_steps, initial=start * n_steps, unit="step",
-               disable=None if progress else True,  # None: no bar when stderr is not a terminal
-               dynamic_ncols=True, desc=f"epoch {start + 1}/{cfg.epochs}")
-    for epoch in range(start, cfg.epochs):
-        try:
-            entry = run_epoch(epoch, cfg, forward, optimizer, feats, split.n, bar, compiled=epoch > start,
-                              encoder=encoder)
-        except FloatingPointError as e:
-            bar.close()
-            kept = (f"the last good checkpoint (epoch {state['epoch']}) is kept in {path}" if state
-                    else "no checkpoint was written")
-            raise IIMError(f"non-finite loss at epoch {epoch + 1}, {e}; training stopped and {kept}; "
-                           f"try a smaller --lr") from None
-        except _StepFailed as e:
-            bar.close()
-            hint = "without --compile" if cfg.compile != "off" else "with --attention auto"
-            raise IIMError(f"torch.compile failed ({e}); train {hint}") from e.__cause__
-        history.append(entry)
-        state = save(path, cfg=cfg, config=config, fingerprint=fingerprint, encoder=encoder,
-                     optimizer=optimizer, global_protos=global_protos, history=history)
-        log(f"epoch {epoch + 1}/{cfg.epochs}  loss {entry['loss']:.4f} (pos {entry['pos']:.4f}, neg "
-            f"{entry['neg']:.4f}, div {entry['div']:.4f})  lr {entry['lr']:.2e}  {format_diagnostics(entry)}"
-            f"{'  COLLAPSED' if entry['collapsed'] else ''}  {entry['seconds']:.1f}s  -> {path}")
-    bar.close()
-    for w in collapse_warnings(state):
-        log(f"warning: {w}")
-    return state
+    return Run(cfg, config, fingerprint, out, encoder, optimizer, feats, global_protos, amp, n_steps, start,
+               history, state, log)
