@@ -13,8 +13,8 @@ Both sides do the same work (train, then score every point) with the same code; 
 each point's prototypes agree (joint training ends where a separate run ends) and prints both wall times
 and their ratio, also against the separate trainings alone.
 
-The packed-step table: ``iim.train.joint.train_jointly`` on N configurations of one split (the grid's
-option combinations, then more training seeds) for 2 epochs, ms per step in the second epoch.
+The packed-step table: ``iim.train.joint.train_jointly`` on the grid's first N points (then the same
+with other training seeds) for 2 epochs, ms per step in the second epoch.
 ``--synthetic``: a random cache of ``--C`` classes for ``--model`` (random weights; the cost does not
 depend on them), ``--n-neg`` negatives each, batch 32, k 50 — the GPU figure (latency-bound at C=1000,
 Cn=300: target 8 packed points for at most 2x the time of one).
@@ -96,14 +96,14 @@ def grid_comparison(args, tmp: Path) -> None:
 
 
 def packed_configs(args, tmp: Path, n: int) -> list[TrainConfig]:
-    """``n`` configurations on one split: the grid's option combinations, then further training seeds."""
+    """``n`` configurations: the grid's points (2 epochs), then the same with other training seeds."""
     if args.synthetic:
         return [TrainConfig(cache=str(tmp / "cache"), split="train_k1_s1", out=str(tmp / "runs" / str(i)), seed=i + 1,
                             k=50, n_neg=args.n_neg, lambda_neg=(5.0, 0.0)[i % 2], batch_size=32, epochs=2,
                             device=args.device, bf16=args.device.startswith("cuda")) for i in range(n)]
-    first = int(args.seeds.split(",")[0])
-    base = plan(args.cache, parse_specs(grid_specs(args), seeds=[first]), tmp / "plan", device=args.device)
-    cfgs = [dataclasses.replace(p.config, seed=first + j, epochs=2, out=str(tmp / "runs" / f"{j}-{i}"))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = plan(args.cache, parse_specs(grid_specs(args), seeds=seeds), tmp / "plan", device=args.device)
+    cfgs = [dataclasses.replace(p.config, seed=p.config.seed + 100 * j, epochs=2, out=str(tmp / "runs" / f"{j}-{i}"))
             for j in range(-(-n // len(base))) for i, p in enumerate(base)]
     return cfgs[:n]
 
