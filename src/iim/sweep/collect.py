@@ -5,6 +5,8 @@ x OOD set, every metric and every option as columns), ``points.csv`` (each point
 Tables and figures use each point's results at the scoring (k, alpha) (results.json); the train k x
 test k heat map uses the test-k sweep (sweep.csv) at that alpha. Means and stds are over seeds (the
 tables) or over every point sharing the plotted value (the figures: the other options and seeds).
+When the cache's benchmark is one of the paper's, the paper's own averages (:mod:`iim.paper`, SPEC §7)
+follow our rows as ``paper:`` rows.
 """
 from __future__ import annotations
 
