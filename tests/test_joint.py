@@ -1,13 +1,8 @@
 """Joint training (issue 12): runs trained together in one packed forward end exactly where their
 separate ``train()`` runs end; a failing run does not stop the others; a killed joint run resumes."""
+import dataclasses
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,7 +10,6 @@ import iim.train.joint as joint
 import iim.train.loop as loop
 from helpers import make_random_cache
 from iim.errors import IIMError
-from iim.models import create_model
 from iim.text import PromptEncoder, encode_packed
 from iim.train.checkpoint import load_checkpoint
 from iim.train.config import TrainConfig
@@ -75,8 +69,14 @@ def test_packed_forward_equals_each_encoder_alone(tiny_model):
         torch.testing.assert_close(grads[w - 1], e.ctx.grad, atol=float(2e-6 * scale), rtol=0)
 
 
-def test_joint_training_equals_separate_runs(cache, tmp_path):
+def test_joint_training_equals_separate_runs(cache, tmp_path, monkeypatch):
+    loads = []
+    real_init = loop.TrainFeatures.__init__
+    monkeypatch.setattr(loop.TrainFeatures, "__init__", lambda self, split, *a, **kw: (
+        loads.append(split.name), real_init(self, split, *a, **kw))[1])
     joint_states = train_jointly(configs(cache, tmp_path / "joint"), progress=False, log=lambda s: None)
+    assert sorted(loads) == ["train_k2_s1", "train_k2_s2", "train_k2_s3"]     # each split's features once
+    monkeypatch.undo()
     assert all(isinstance(s, dict) and s["complete"] for s in joint_states), joint_states
     for cfg, js in zip(configs(cache, tmp_path / "alone"), joint_states):
         alone = train(cfg, progress=False, log=lambda s: None)
@@ -88,6 +88,17 @@ def test_joint_training_equals_separate_runs(cache, tmp_path):
     folder = tmp_path / "joint" / "p0"
     assert {"checkpoint.pt", "config.json"} <= {p.name for p in folder.iterdir()}
     assert json.loads((folder / "config.json").read_text())["lr"] == POINTS[0]["lr"]
+
+
+def test_methods_train_jointly_as_they_train_alone(cache, tmp_path):
+    """IIM, CoOp and LoCoOp (one step per batch each; CoOp / LoCoOp read the global features) mix."""
+    points = [dict(seed=1, method="coop", lr=2e-3), dict(seed=2, method="locoop", lr=2e-3),
+              dict(seed=1, k=4, n_neg=3)]
+    cfgs = configs(cache, tmp_path / "j", points)
+    assert len({joint.joint_key(c) for c in cfgs}) == 1
+    for cfg, state in zip(configs(cache, tmp_path / "a", points), train_jointly(cfgs, progress=False,
+                                                                                 log=lambda s: None)):
+        assert_same_run(state, train(cfg, progress=False, log=lambda s: None))
 
 
 def test_a_non_finite_point_stops_alone(cache, tmp_path, monkeypatch):
@@ -111,35 +122,49 @@ def test_a_non_finite_point_stops_alone(cache, tmp_path, monkeypatch):
         assert_same_run(states[i], train(configs(cache, tmp_path / "a")[i], progress=False, log=lambda s: None))
 
 
-CLI = """import sys, pickle
-from iim.train.joint import train_jointly
-train_jointly(pickle.load(open(sys.argv[1], "rb")), progress=False, log=lambda s: None)"""
+class Killed(BaseException):
+    """Stands for a kill: nothing catches it."""
 
 
-def test_a_killed_joint_run_resumes_to_the_same_result(cache, tmp_path):
-    import pickle
+def test_a_killed_joint_run_resumes_to_the_same_result(cache, tmp_path, monkeypatch):
     cfgs = configs(cache, tmp_path / "killed", epochs=4)
-    (tmp_path / "cfgs.pkl").write_bytes(pickle.dumps(cfgs))
-    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
-    victim = subprocess.Popen([sys.executable, "-c", CLI, str(tmp_path / "cfgs.pkl")], env=env,
-                              stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while victim.poll() is None and time.time() < deadline and \
-            not all((tmp_path / "killed" / f"p{i}" / "checkpoint.pt").exists() for i in range(len(cfgs))):
-        time.sleep(0.01)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL, victim.stderr.read()
-    done = [load_checkpoint(c.out)["epoch"] for c in cfgs]
-    assert all(1 <= e < 4 for e in done), done
+    real = loop.save
+
+    def save(path, **kw):                 # killed while saving the last point's 3rd epoch
+        if path.parent.name == "p3" and kw["history"][-1]["epoch"] == 3:
+            raise Killed
+        return real(path, **kw)
+    monkeypatch.setattr(loop, "save", save)
+    with pytest.raises(Killed):
+        train_jointly(cfgs, progress=False, log=lambda s: None)
+    monkeypatch.undo()
+    assert [load_checkpoint(c.out)["epoch"] for c in cfgs] == [3, 3, 3, 2]      # points at different epochs
     lines = []
     resumed = train_jointly(cfgs, progress=False, log=lines.append)
-    assert any("resuming" in s for s in lines)
+    assert sum("resuming" in s for s in lines) == 4
     for cfg, state in zip(configs(cache, tmp_path / "ref", epochs=4), resumed):
         assert_same_run(state, train(cfg, progress=False, log=lambda s: None))
 
 
-def test_auto_pack_is_bounded_by_memory():
+def test_auto_pack_is_bounded_by_memory(cache, tmp_path, monkeypatch):
     per = joint.point_bytes(n_tokens=10_000, width=512, layers=12, batch=32, hw=196, dim=512, prompts=1300)
     assert joint.auto_pack(per, torch.device("cpu"), fraction=1e-30) == 1
     assert joint.auto_pack(per, torch.device("cpu")) == max(1, int(loop._available_ram() * 0.25 // per))
+    small, large = (joint.run_bytes(c, cache) for c in configs(cache, tmp_path, [dict(seed=1, n_neg=0), dict(seed=1, n_neg=50)]))
+    assert 0 < small < large
+    # the sweep's groups: as many points as the memory allows, or --pack N
+    from iim.sweep import group_points, plan
+    with pytest.raises(IIMError, match="--k 50 needs 2k <= 64 patches"):   # the method's default k, checked
+        plan(cache.root, {"n_neg": [0, 2], "seed": [1]}, tmp_path / "sw")
+    points = plan(cache.root, {"n_neg": [0, 2, 4, 6], "seed": [1, 2], "k": [4]}, tmp_path / "sw")
+    assert [len(g) for g in group_points(points)] == [8]
+    assert [len(g) for g in group_points(points, max_pack=3)] == [3, 3, 2]
+    assert [len(g) for g in group_points(points, max_pack=1)] == [1] * 8
+    monkeypatch.setattr(loop, "_available_ram", lambda: 5 * large)      # 1.25 of the largest point
+    assert [len(g) for g in group_points(points)] == [1] * 8
+    # --compile / --attention flex points train alone
+    cfg = configs(cache, tmp_path, [dict(seed=1, n_neg=0)])[0]
+    assert joint.joint_key(dataclasses.replace(cfg, compile="default")) is None
+    assert joint.joint_key(dataclasses.replace(cfg, attention="flex")) is None
+    assert joint.joint_key(dataclasses.replace(cfg, lr=1.0)) == joint.joint_key(cfg)
+    assert joint.joint_key(dataclasses.replace(cfg, batch_size=2)) != joint.joint_key(cfg)

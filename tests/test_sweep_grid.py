@@ -128,6 +128,8 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
         assert (ck["config"]["k"], ck["config"]["n_neg"]) == want
         assert {"results.json", "sweep.csv", "scores_test.npz", "config.json", "point.json"} <= \
             {p.name for p in (out / "points" / name).iterdir()}
+        log = (out / "points" / name / "train.log").read_text()      # its own lines (trained jointly)
+        assert log.count("epoch 1/2") == log.count("epoch 2/2") == 1 and f"{name}/checkpoint.pt" in log
 
     # the tidy CSV: results.json rows at (test k 5, alpha 1) with every metric, sweep.csv rows for the rest
     rows = read_csv(out / "results.csv")
@@ -171,21 +173,24 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
     assert {r["point"] for r in read_csv(out / "results.csv")} == {names[3]}
 
 
-def test_a_failing_point_is_recorded_and_the_others_continue(cache, tmp_path, capsys, monkeypatch):
-    import iim.sweep.run as sweep_run
-    real = sweep_run.train
+@pytest.mark.parametrize("pack", ["1", "2"])          # trained alone / jointly with the other point
+def test_a_failing_point_is_recorded_and_the_others_continue(cache, tmp_path, capsys, monkeypatch, pack):
+    import iim.train.joint as joint
+    import iim.train.loop as loop
+    real = loop.prompt_losses
 
-    def train(cfg, **kw):
-        if cfg.n_neg == 4:
-            raise IIMError("non-finite loss at epoch 1, step 1 (loss=nan); try a smaller --lr")
-        return real(cfg, **kw)
+    def losses(cfg, *args):                   # the n_neg 4 point's loss is NaN
+        out = real(cfg, *args)
+        return out * float("nan") if cfg.n_neg == 4 else out
 
-    monkeypatch.setattr(sweep_run, "train", train)
+    monkeypatch.setattr(loop, "prompt_losses", losses)
+    monkeypatch.setattr(joint, "prompt_losses", losses)
     out = tmp_path / "sw"
     code, stdout, err = run_cli(capsys, "sweep", "--cache", cache.root, "--grid", "n_neg=0,4", "--seed", "1",
-                                "--grid", "epochs=1", "--grid", "k=4", *FAST[2:], "--out", out, "--no-progress")
+                                "--grid", "epochs=1", "--grid", "k=4", *FAST[2:], "--out", out, "--no-progress",
+                                "--pack", pack)
     assert code == 1
-    assert "FAILED: non-finite loss at epoch 1" in stdout and "1/2 points done, 1 failed" in stdout
+    assert "FAILED: non-finite loss at epoch 1, step 1 (loss=nan" in stdout and "1/2 points done, 1 failed" in stdout
     points = {r["point"]: r for r in read_csv(out / "points.csv")}
     failed = [r for r in points.values() if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["n_neg"] == "4" and "non-finite loss" in failed[0]["error"]

@@ -29,6 +29,7 @@ same in plain PyTorch, each block of 64 rows gathering the few key blocks it see
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -64,13 +65,20 @@ def neg_prompt(n_ctx: int) -> str:
     return " ".join([CTX_TOKEN] * n_ctx) + " ."
 
 
+@functools.lru_cache(maxsize=8)
+def model_tokenizer(name: str):
+    """open_clip's tokenizer of model ``name``, built once per process (reading its BPE vocabulary takes
+    ~0.1 s: paid once, not per prompt encoder)."""
+    return open_clip.get_tokenizer(name)
+
+
 def tokenize(model, texts, *, names=None) -> torch.Tensor:
     """Tokenize with the model's own open_clip tokenizer -> ``[N, context_length]`` int64.
 
     Unlike the tokenizer, never truncates silently: a text longer than the text encoder's context is
     an :class:`IIMError` naming the text (or ``names[i]``, e.g. the class name that made it long).
     """
-    tokenizer = open_clip.get_tokenizer(_model_name(model))
+    tokenizer = model_tokenizer(_model_name(model))
     length = getattr(model, "context_length", 77)
     if not texts:
         return torch.zeros(0, length, dtype=torch.long)
@@ -477,7 +485,8 @@ def encode_packed(encoders: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
     model = encoders[0].model
     if any(e.model is not model for e in encoders):
         raise IIMError("encode_packed packs encoders of one and the same model")
-    order = sorted(range(len(encoders)), key=lambda i: encoders[i].plan_key())     # stable: same plans adjacent
+    order = [0] if len(encoders) == 1 else \
+        sorted(range(len(encoders)), key=lambda i: encoders[i].plan_key())     # stable: same plans adjacent
     encs = [encoders[i] for i in order]
     runs, start, eot = [], 0, []        # runs: (encoder, first row, copies) of consecutive same-plan encoders
     for e in encs:
@@ -485,7 +494,7 @@ def encode_packed(encoders: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
             runs[-1][2] += 1
         else:
             runs.append([e, start, 1])
-        eot.append(e.eot_index + start)
+        eot.append(e.eot_index + start if start else e.eot_index)
         start += e.n_tokens
     eot = eot[0] if len(eot) == 1 else torch.cat(eot)
     x = _cat([e._embed() for e in encs]).to(model.transformer.get_cast_dtype())      # [T, W] packed
@@ -612,7 +621,7 @@ def encode_prompts_reference(model, classnames, ctx: torch.Tensor, neg_ctx: torc
     Returns ``(id_features [C, D], neg_features [n_neg, D])`` like :class:`PromptEncoder`.
     """
     n_ctx = ctx.shape[-2]
-    tokenizer = open_clip.get_tokenizer(_model_name(model))
+    tokenizer = model_tokenizer(_model_name(model))
     device = model.positional_embedding.device
 
     def encode(texts, context):                     # context: [N, n_ctx, W]

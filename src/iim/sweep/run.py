@@ -26,8 +26,10 @@ from ..score.pipeline import ood_split_names, prepare_run
 from ..score.run import run_score, run_sweep
 from ..score.scores import check_k
 from ..train.config import TrainConfig
-from ..train.joint import joint_key, train_jointly
+from ..models import resolve_device
+from ..train.joint import auto_pack, joint_key, run_bytes, train_jointly
 from ..train.loop import train, validate
+from ..train.methods import resolve
 from .grid import SPLIT_KEYS, expand, point_name
 
 POINTS, STATE = "points", "point.json"
@@ -109,7 +111,8 @@ def plan(cache_dir, grid: dict, out, *, device: str = "auto", scoring: Scoring |
         train_opts = {n: v for n, v in opts.items() if n not in SPLIT_KEYS and n != "seed"}
         cfg = TrainConfig(cache=str(cache_dir), split=split.name, out=str(Path(out) / POINTS / name),
                           seed=split.seed, device=device, **train_opts)
-        validate(cfg, cache.split(split.name))
+        sp = cache.split(split.name)
+        validate(resolve(cfg, sp), sp)           # with the method's defaults, as iim train checks
         points.append(Point(name, opts, cfg))
     if len({p.name for p in points}) < len(points):
         raise IIMError("two grid points share a folder name; report this grid as a bug")
@@ -146,9 +149,18 @@ def group_points(points: list[Point], *, max_pack: int | None = None) -> list[li
         groups.setdefault(("solo", i) if key is None else key, []).append(p)
     out = []
     for members in groups.values():
-        size = max_pack or len(members)
+        size = max_pack or _memory_pack(members)
         out += [members[i:i + size] for i in range(0, len(members), size)]
     return out
+
+
+def _memory_pack(members: list[Point]) -> int:
+    """How many of these points fit in one process (:func:`iim.train.joint.auto_pack`)."""
+    if len(members) == 1:
+        return 1
+    cache = open_cache(members[0].config.cache)
+    per_point = max(run_bytes(p.config, cache) for p in members)
+    return auto_pack(per_point, resolve_device(members[0].config.device))
 
 
 def run_group(group: list[Point], scoring: Scoring) -> list[dict]:

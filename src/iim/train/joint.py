@@ -11,11 +11,12 @@ ONE backward through the sum of the losses. The runs' parameters are disjoint an
 the packed pass is row-wise or within one run's rows, so each run gets exactly its own gradient; each
 has its own SGD (lr schedule, momentum, weight decay). The epoch loop, checkpoints, epoch lines and run
 folders are those of ``iim train`` (:func:`iim.train.loop.train_epochs`), so each run ends where its
-separate ``iim train`` ends. A run whose loss turns non-finite stops (its last good checkpoint kept,
+separate ``iim train`` ends (each history's ``seconds``: the joint epoch's wall time). A run whose
+loss turns non-finite stops (its last good checkpoint kept,
 ``iim train``'s message) and the others go on.
 
-Every method trains jointly (its steps per batch must agree: same split, batch size, method and
-``pos_views``: :func:`joint_key`). ``--compile`` and ``--attention flex`` runs train on their own: the
+Every method trains jointly (the runs' steps per epoch must agree: same split size and batch size; one
+step per batch for IIM, CoOp and LoCoOp, ``pos_views`` for Local-Prompt: :func:`joint_key`). ``--compile`` and ``--attention flex`` runs train on their own: the
 compiled graph and FlexAttention's block mask are per encoder.
 """
 from __future__ import annotations
@@ -23,28 +24,30 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import open_clip
 import torch
 
 from ..cache.names import parse_train_split
 from ..log import info as log_info
 from ..text import encode_packed
-from .config import TrainConfig, resolve_method
+from .config import RECIPES, TrainConfig, resolve_method
 from .loop import Resources, prepare, prompt_losses, run_folder, train_epochs
 
 ACTIVATION_FACTOR = 24        # saved activations per token, layer and width unit (ln, qkv, attention, MLP x4 ...)
 
 
 def joint_key(cfg: TrainConfig):
-    """Runs with equal keys can train together: same cache, train split shots and views (the split's seed
-may differ: each split's features are loaded once), method, epochs, batch size and
-    steps per batch (so the same steps), same device and execution options; None: the run trains alone
-    (``--compile``, ``--attention flex``)."""
+    """Runs with equal keys can train together: same cache, train split shots and views (the split's
+    seed may differ: each split's features are loaded once), epochs, batch size and optimiser steps per
+    batch (so the same steps: IIM, CoOp and LoCoOp take one per batch and mix freely), same device and
+    execution options. None: the run trains alone (``--compile``, ``--attention flex``)."""
     if cfg.compile != "off" or cfg.attention == "flex":
         return None
     c = resolve_method(cfg)
-    split = parse_train_split(c.split)       # seeds of one shot count: other splits, the same steps
-    return (str(Path(c.cache).resolve()), (split.shots, split.views) if split else c.split, c.method, c.epochs, c.batch_size, c.pos_views, c.device,
-            c.attention, c.features_in, c.bf16, c.pretrained)
+    split = parse_train_split(c.split)
+    steps = ("localprompt", c.pos_views) if c.method == "localprompt" else 1    # optimiser steps per batch
+    return (str(Path(c.cache).resolve()), (split.shots, split.views) if split else c.split, steps, c.epochs,
+            c.batch_size, c.device, c.attention, c.features_in, c.bf16, c.pretrained)
 
 
 def packed_forward(amp: dict):
@@ -94,6 +97,23 @@ def train_jointly(cfgs: list[TrainConfig], *, resume: bool = True, progress: boo
         for i, r in runs:
             results[i] = r.error if r.error is not None else r.state
     return results
+
+
+def run_bytes(cfg: TrainConfig, cache) -> int:
+    """:func:`point_bytes` of run ``cfg`` on ``cache`` (the text tower's size from its model config; the
+    prompts' token count estimated from the class names: no model is loaded)."""
+    c = resolve_method(cfg)
+    text = (open_clip.get_model_config(cache.manifest.get("model") or "ViT-B-16") or {}).get("text_cfg", {})
+    split = cache.split(c.split)
+    names = cache.classnames
+    suffix = sum(2 * len(str(n).split()) + 2 for n in names)           # name tokens, ".", EOT
+    class_specific = bool(c.class_specific if c.class_specific is not None else
+                          RECIPES[c.recipe]["class_specific"] if c.method == "iim" else False)
+    heads = (len(names) if class_specific else 1) * (1 + c.n_ctx)
+    tokens = heads + suffix + c.n_neg * (c.n_ctx + 3)
+    return point_bytes(n_tokens=tokens, width=text.get("width", 512), layers=text.get("layers", 12),
+                       batch=c.batch_size * (c.pos_views or 1), hw=split.hw, dim=split.dim,
+                       prompts=len(names) + c.n_neg)
 
 
 def point_bytes(*, n_tokens: int, width: int, layers: int, batch: int, hw: int, dim: int, prompts: int,

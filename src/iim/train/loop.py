@@ -4,7 +4,8 @@ The image encoder never runs. Each epoch draws ONE of the V cached augmented vie
 (``torch.Generator`` seeded from ``(seed, epoch)``), shuffles, and takes batches of ``batch_size``
 images (the last incomplete batch is dropped when there is at least one full batch, as Dassl's
 train loader does). Every step encodes all C + Cn prompts once with the shared-prefix
-:class:`~iim.text.PromptEncoder`, computes Eq. 5-11 and takes an SGD step on the contexts only.
+:class:`~iim.text.PromptEncoder`, computes Eq. 5-11 and takes an SGD step on the contexts only. The
+same epoch loop (:func:`train_epochs`) trains several runs together (:mod:`iim.train.joint`).
 
 Learning rate (CoOp/Dassl ``ConstantWarmupScheduler`` + ``CosineAnnealingLR(T_max=epochs)``, stepped
 per epoch): epochs ``0 .. warmup-1`` use ``warmup_lr``; epoch ``e >= warmup`` uses
@@ -27,7 +28,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,7 +41,7 @@ from ..log import info as log_info
 from ..lock import folder_lock
 from ..models import create_model, is_local_checkpoint, model_logit_scale, resolve_device, weights_id
 from ..options import check
-from ..text import CTX_INIT_STD, PromptEncoder, global_prototypes
+from ..text import CTX_INIT_STD, PromptEncoder, encode_packed, global_prototypes, model_tokenizer
 from . import checkpoint as ck
 from . import methods
 from .config import COMPILE_MODES, FEATURES_IN, RECIPES, TrainConfig, resolve_recipe  # noqa: F401  (re-exported)
@@ -207,7 +207,7 @@ def build_encoder(model, classnames, cfg: TrainConfig) -> PromptEncoder:
 
 def ctx_init_tokens(model_name: str, words: str) -> torch.Tensor:
     """The token ids of ``--ctx-init`` words (no SOT/EOT), with the model's tokenizer."""
-    tokens = open_clip.get_tokenizer(model_name)([words])[0]
+    tokens = model_tokenizer(model_name)([words])[0]
     return tokens[1:int(tokens.argmax())]
 
 
@@ -250,12 +250,17 @@ def trained_parameters(encoder: PromptEncoder) -> dict[str, torch.Tensor]:
     return out
 
 
-@torch.no_grad()
 def learned_prototypes(encoder: PromptEncoder) -> tuple[torch.Tensor, torch.Tensor]:
     """ID local and negative prototypes of the current contexts, float32 on the CPU (no autocast)."""
-    with torch.autocast(encoder.ctx.device.type, enabled=False):
-        id_f, neg_f = encoder()
-    return id_f.float().cpu(), neg_f.float().cpu()
+    return prototypes_of([encoder])[0]
+
+
+@torch.no_grad()
+def prototypes_of(encoders: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`learned_prototypes` of several encoders of one model in one packed pass."""
+    with torch.autocast(encoders[0].ctx.device.type, enabled=False):
+        feats = encode_packed(encoders)
+    return [(i.float().cpu(), n.float().cpu()) for i, n in feats]
 
 
 def validate(cfg: TrainConfig, split, model_name: str | None = None) -> None:
@@ -415,6 +420,7 @@ class Run:
     state: dict | None
     log: object
     error: Exception | None = None
+    protos: tuple | None = None    # the last epoch's learned_prototypes
 
     @property
     def path(self) -> Path:
@@ -500,12 +506,15 @@ def run_epoch(epoch: int, runs: list[Run], forward, bar, *, compiled: bool) -> l
         bar.update()
     seconds = time.perf_counter() - t0
     entries = []
+    done = [r for r, err in zip(runs, stopped) if err is None]
+    for r, protos in zip(done, prototypes_of([r.encoder for r in done]) if done else []):
+        r.protos = protos                 # the new prototypes, for the checkpoint
     for r, order, total, err in zip(runs, orders, sums, stopped):
         if err is not None:
             entries.append(err)
             continue
         # ID-only diagnostics of the new prototypes on this epoch's support views (no test or OOD image)
-        id_p, _ = learned_prototypes(r.encoder)
+        id_p = r.protos[0]
         k = r.cfg.k if r.cfg.k is not None else min(50, r.feats.split.hw)   # CoOp / LoCoOp have no k of their own
         diag = epoch_diagnostics(id_p.to(r.feats.device), (r.feats.batch(i) for i in order.split(256)), k)
         loss_m, pos_m, neg_m, div_m = (float(v) for v in total / n_steps)
@@ -542,7 +551,8 @@ def train_epochs(runs: list[Run], forward, *, progress: bool = True) -> None:
                     continue
                 r.history.append(entry)
                 r.state = save(r.path, cfg=r.cfg, config=r.config, fingerprint=r.fingerprint, encoder=r.encoder,
-                               optimizer=r.optimizer, global_protos=r.global_protos, history=r.history)
+                               optimizer=r.optimizer, global_protos=r.global_protos, history=r.history,
+                               protos=r.protos)
                 r.log(f"epoch {epoch + 1}/{epochs}  loss {entry['loss']:.4f} (pos {entry['pos']:.4f}, neg "
                       f"{entry['neg']:.4f}, div {entry['div']:.4f})  lr {entry['lr']:.2e}  "
                       f"{format_diagnostics(entry)}{'  COLLAPSED' if entry['collapsed'] else ''}  "
@@ -556,10 +566,11 @@ def train_epochs(runs: list[Run], forward, *, progress: bool = True) -> None:
 
 
 def save(path: Path, *, cfg: TrainConfig, config: dict, fingerprint: dict, encoder, optimizer,
-         global_protos: torch.Tensor, history: list) -> dict:
-    """Write the checkpoint after the last epoch of ``history`` (atomically) and return it."""
+         global_protos: torch.Tensor, history: list, protos: tuple | None = None) -> dict:
+    """Write the checkpoint after the last epoch of ``history`` (atomically) and return it; ``protos``:
+    the encoder's :func:`learned_prototypes`, when already computed."""
     epoch = history[-1]["epoch"]
-    id_p, neg_p = learned_prototypes(encoder)
+    id_p, neg_p = protos if protos is not None else learned_prototypes(encoder)
     state = {
         "format": ck.FORMAT, "iim_version": __version__, "config": config,
         "cache_fingerprint": fingerprint, "epoch": epoch, "complete": epoch == cfg.epochs,
