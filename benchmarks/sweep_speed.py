@@ -13,8 +13,9 @@ Both sides do the same work (train, then score every point) with the same code; 
 each point's prototypes agree (joint training ends where a separate run ends) and prints both wall times
 and their ratio, also against the separate trainings alone.
 
-The packed-step table: ``iim.train.joint.train_jointly`` on the grid's first N points (then the same
-with other training seeds) for 2 epochs, ms per step in the second epoch.
+The packed-step table: ``iim.train.joint.train_jointly`` on N copies of the grid's full-method point
+(n_neg 20, lambda_neg 5, lambda_div 0.5; each its own split / training seed, so every point costs the same)
+for 2 epochs, ms per step in the second epoch.
 ``--synthetic``: a random cache of ``--C`` classes for ``--model`` (random weights; the cost does not
 depend on them), ``--n-neg`` negatives each, batch 32, k 50 — the GPU figure (latency-bound at C=1000,
 Cn=300: target 8 packed points for at most 2x the time of one).
@@ -96,13 +97,17 @@ def grid_comparison(args, tmp: Path) -> None:
 
 
 def packed_configs(args, tmp: Path, n: int) -> list[TrainConfig]:
-    """``n`` configurations: the grid's points (2 epochs), then the same with other training seeds."""
+    """``n`` configurations of one shape: the grid's full-method point (its last n_neg, lambda_neg and
+    lambda_div: C_n 20, 5, 0.5) for 2 epochs, on each split seed and then with other training seeds."""
     if args.synthetic:
         return [TrainConfig(cache=str(tmp / "cache"), split="train_k1_s1", out=str(tmp / "runs" / str(i)), seed=i + 1,
                             k=50, n_neg=args.n_neg, lambda_neg=(5.0, 0.0)[i % 2], batch_size=32, epochs=2,
                             device=args.device, bf16=args.device.startswith("cuda")) for i in range(n)]
     seeds = [int(s) for s in args.seeds.split(",")]
-    base = plan(args.cache, parse_specs(grid_specs(args), seeds=seeds), tmp / "plan", device=args.device)
+    last = {"n_neg": args.n_neg_grid, "lambda_neg": args.lambda_neg, "lambda_div": args.lambda_div}
+    full = [f"{n}={v.split(',')[-1]}" if n in last else spec
+            for spec in grid_specs(args) for n, _, v in [spec.partition("=")]]    # the full method's point
+    base = plan(args.cache, parse_specs(full, seeds=seeds), tmp / "plan", device=args.device)
     cfgs = [dataclasses.replace(p.config, seed=p.config.seed + 100 * j, epochs=2, out=str(tmp / "runs" / f"{j}-{i}"))
             for j in range(-(-n // len(base))) for i, p in enumerate(base)]
     return cfgs[:n]
@@ -140,7 +145,7 @@ def packed_steps(args, tmp: Path) -> None:
         states = train_jointly(cfgs, progress=False, log=lambda *a: None)
         rows[n] = ms_per_step(states, time.perf_counter() - t0)
     what = (f"synthetic cache, {args.model} (random weights), C={args.C} Cn={args.n_neg}, batch 32, k 50"
-            if args.synthetic else f"{args.cache}, the grid's options, batch {args.batch}, k {args.k}")
+            if args.synthetic else f"{args.cache}, the full-method point, batch {args.batch}, k {args.k}")
     print(f"packed points: ms per step (second of 2 epochs; {what})")
     print(f"{'points':>6} {'ms/step':>10} {'per point':>10} {f'vs {ns[0]} point(s)':>14}")
     for n, ms in rows.items():
