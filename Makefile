@@ -8,7 +8,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 DATASET ?= imagenet
 ARGS    ?=
 
-.PHONY: install test demo extract splits reproduce ablation clean
+.PHONY: install test demo extract splits reproduce ablation fig3 clean
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,16 @@ splits: install
 reproduce: splits
 	$(BIN)/iim score --zero-shot --cache $(CACHE) --out results/$(DATASET)-0shot --k $(TRAIN_K) --no-plots
 	$(SWEEP) --grid n_neg=0,$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out sweeps/$(DATASET)-reproduce-k$(SHOTS) $(ARGS)
+
+# Fig. 3: pairwise cosines and t-SNE of the learned ID prototypes, ImageNet-500-Easy against -Hard (iim
+# prototypes). Default runs: seed 1's IIM point of 'make reproduce DATASET=imagenet500-easy' / '-hard'.
+EASY    ?= $(firstword $(wildcard sweeps/imagenet500-easy-reproduce-k$(SHOTS)/points/shots$(SHOTS)-seed1*-n_neg$(NEG)*))
+HARD    ?= $(firstword $(wildcard sweeps/imagenet500-hard-reproduce-k$(SHOTS)/points/shots$(SHOTS)-seed1*-n_neg$(NEG)*))
+fig3: install
+	@test -n "$(EASY)" -a -n "$(HARD)" || { echo "make fig3: no runs; give EASY=RUN HARD=RUN or run 'make reproduce \
+	DATASET=imagenet500-easy' and 'make reproduce DATASET=imagenet500-hard' first (SHOTS=$(SHOTS))" >&2; exit 2; }
+	$(BIN)/iim prototypes $(EASY) $(HARD) --label ImageNet-500-Easy --label ImageNet-500-Hard \
+	  --out results/fig3-k$(SHOTS) $(ARGS)
 
 # Table 3 (each loss term, hard-negative mining), Fig. 4 (C_n, lambda_neg, lambda_div, alpha), Fig. 5
 # (train k x test k): one sweep folder each under sweeps/<dataset>-*

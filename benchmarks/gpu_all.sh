@@ -9,7 +9,7 @@ set -u
 OUT=${1:-${OUT:-gpu-results}}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src:$PWD/tests"
 PY=${PY:-python3}
-STEPS=${STEPS:-cuda_tests text_encoder train_step baselines_step score_speed extract_speed predict_speed e2e_cuda}
+STEPS=${STEPS:-cuda_tests text_encoder train_step sweep_speed baselines_step score_speed extract_speed predict_speed e2e_cuda}
 step() { local name=$1 limit=$2; shift 2; [[ " $STEPS " == *" $name "* ]] || return 0
          echo "=== $name ($(date +%T))"
          timeout "$limit" "$@" 2>&1 | grep -v "^W[0-9]* .*cpp_extension" | tee "$OUT/$name.txt"
@@ -27,6 +27,8 @@ step text_encoder 240 $PY benchmarks/text_encoder.py --device cuda --bf16 --C 10
 step train_step 300 $PY benchmarks/train_step.py --device cuda --C 1000 --n-neg 300 --batch 32 \
     --attention auto,flex,blocks --compile flex+default,blocks+default,flex+reduce-overhead \
     --loop-variants blocks,flex+default,flex+reduce-overhead
+# joint training: ms per step of 1 vs 8 packed grid points, C=1000, Cn=300, random ViT-B-16 (target: 8 <= 2x 1)
+step sweep_speed 240 $PY benchmarks/sweep_speed.py --device cuda --synthetic --C 1000 --n-neg 300 --packed 1,8
 # every method's batch from the cache (C=1000, Cn=300, Local-Prompt batch 256 x 16 views) vs the peers' own
 step baselines_step 420 $PY benchmarks/baselines_step.py --device cuda --iters 5 --warmup 2
 step score_speed  80 $PY benchmarks/score_speed.py --device cuda

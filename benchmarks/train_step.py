@@ -50,22 +50,30 @@ def timed(step, *, iters: int, warmup: int, device) -> float:
     return timings(step, iters=iters, warmup=warmup, device=device)[1]
 
 
+def synthetic_cache(root, *, model: str, size: int, classnames, n_images: int, hw: int, dim: int,
+                    split: str = "train_k1_s1") -> Path:
+    """A cache holding one train split of ``n_images`` random features (2 views) for ``model``'s shapes."""
+    manifest = {"model": model, "pretrained": "none", "weights": "none", "image_size": size,
+                "feature_version": FEATURE_VERSION, "benchmark": "bench", "classnames": list(classnames)}
+    cache = create_cache(Path(root), manifest)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(len(classnames), size=n_images)
+    w = cache.writer(split, n=n_images, views=2, hw=hw, dim=dim, labels=labels,
+                     paths=[f"{i}.png" for i in range(n_images)])
+    for i in range(0, n_images, 64):
+        b = min(64, n_images - i)
+        w.append(rng.standard_normal((b, 2, dim), dtype=np.float32),
+                 rng.standard_normal((b, 2, hw, dim), dtype=np.float32))
+    w.finish()
+    return Path(root)
+
+
 def loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_images: int, device, runs) -> dict:
     """ms per step of the real training loop (second epoch) for each ``label -> TrainConfig overrides``."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = {"model": args.model, "pretrained": "none", "weights": "none", "image_size": size,
-                    "feature_version": FEATURE_VERSION, "benchmark": "bench", "classnames": classnames}
-        cache = create_cache(Path(tmp) / "cache", manifest)
-        rng = np.random.default_rng(0)
-        labels = rng.integers(len(classnames), size=n_images)
-        w = cache.writer("train_k1_s1", n=n_images, views=2, hw=hw, dim=dim, labels=labels,
-                         paths=[f"{i}.png" for i in range(n_images)])
-        for i in range(0, n_images, 64):
-            b = min(64, n_images - i)
-            w.append(rng.standard_normal((b, 2, dim), dtype=np.float32),
-                     rng.standard_normal((b, 2, hw, dim), dtype=np.float32))
-        w.finish()
+        synthetic_cache(Path(tmp) / "cache", model=args.model, size=size, classnames=classnames,
+                        n_images=n_images, hw=hw, dim=dim)
         for i, (label, overrides) in enumerate(runs.items()):
             cfg = TrainConfig(cache=str(Path(tmp) / "cache"), split="train_k1_s1", out=str(Path(tmp) / str(i)),
                               k=args.k, n_neg=n_neg, n_ctx=args.n_ctx, epochs=2, batch_size=args.batch,

@@ -1,4 +1,4 @@
-"""The ``iim`` command line: ``iim extract | train | score | sweep | report | predict | cache | demo``.
+"""The ``iim`` command line: ``iim extract | train | score | sweep | report | prototypes | predict | cache | demo``.
 
 Each stage keeps its own click command next to its code (``iim/<stage>/cli.py``); this file only
 assembles them, turns :class:`~iim.errors.IIMError` into a one-line ``Error: ...`` (exit 2), and
@@ -20,6 +20,7 @@ COMMANDS = {
     "score": "iim.score.cli:score",
     "sweep": "iim.score.cli:sweep",
     "report": "iim.score.cli:report_cmd",
+    "prototypes": "iim.score.fig3:prototypes_cmd",
     "predict": "iim.predict.cli:predict",
     "cache": "iim.cache.cli:cache",
     "demo": "iim.demo.cli:demo",

@@ -9,7 +9,8 @@ from sklearn.metrics import roc_curve
 from ..atomic import atomic_write
 
 
-def _figure(n_panels: int = 1, width: float = 4.0):
+def panels(n_panels: int = 1, width: float = 4.0):
+    """A figure of ``n_panels`` side by side (no pyplot) and its axes."""
     from matplotlib.figure import Figure   # no pyplot: no global state, no display needed
 
     fig = Figure(figsize=(width * n_panels, 3.2), layout="constrained")
@@ -17,14 +18,22 @@ def _figure(n_panels: int = 1, width: float = 4.0):
     return fig, axes
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, fmt: str = "png") -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"), binary=True)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=fmt), binary=True)
+
+
+def save_formats(fig, stem, formats=("png", "pdf")) -> list[Path]:
+    """``fig`` as ``stem.png`` and ``stem.pdf`` (each written atomically); returns the paths."""
+    paths = [Path(stem).with_suffix(f".{ext}") for ext in formats]
+    for path in paths:
+        _save(fig, path, path.suffix[1:])
+    return paths
 
 
 def histograms(path, title: str, id_scores: np.ndarray, ood: dict[str, np.ndarray], *, bins: int = 60) -> None:
     """One panel per OOD set: density histograms of the ID scores and that set's scores."""
-    fig, axes = _figure(len(ood))
+    fig, axes = panels(len(ood))
     for ax, (name, scores) in zip(axes, ood.items()):
         lo = min(id_scores.min(), scores.min())
         hi = max(id_scores.max(), scores.max())
@@ -41,7 +50,7 @@ def histograms(path, title: str, id_scores: np.ndarray, ood: dict[str, np.ndarra
 
 def roc_curves(path, title: str, id_scores: np.ndarray, ood: dict[str, np.ndarray]) -> None:
     """ROC curves (ID positive: x = OOD accepted, y = ID accepted), one line per OOD set."""
-    fig, (ax,) = _figure(1, width=4.4)
+    fig, (ax,) = panels(1, width=4.4)
     for name, scores in ood.items():
         y = np.r_[np.ones(len(id_scores)), np.zeros(len(scores))]
         fpr, tpr, _ = roc_curve(y, np.r_[id_scores, scores])

@@ -5,6 +5,8 @@ x OOD set, every metric and every option as columns), ``points.csv`` (each point
 Tables and figures use each point's results at the scoring (k, alpha) (results.json); the train k x
 test k heat map uses the test-k sweep (sweep.csv) at that alpha. Means and stds are over seeds (the
 tables) or over every point sharing the plotted value (the figures: the other options and seeds).
+When the cache's benchmark is one of the paper's, the paper's own averages (:mod:`iim.paper`, SPEC §7)
+follow our rows as ``paper:`` rows.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import metrics as M
-from ..atomic import atomic_write
+from ..cache import open_cache
+from ..paper import SOURCE, paper_rows
 from ..score import report
+from ..score.plots import panels, save_formats
 from ..score.sweep import ALPHA_METHODS, K_METHODS
 from .grid import sweepable
 from .run import Point, Scoring, read_state
@@ -77,9 +81,15 @@ def collect(out, points: list[Point], scoring: Scoring, grid: dict) -> dict:
     report.write_csv(out / "points.csv", prow, ["point", "status", "error", "seconds", *option_columns()])
     varying = [n for n, v in grid.items() if len(v) > 1 and n != "seed"]
     figures = _figures(out / "figures", rows, varying, scoring)
-    report.write_text(out / "report.md", _markdown(points, states, rows, grid, varying, scoring, figures))
+    paper = paper_rows(benchmark(points), shots={p.options["shots"] for p in points}) if points else []
+    report.write_text(out / "report.md", _markdown(points, states, rows, grid, varying, scoring, figures, paper))
     return dict(rows=len(rows), done=len(done), failed=sum(s["status"] == "failed" for s in states.values()),
                 files=["results.csv", "points.csv", "report.md"] + (["figures/"] if figures else []))
+
+
+def benchmark(points: list[Point]) -> str | None:
+    """The benchmark the points' cache was extracted from (its manifest's ``benchmark``)."""
+    return open_cache(points[0].config.cache).manifest.get("benchmark") if points else None
 
 
 # ---- tables --------------------------------------------------------------------------------------
@@ -114,7 +124,15 @@ def _headline(rows_of_point) -> str:
     return next(m for m in HEADLINE if m in have)
 
 
-def _markdown(points, states, rows, grid, varying, scoring, figures) -> str:
+def _paper_lines(paper, cols, ood_sets) -> list[str]:
+    """Table rows "paper: 4-shot IIM" beside ours: the paper reports only the averages (SPEC §7)."""
+    blank = ["–"] * (len(cols) - 1)
+    return ["| " + " | ".join([f"paper: {r.label}", *blank, report.LABELS[r.evaluator], "3"]
+                              + ["–", "–"] * (len(ood_sets) - 1) + [f"{r.fpr95:.2f}", f"{r.auroc:.2f}"]) + " |"
+            for r in paper]
+
+
+def _markdown(points, states, rows, grid, varying, scoring, figures, paper=()) -> str:
     at = _at_setting(rows, scoring)
     by_point = defaultdict(list)
     for r in at:
@@ -148,6 +166,10 @@ def _markdown(points, states, rows, grid, varying, scoring, figures) -> str:
             lines.append("| " + " | ".join(vals) + f" | {report.LABELS[head]} | {len(names)} | "
                          + " | ".join(f"{cell(names, head, o, 'fpr95')} | {cell(names, head, o, 'auroc')}"
                                       for o in ood_sets) + " |")
+        if paper:
+            lines += _paper_lines(paper, cols, ood_sets)
+            lines.append(f"\nThe paper rows are {SOURCE}: the average over its four OOD sets (iNaturalist, SUN, "
+                         f"Places, Texture), seeds 1, 2, 3; its 0-shot row compares with `iim score --zero-shot`.")
         methods = [m for m in EVALUATORS if any(r["method"] == m for r in at)]
         for metric in ("fpr95", "auroc"):
             lines += [f"\n## Evaluators side by side: average {metric.upper()}\n",
@@ -169,20 +191,6 @@ def _markdown(points, states, rows, grid, varying, scoring, figures) -> str:
 
 
 # ---- figures -------------------------------------------------------------------------------------
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for ext in ("png", "pdf"):
-        atomic_write(path.with_suffix(f".{ext}"), lambda f, ext=ext: fig.savefig(f, dpi=110, format=ext),
-                     binary=True)
-
-
-def _figure(n: int, width: float = 4.0):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * n, 3.2), layout="constrained")
-    return fig, fig.subplots(1, n, squeeze=False)[0]
-
-
 def _figures(folder: Path, rows, varying, scoring) -> list[str]:
     """Fig. 4 style (average FPR95 / AUROC against each swept option, and against the test alpha),
     Fig. 5 (train k x test k heat
@@ -197,7 +205,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         values = sorted(values) if numeric else values
         x = values if numeric else list(range(len(values)))
-        fig, axes = _figure(2)
+        fig, axes = panels(2)
         for ax, metric in zip(axes, ("fpr95", "auroc")):
             for m in methods:
                 ys = [[r[metric] for r in at if r["method"] == m and r[opt] == v] for v in values]
@@ -209,12 +217,12 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
             if not numeric:
                 ax.set_xticks(x, [_fmt(v) for v in values])
         axes[0].legend(fontsize=7)
-        _save(fig, folder / f"vs_{opt}")
+        save_formats(fig, folder / f"vs_{opt}")
         names.append(f"vs_{opt}")
     if len(scoring.alphas) > 1:                             # Fig. 4's alpha panel (test time)
         by_alpha = [r for r in rows if r["ood_set"] == report.AVERAGE and r["test_k"] == scoring.k_for(r["k"])
                     and r["alpha"] != ""]
-        fig, axes = _figure(2)
+        fig, axes = panels(2)
         for ax, metric in zip(axes, ("fpr95", "auroc")):
             for m in HEADLINE:
                 ys = [[r[metric] for r in by_alpha if r["method"] == m and r["alpha"] == a] for a in scoring.alphas]
@@ -225,7 +233,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
             ax.set_xlabel("alpha")
             ax.set_ylabel(f"average {metric.upper()} (%)")
         axes[0].legend(fontsize=7)
-        _save(fig, folder / "vs_alpha")
+        save_formats(fig, folder / "vs_alpha")
         names.append("vs_alpha")
     if "k" in varying and len(scoring.ks) > 1:              # Fig. 5
         sweep = [r for r in rows if r["ood_set"] == report.AVERAGE and r["alpha"] in ("", scoring.alpha)
@@ -239,7 +247,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
         train_ks = sorted({r["k"] for r in sweep})
         grid = np.array([[np.mean([r["fpr95"] for r in sweep if r["k"] == tk and r["test_k"] == k] or [np.nan])
                           for k in scoring.ks] for tk in train_ks])
-        fig, (ax,) = _figure(1, 5.0)
+        fig, (ax,) = panels(1, 5.0)
         im = ax.imshow(grid, cmap="viridis_r", aspect="auto")
         ax.set_xticks(range(len(scoring.ks)), [str(k) for k in scoring.ks])
         ax.set_yticks(range(len(train_ks)), [str(k) for k in train_ks])
@@ -249,10 +257,10 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
             for j in range(grid.shape[1]):
                 ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
         fig.colorbar(im, ax=ax, label=f"average FPR95 of {label} (%)")
-        _save(fig, folder / "train_k_vs_test_k")
+        save_formats(fig, folder / "train_k_vs_test_k")
         names.append("train_k_vs_test_k")
     settings = list(dict.fromkeys(_setting(r, varying) for r in at))       # Fig. 6
-    fig, axes = _figure(2, max(4.0, 0.6 * len(settings) * len(methods) / 3))
+    fig, axes = panels(2, max(4.0, 0.6 * len(settings) * len(methods) / 3))
     width = 0.8 / max(1, len(methods))
     for ax, metric in zip(axes, ("fpr95", "auroc")):
         for j, m in enumerate(methods):
@@ -264,6 +272,6 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
                       rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(f"average {metric.upper()} (%)")
     axes[0].legend(fontsize=7)
-    _save(fig, folder / "evaluators")
+    save_formats(fig, folder / "evaluators")
     names.append("evaluators")
     return names
