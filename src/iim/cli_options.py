@@ -27,8 +27,11 @@ class Location(click.Path):
     name = "location"
 
     def convert(self, value, param, ctx):
-        from .cache.location import is_url
-        return value if is_url(value) else super().convert(value, param, ctx)
+        from .cache.location import as_path, is_url
+        if is_url(value):
+            as_path(value)              # an unknown protocol, a missing backend: one line, before any work
+            return value
+        return super().convert(value, param, ctx)
 
 
 CACHE_LOCATION = Location(file_okay=False, path_type=Path)
