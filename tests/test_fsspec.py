@@ -139,3 +139,19 @@ def test_locations():
     assert record("memory://bucket/a") == "memory://bucket/a" and record("rel") == str(as_path("rel").resolve())
     with pytest.raises(IIMError, match="no cache at memory://bucket/none"):
         open_cache("memory://bucket/none")
+
+
+def test_hdf5_round_trip_and_ls_at_memory_urls(tmp_path, monkeypatch, capsys):
+    a_url, b_url = memory_url(), memory_url()
+    a = make_random_cache(a_url, n_test=12, ood={"far": 7}, manifest=random_manifest(embed_dim=32, num_patches=64))
+    code, _, err = run_iim(monkeypatch, capsys, "cache", "export", a_url, tmp_path / "a.h5")
+    assert code == 0, err
+    code, _, err = run_iim(monkeypatch, capsys, "cache", "import", tmp_path / "a.h5", b_url)
+    assert code == 0, err
+    b = open_cache(b_url)
+    assert b.manifest == a.manifest and b.split_names() == a.split_names()
+    ra, rb = raw(a_url), raw(b_url)
+    assert ra.keys() == rb.keys() and all(np.array_equal(ra[k], rb[k]) for k in ra)
+    parent = a_url.rsplit("/", 1)[0]
+    code, out, err = run_iim(monkeypatch, capsys, "cache", "ls", parent)
+    assert code == 0 and out.startswith(a_url) and "splits: ood_far, test, train_k2_s1" in out, err
