@@ -13,6 +13,7 @@ import torch
 import iim.cli
 from helpers import make_random_cache, random_manifest
 from imagegen import make_world
+from iim import Detector
 from iim.cache import open_cache
 from iim.cache.location import RemotePath, as_path, record
 from iim.errors import IIMError
@@ -59,11 +60,15 @@ def world(tmp_path_factory):
 def test_extract_train_score_at_urls_equal_a_folder(world, tmp_path, monkeypatch, capsys):
     where = {"folder": tmp_path / "folder", "file": f"file://{tmp_path}/viafile",
              "memory": memory_url()}
-    results, contexts = {}, {}
+    results, contexts, predicted = {}, {}, {}
+    images = sorted(world["test"].rglob("*.png"))[:4]
+    assert images
     for kind, out in where.items():
         code, _, err = run_iim(monkeypatch, capsys, "extract", "-b", world["toml"], "--shots", 2, "--seed", 1,
                            "-o", out, "--batch-size", 4, *TINY)
         assert code == 0, err
+        code, out_, err = run_iim(monkeypatch, capsys, "cache", "verify", out)
+        assert code == 0 and "OK (3 complete split(s))" in out_, err
         run = tmp_path / f"run-{kind}"
         code, _, err = run_iim(monkeypatch, capsys, "train", "--cache", out, "--out", run, *FAST)
         assert code == 0, err
@@ -76,11 +81,14 @@ def test_extract_train_score_at_urls_equal_a_folder(world, tmp_path, monkeypatch
         res = json.loads((run / "results.json").read_text())
         assert res["cache"] == config["cache"]
         results[kind] = {k: res[k] for k in ("metrics", "id", "ood_sets")}
+        det = Detector.from_run(run, device="cpu", k=3)        # iim predict: the run's recorded cache
+        predicted[kind] = (det.threshold, det.predict(images).scores.tolist())
     folder = raw(where["folder"])
     for kind in ("file", "memory"):
         other = raw(where[kind])
         assert other.keys() == folder.keys() and all(np.array_equal(folder[k], other[k]) for k in folder), kind
         assert results[kind] == results["folder"] and results[kind]["metrics"], kind
+        assert predicted[kind] == predicted["folder"], kind
         for key in contexts["folder"]:
             assert torch.equal(contexts[kind][key], contexts["folder"][key]), (kind, key)
     manifests = [{k: v for k, v in open_cache(w).manifest.items() if k != "created"} for w in where.values()]
