@@ -21,46 +21,44 @@ MANIFEST = "manifest.json"
 CHUNK_BYTES = 16 << 20   # target size of one chunk of `local`
 
 
-def _store_root(arr, root=None) -> Path | RemotePath:
-    """The cache root holding ``arr``: ``root`` if given (shown as the user wrote it), else the folder of
-    its LocalStore or the URL of its FsspecStore."""
-    if root is not None:
-        return as_path(root)
+def _array_dir(arr) -> Path | RemotePath:
+    """Where ``arr`` is stored: a folder of its LocalStore, or below its FsspecStore's URL."""
     if hasattr(arr.store, "root"):
-        return Path(arr.store.root)
-    return as_path(arr.store.fs.unstrip_protocol(arr.store.path))
+        return Path(arr.store.root) / arr.path
+    return as_path(arr.store.fs.unstrip_protocol(arr.store.path)) / arr.path
 
 
-def _chunk_file(arr, index: tuple, root=None) -> Path | RemotePath:
-    return _store_root(arr, root) / arr.path / arr.metadata.encode_chunk_key(index)
+def _chunk_file(arr, index: tuple, folder=None) -> Path | RemotePath:
+    return (folder or _array_dir(arr)) / arr.metadata.encode_chunk_key(index)
 
 
-def missing_chunks(arr, root=None) -> list[tuple[int, int, Path | RemotePath]]:
+def missing_chunks(arr) -> list[tuple[int, int, Path | RemotePath]]:
     """``(lo, hi, file)`` for every chunk of ``arr`` never stored (rows ``lo:hi``): Zarr reads such a
     chunk as its fill value, so a deleted chunk file would silently become zeros. Arrays here are
-    chunked along the first axis only. ``root``: the cache root (needed for a store at a URL)."""
+    chunked along the first axis only."""
     if arr.size == 0:
         return []
     rows = arr.chunks[0]
     rest = (0,) * (arr.ndim - 1)
-    files = [_chunk_file(arr, (i, *rest), root) for i in range(-(-arr.shape[0] // rows))]
-    there = existing(_store_root(arr, root) / arr.path, files)
+    folder = _array_dir(arr)
+    files = [_chunk_file(arr, (i, *rest), folder) for i in range(-(-arr.shape[0] // rows))]
+    there = existing(folder, files)
     return [(i * rows, min(arr.shape[0], (i + 1) * rows), f)
             for i, (f, ok) in enumerate(zip(files, there)) if not ok]
 
 
-def read_array(arr, sel=slice(None), *, what: str, root=None):
+def read_array(arr, sel=slice(None), *, what: str):
     """``arr[sel]``, a damaged (truncated, undecodable) chunk file being a one-line error naming it."""
     try:
         return arr[sel]
     except Exception as e:                  # codec errors from zstd/blosc/numcodecs have no common type
-        where = _store_root(arr, root) / arr.path
+        where = _array_dir(arr)
         rows, rest = arr.chunks[0], (0,) * (arr.ndim - 1)
         for i in range(-(-arr.shape[0] // rows)):           # find the chunk that does not decode
             try:
                 arr[i * rows:(i + 1) * rows]
             except Exception:
-                where = _chunk_file(arr, (i, *rest), root)
+                where = _chunk_file(arr, (i, *rest))
                 break
         raise IIMError(f"cannot read {what}: {where} is damaged ({type(e).__name__}: {str(e).strip()[:100]}); "
                        f"delete the split's folder and run 'iim extract' again") from None
@@ -108,8 +106,8 @@ class Chunk:
 class Split:
     """Read access to one complete split. Rows of images skipped as unreadable are invisible here."""
 
-    def __init__(self, group: zarr.Group, name: str, *, root=None):
-        self.group, self.name, self.root = group, name, root    # root: the cache's (for a store at a URL)
+    def __init__(self, group: zarr.Group, name: str):
+        self.group, self.name = group, name
         self.attrs = dict(group.attrs)
         self._global, self._local = group["global"], group["local"]
         n_phys = self._global.shape[0]
@@ -126,12 +124,12 @@ class Split:
         if not is_ood(self.name):
             arrays.append(self.group["label"])
         for arr in arrays:
-            for lo, hi, f in missing_chunks(arr, self.root):
+            for lo, hi, f in missing_chunks(arr):
                 if arr.ndim > 1 and all(r in bad for r in range(lo, hi)):
                     continue
                 raise IIMError(f"split {self.name}: rows {lo}..{hi - 1} of {arr.path.rsplit('/', 1)[-1]!r} "
                                f"were never stored (missing chunk file {f}); the cache is damaged: delete "
-                               f"{_store_root(arr, self.root) / self.name} and run 'iim extract' again")
+                               f"{_array_dir(arr).parent} and run 'iim extract' again")
 
     # ---- shape -------------------------------------------------------------------------
     @property
@@ -163,12 +161,12 @@ class Split:
     # ---- metadata ----------------------------------------------------------------------
     @property
     def labels(self) -> np.ndarray:
-        labels = read_array(self.group["label"], what=f"the labels of split {self.name}", root=self.root)
+        labels = read_array(self.group["label"], what=f"the labels of split {self.name}")
         return np.asarray(labels, dtype=np.int64)[self._rows]
 
     @property
     def paths(self) -> list[str]:
-        paths = read_array(self.group["path"], what=f"the image paths of split {self.name}", root=self.root)
+        paths = read_array(self.group["path"], what=f"the image paths of split {self.name}")
         return [str(p) for p in np.asarray(paths)[self._rows]]
 
     # ---- features ----------------------------------------------------------------------
@@ -185,8 +183,8 @@ class Split:
         lo, hi = int(rows[0]), int(rows[-1]) + 1
         vsel = slice(None) if view is None else view
         what = f"rows {lo}..{hi - 1} of split {self.name}"
-        g = read_array(self._global, (slice(lo, hi), vsel), what=what, root=self.root)
-        l = read_array(self._local, (slice(lo, hi), vsel), what=what, root=self.root)
+        g = read_array(self._global, (slice(lo, hi), vsel), what=what)
+        l = read_array(self._local, (slice(lo, hi), vsel), what=what)
         if not self._contiguous:
             g, l = g[rows - lo], l[rows - lo]
         return g, l
@@ -320,7 +318,7 @@ class Cache:
         if not self.is_complete(name):
             raise IIMError(f"split {name!r} in {self.root} is incomplete (extraction was interrupted); "
                            f"run the same 'iim extract' command again to resume it")
-        return Split(self._zroot[name], name, root=self.root)
+        return Split(self._zroot[name], name)
 
     @_metadata_guard
     def split_status(self, name: str) -> dict:
@@ -379,12 +377,11 @@ class Cache:
             arr = self._zroot["global_proto"]
         except KeyError:
             raise IIMError(f"cache {self.root} has no global prototypes (extract with a newer iim)") from None
-        lost = missing_chunks(arr, self.root)
+        lost = missing_chunks(arr)
         if lost:
             raise IIMError(f"cache {self.root}: the global prototypes were never stored (missing chunk file "
                            f"{lost[0][2]}); the cache is damaged: extract it again")
-        return torch.from_numpy(np.asarray(read_array(arr, what="the global prototypes", root=self.root),
-                                           dtype=np.float32))
+        return torch.from_numpy(np.asarray(read_array(arr, what="the global prototypes"), dtype=np.float32))
 
     def write_global_prototypes(self, protos) -> None:
         """Store the prototypes; a crash mid-write leaves no ``global_proto`` (written under a temporary
