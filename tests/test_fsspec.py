@@ -163,3 +163,13 @@ def test_hdf5_round_trip_and_ls_at_memory_urls(tmp_path, monkeypatch, capsys):
     parent = a_url.rsplit("/", 1)[0]
     code, out, err = run_iim(monkeypatch, capsys, "cache", "ls", parent)
     assert code == 0 and out.startswith(a_url) and "splits: ood_far, test, train_k2_s1" in out, err
+
+
+def test_s3_without_s3fs_says_what_to_install():
+    try:
+        import s3fs  # noqa: F401
+        pytest.skip("s3fs is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(IIMError, match="cannot open s3://bucket/c: .*s3fs"):
+        open_cache("s3://bucket/c")
