@@ -21,6 +21,22 @@ DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
 FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
+class Location(click.Path):
+    """A folder (a :class:`~pathlib.Path`, as ``FOLDER``) or an fsspec URL, kept as written (a ``str``:
+    pathlib would fold its ``//``); :func:`iim.cache.location.as_path` opens either."""
+    name = "location"
+
+    def convert(self, value, param, ctx):
+        from .cache.location import as_path, is_url
+        if is_url(value):
+            as_path(value)              # an unknown protocol, a missing backend: one line, before any work
+            return value
+        return super().convert(value, param, ctx)
+
+
+CACHE_LOCATION = Location(file_okay=False, path_type=Path)
+
+
 def device_option(f):
     return click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)(f)
 
@@ -30,14 +46,17 @@ def progress_option(f):
                         help="Progress bars (shown when stderr is a terminal, never in logs).")(f)
 
 
-def out_option(help: str, *, default=None, short: bool = False):
-    return click.option("--out", *(("-o",) if short else ()), "out", type=FOLDER, default=default,
-                        show_default=default is not None, metavar="DIR", help=help)
+def out_option(help: str, *, default=None, short: bool = False, url: bool = False):
+    """``--out DIR``; ``url``: a cache location, DIR or an fsspec URL (``iim extract``)."""
+    return click.option("--out", *(("-o",) if short else ()), "out", type=CACHE_LOCATION if url else FOLDER,
+                        default=default, show_default=default is not None, metavar="DIR|URL" if url else "DIR",
+                        help=help)
 
 
 def cache_option(help: str, *, required: bool = False, default=None, name: str = "cache"):
-    return click.option("--cache", name, type=FOLDER, required=required, default=default,
-                        show_default=default is not None, metavar="DIR", help=help)
+    """``--cache DIR|URL``: a cache folder or an fsspec URL (memory://, s3://, ...)."""
+    return click.option("--cache", name, type=CACHE_LOCATION, required=required, default=default,
+                        show_default=default is not None, metavar="DIR|URL", help=help)
 
 
 def seed_option(help: str, *, many: bool = False, default=None, aliases=(), name: str = "seed"):

@@ -11,7 +11,7 @@
 
 Reading:
 
-    cache = open_cache("cache/imagenet")
+    cache = open_cache("cache/imagenet")        # or any fsspec URL: "s3://bucket/imagenet" (.location)
     test = cache.split("test")                   # refuses a missing or incomplete split
     for chunk in test.iter_chunks(rows=512):     # bounded memory
         chunk.global_feats, chunk.local_feats, chunk.labels

@@ -7,12 +7,9 @@ import click
 
 from ..cli_options import progress_option
 from ..errors import IIMError
+from .location import as_path, guarantees, tree_size
 from .store import MANIFEST, open_cache
 from .verify import check_cache
-
-
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
 def _human(n: float) -> str:
@@ -36,11 +33,12 @@ def cache():
 @cache.command("info")
 @click.argument("path", type=click.Path(file_okay=False))
 def info(path):
-    """Manifest and splits of the cache at PATH (complete and interrupted ones)."""
+    """Manifest and splits of the cache at PATH (a folder or an fsspec URL; complete and interrupted splits)."""
     from ..data.splits import split_crop_scale
     c = open_cache(path)
     m = c.manifest
     click.echo(f"{c.root}")
+    click.echo(f"  storage      {guarantees(c.root)}")
     click.echo(f"  benchmark    {m.get('benchmark')} ({len(c.classnames)} classes)")
     click.echo(f"  model        {m.get('model')}  weights {m.get('weights')}  image {m.get('image_size')} px"
                f"  D={m.get('embed_dim')}  HW={m.get('num_patches')}")
@@ -65,14 +63,14 @@ def info(path):
         crop = split_crop_scale(s)         # s_min of the augmented views; '-': one view, no crop
         click.echo(f"  {name:{width}s} {s.get('n', s['global_shape'][0]):>8d} {s['global_shape'][1]:>5d} "
                    f"{'-' if crop is None else f'{crop:g}':>5s}  "
-                   f"{_state(s):18s} {len(s.get('skipped_rows', [])):>7d} {_human(_size(c.root / name)):>10s}")
+                   f"{_state(s):18s} {len(s.get('skipped_rows', [])):>7d} {_human(tree_size(c.root / name)):>10s}")
 
 
 @cache.command("ls")
 @click.argument("root", default="cache", type=click.Path(file_okay=False))
 def ls(root):
-    """The caches in ROOT (default: ./cache), one line each."""
-    root = Path(root)
+    """The caches in ROOT (default: ./cache; a folder or an fsspec URL), one line each."""
+    root = as_path(root)
     if not root.is_dir():
         raise IIMError(f"no folder {root} (caches are written to cache/<benchmark> by default)")
     found = [root] if (root / MANIFEST).is_file() else sorted(
@@ -99,7 +97,7 @@ def ls(root):
               "do not read the features.")
 @progress_option
 def verify(path, quick, progress):
-    """Check the cache at PATH: manifest, metadata, shapes, labels (range, and class folder), rows
+    """Check the cache at PATH (a folder or an fsspec URL): manifest, metadata, shapes, labels (range, and class folder), rows
     written, every chunk file present, and (unless --quick) every stored feature decodes, is finite
     and was written."""
     c = open_cache(path)

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +12,8 @@ import torch
 import zarr
 
 from ..errors import IIMError
-from ..atomic import atomic_write, atomic_write_text  # noqa: F401 (store's own writes)
 from .fingerprint import compare
+from .location import RemotePath, as_path, existing, replace_tree, write_text, zarr_store
 from .names import is_ood, parse_train_split
 
 FORMAT_VERSION = 1
@@ -24,11 +21,18 @@ MANIFEST = "manifest.json"
 CHUNK_BYTES = 16 << 20   # target size of one chunk of `local`
 
 
-def _chunk_file(arr, index: tuple) -> Path:
-    return Path(arr.store.root) / arr.path / arr.metadata.encode_chunk_key(index)
+def _array_dir(arr) -> Path | RemotePath:
+    """Where ``arr`` is stored: a folder of its LocalStore, or below its FsspecStore's URL."""
+    if hasattr(arr.store, "root"):
+        return Path(arr.store.root) / arr.path
+    return as_path(arr.store.fs.unstrip_protocol(arr.store.path)) / arr.path
 
 
-def missing_chunks(arr) -> list[tuple[int, int, Path]]:
+def _chunk_file(arr, index: tuple, folder=None) -> Path | RemotePath:
+    return (folder or _array_dir(arr)) / arr.metadata.encode_chunk_key(index)
+
+
+def missing_chunks(arr) -> list[tuple[int, int, Path | RemotePath]]:
     """``(lo, hi, file)`` for every chunk of ``arr`` never stored (rows ``lo:hi``): Zarr reads such a
     chunk as its fill value, so a deleted chunk file would silently become zeros. Arrays here are
     chunked along the first axis only."""
@@ -36,12 +40,11 @@ def missing_chunks(arr) -> list[tuple[int, int, Path]]:
         return []
     rows = arr.chunks[0]
     rest = (0,) * (arr.ndim - 1)
-    out = []
-    for i in range(-(-arr.shape[0] // rows)):
-        f = _chunk_file(arr, (i, *rest))
-        if not f.is_file():
-            out.append((i * rows, min(arr.shape[0], (i + 1) * rows), f))
-    return out
+    folder = _array_dir(arr)
+    files = [_chunk_file(arr, (i, *rest), folder) for i in range(-(-arr.shape[0] // rows))]
+    there = existing(folder, files)
+    return [(i * rows, min(arr.shape[0], (i + 1) * rows), f)
+            for i, (f, ok) in enumerate(zip(files, there)) if not ok]
 
 
 def read_array(arr, sel=slice(None), *, what: str):
@@ -49,7 +52,7 @@ def read_array(arr, sel=slice(None), *, what: str):
     try:
         return arr[sel]
     except Exception as e:                  # codec errors from zstd/blosc/numcodecs have no common type
-        where = Path(arr.store.root) / arr.path
+        where = _array_dir(arr)
         rows, rest = arr.chunks[0], (0,) * (arr.ndim - 1)
         for i in range(-(-arr.shape[0] // rows)):           # find the chunk that does not decode
             try:
@@ -61,9 +64,9 @@ def read_array(arr, sel=slice(None), *, what: str):
                        f"delete the split's folder and run 'iim extract' again") from None
 
 
-def _bad_metadata(root: Path) -> Path | None:
+def _bad_metadata(root) -> Path | RemotePath | None:
     """The first ``zarr.json`` under ``root`` that is not valid JSON (a truncated copy, a full disk)."""
-    for f in sorted(Path(root).rglob("zarr.json")):
+    for f in sorted(as_path(root).rglob("zarr.json"), key=str):
         try:
             json.loads(f.read_text())
         except (OSError, ValueError):
@@ -126,7 +129,7 @@ class Split:
                     continue
                 raise IIMError(f"split {self.name}: rows {lo}..{hi - 1} of {arr.path.rsplit('/', 1)[-1]!r} "
                                f"were never stored (missing chunk file {f}); the cache is damaged: delete "
-                               f"{Path(arr.store.root) / self.name} and run 'iim extract' again")
+                               f"{_array_dir(arr).parent} and run 'iim extract' again")
 
     # ---- shape -------------------------------------------------------------------------
     @property
@@ -258,13 +261,14 @@ class SplitWriter:
 
 
 class Cache:
-    """A feature-cache folder: ``manifest.json`` plus one Zarr group per split."""
+    """A feature-cache folder: ``manifest.json`` plus one Zarr group per split. ``root``: a local folder
+    (:class:`~pathlib.Path`) or a :class:`~iim.cache.location.RemotePath` (any fsspec URL)."""
 
     @_metadata_guard
-    def __init__(self, root: Path, manifest: dict):
-        self.root = Path(root)
+    def __init__(self, root, manifest: dict):
+        self.root = as_path(root)
         self.manifest = manifest
-        self._zroot = zarr.open_group(str(self.root), mode="a")
+        self._zroot = zarr.open_group(store=zarr_store(self.root), mode="a")
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r}, model={self.manifest.get('model')!r}, splits={self.splits()})"
@@ -276,7 +280,7 @@ class Cache:
     @_metadata_guard
     def split_names(self, complete_only: bool = False) -> list[str]:
         names = []                        # the split groups, from the folder (Zarr's listing trips on damage)
-        for meta in sorted(self.root.glob("*/zarr.json")):
+        for meta in sorted(self.root.glob("*/zarr.json"), key=str):
             try:
                 node = json.loads(meta.read_text()).get("node_type")
             except (OSError, ValueError, AttributeError):
@@ -373,9 +377,10 @@ class Cache:
             arr = self._zroot["global_proto"]
         except KeyError:
             raise IIMError(f"cache {self.root} has no global prototypes (extract with a newer iim)") from None
-        if missing_chunks(arr):
+        lost = missing_chunks(arr)
+        if lost:
             raise IIMError(f"cache {self.root}: the global prototypes were never stored (missing chunk file "
-                           f"{missing_chunks(arr)[0][2]}); the cache is damaged: extract it again")
+                           f"{lost[0][2]}); the cache is damaged: extract it again")
         return torch.from_numpy(np.asarray(read_array(arr, what="the global prototypes"), dtype=np.float32))
 
     def write_global_prototypes(self, protos) -> None:
@@ -385,18 +390,15 @@ class Cache:
         tmp = "global_proto.partial"
         self._zroot.create_array(tmp, shape=protos.shape, dtype="float32", overwrite=True,
                                  chunks=protos.shape)[:] = protos
-        final = self.root / "global_proto"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(self.root / tmp, final)
-        self._zroot = zarr.open_group(str(self.root), mode="a")
+        replace_tree(self.root / tmp, self.root / "global_proto")
+        self._zroot = zarr.open_group(store=zarr_store(self.root), mode="a")
 
     def update_manifest(self, **fields) -> None:
         self.manifest.update(fields)
-        atomic_write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
+        write_text(self.root / MANIFEST, json.dumps(self.manifest, indent=2) + "\n")
 
 
-def _read_manifest(root: Path) -> dict:
+def _read_manifest(root) -> dict:
     try:
         return json.loads((root / MANIFEST).read_text())
     except json.JSONDecodeError as e:
@@ -404,8 +406,9 @@ def _read_manifest(root: Path) -> dict:
 
 
 def open_cache(root) -> Cache:
-    """Open an existing cache for reading; a folder without a manifest is a clear error."""
-    root = Path(root)
+    """Open an existing cache (a folder or an fsspec URL) for reading; a folder without a manifest is a
+    clear error."""
+    root = as_path(root)
     if not (root / MANIFEST).is_file():
         if not root.exists():
             raise IIMError(f"no cache at {root} (run 'iim extract' first)")
@@ -419,7 +422,7 @@ def create_cache(root, manifest: dict) -> Cache:
     An existing cache must have been made with the same model, weights, image size, feature definition,
     benchmark and classes (:data:`iim.cache.fingerprint.KEY_FIELDS`); anything else is refused so that features never mix.
     """
-    root = Path(root)
+    root = as_path(root)
     manifest = dict(manifest, format_version=FORMAT_VERSION)
     if (root / MANIFEST).is_file():
         old = _read_manifest(root)
@@ -432,5 +435,5 @@ def create_cache(root, manifest: dict) -> Cache:
     if root.exists() and any(root.iterdir()):
         raise IIMError(f"{root} exists and is not an iim feature cache; choose another --out folder")
     root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    write_text(root / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return Cache(root, manifest)

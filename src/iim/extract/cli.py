@@ -23,7 +23,7 @@ def _list_benchmarks(ctx, _param, value):
                    "see --list) or a user benchmark TOML file.")
 @click.option("--data-root", envvar="IIM_DATA_ROOT", metavar="DIR",
               help="Folder holding imagenet/ and the OOD sets [env: IIM_DATA_ROOT].")
-@out_option("Cache folder  [default: cache/<benchmark>]", short=True)
+@out_option("Cache folder or fsspec URL (memory://, s3://...)  [default: cache/<benchmark>]", short=True, url=True)
 @click.option("--model", default="ViT-B-16", show_default=True, help="open_clip model name.")
 @click.option("--pretrained", default="openai", show_default=True,
               help="open_clip pretrained tag, a local checkpoint file, or 'none' (random weights).")

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..cache.names import is_ood, ood_split_name
+from ..cache.location import as_path
 from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache
 from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ImageRows
@@ -244,7 +245,7 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     ``cache/<benchmark>``) and return it. See :func:`plan_splits` for ``splits``. ``crop_scale``: s_min of
     the augmented views (default: the benchmark's, SPEC §1); a cache never mixes crop scales."""
     bench = load_benchmark(benchmark, data_root) if isinstance(benchmark, str) else benchmark
-    out = Path(out) if out is not None else Path("cache") / bench.name
+    out = as_path(out) if out is not None else Path("cache") / bench.name      # a folder or an fsspec URL
     if out.exists() and not out.is_dir():
         raise IIMError(f"--out {out} is a file, not a folder")
     if batch_size < 1:

@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..cache.location import as_path
 from ..errors import IIMError
 from ..metrics import RECALL, recall_threshold
 from ..score.options import ScoreOptions
@@ -137,7 +138,7 @@ class Detector:
         run_dir = Path(run)
         if cache is None:
             recorded = load_checkpoint(run_dir, need=("prototypes",))["config"].get("cache")
-            if recorded and not Path(recorded).exists():
+            if recorded and not as_path(recorded).exists():
                 raise IIMError(f"run {run_dir} was trained on cache {recorded}, which is not there any more "
                                f"(moved or deleted?); pass its new location with --cache DIR")
         job = prepare_run(run_dir, cache_path=cache)

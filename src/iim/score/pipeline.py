@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..cache import open_cache
+from ..cache.location import as_path
 from ..cache.fingerprint import compare
 from ..cache.names import is_ood, ood_set_name, ood_split_name
 from ..errors import IIMError
@@ -98,7 +99,7 @@ def prepare_run(run=None, *, runs_dir="runs", cache_path=None, out=None, knn_spl
     cache_path = cache_path or cfg.get("cache")
     if not cache_path:
         raise IIMError(f"run {run_dir} records no cache; pass --cache")
-    if cache_path == cfg.get("cache") and not Path(cache_path).exists():
+    if cache_path == cfg.get("cache") and not as_path(cache_path).exists():
         raise IIMError(f"the cache {cache_path} recorded in {run_dir} is not there (moved?); point to it "
                        f"with --cache DIR")
     cache = open_cache(cache_path)

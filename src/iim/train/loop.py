@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..cache import manifest_key, open_cache
+from ..cache.location import record
 from ..atomic import atomic_write_text, check_writable
 from ..data.splits import split_crop_scale
 from ..errors import IIMError
@@ -287,7 +288,7 @@ def resolve_logit_scale(cfg: TrainConfig, manifest: dict, load_model) -> float:
 
 def full_config(cfg: TrainConfig, cache) -> dict:
     m = cache.manifest
-    return dict(dataclasses.asdict(cfg), cache=str(Path(cfg.cache).resolve()), model=m.get("model"),
+    return dict(dataclasses.asdict(cfg), cache=record(cfg.cache), model=m.get("model"),
                 weights=m.get("weights"), benchmark=m.get("benchmark"), classnames=cache.classnames,
                 crop_scale=split_crop_scale(cache.split(cfg.split).attrs))
 
