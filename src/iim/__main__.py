@@ -1,0 +1,5 @@
+"""``python -m iim``: the ``iim`` command (also torchrun's module entry: ``torchrun ... -m iim sweep``)."""
+from .cli import main
+
+if __name__ == "__main__":
+    main()
