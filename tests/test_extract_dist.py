@@ -110,3 +110,58 @@ def test_sigkill_of_one_rank_then_the_same_command_completes_identically(world, 
 def test_torchrun_env_is_read_from_the_environment():
     assert torchrun_env({}) is None
     assert tuple(torchrun_env({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})) == (3, 8, 1)
+
+
+def _writer(cache, rank=0, world=1):
+    return cache.writer("ood_x", n=10, views=1, hw=4, dim=2, labels=[-1] * 10, paths=[f"{i}.png" for i in range(10)],
+                        chunk_rows=3, rank=rank, world=world)
+
+
+def test_a_chunk_is_done_only_once_its_state_is_stored(tmp_path):
+    from iim.cache import create_cache
+    from helpers import random_manifest
+    cache = create_cache(tmp_path / "c", random_manifest())
+    rows = np.random.default_rng(0).standard_normal((10, 1, 4, 2)).astype(np.float16)
+    w0 = _writer(cache, 0, 2)
+    assert w0.spans == [(0, 3), (6, 9)]
+    w0._local[3:6] = rows[3:6]                 # rank 1's chunk: data stored, state not (killed in between)
+    w1 = _writer(cache, 1, 2)
+    assert w1.spans == [(3, 6), (9, 10)]
+    w1.mark_skipped(4)
+    for lo, hi in w1.spans:
+        w1.append(rows[lo:hi, :, 0], rows[lo:hi])
+    w1.finish_share()
+    with pytest.raises(Exception, match="rank 0 stopped at row 0 of 10; not complete"):
+        w0.finish()                            # rank 0's share is missing: never complete
+    assert _writer(cache, 0, 1).spans == [(0, 3), (6, 9)]      # one process now: the rest, whoever owned it
+    for lo, hi in w0.spans:
+        w0.append(rows[lo:hi, :, 0], rows[lo:hi])
+    w0.finish()
+    split = zarr.open_group(str(cache.root), mode="r")["ood_x"]
+    assert split.attrs["complete"] and split.attrs["rows_written"] == 10 and split.attrs["skipped_rows"] == [4]
+    assert split.attrs["skipped_paths"] == ["4.png"] and "row_state" not in split
+    np.testing.assert_array_equal(split["local"][:], rows)
+
+
+def test_a_split_without_row_state_resumes_from_rows_written(tmp_path):
+    from iim.cache import create_cache
+    from helpers import random_manifest
+    cache = create_cache(tmp_path / "c", random_manifest())
+    w = _writer(cache)
+    rows = np.ones((10, 1, 4, 2), np.float16)
+    w.append(rows[:3, :, 0], rows[:3])                         # one chunk; rows_written = 3
+    del w.group["row_state"]                                   # a split begun before row states (or killed at finish)
+    again = _writer(cache)
+    assert again.spans == [(3, 6), (6, 9), (9, 10)]
+
+
+def test_rank_0_never_marks_a_split_complete_before_every_rank_wrote(tmp_path):
+    from iim.cache import create_cache
+    from helpers import random_manifest
+    cache = create_cache(tmp_path / "c", random_manifest())
+    w0, rows = _writer(cache, 0, 2), np.ones((10, 1, 4, 2), np.float16)
+    for lo, hi in w0.spans:
+        w0.append(rows[lo:hi, :, 0], rows[lo:hi])
+    with pytest.raises(Exception, match=r"2 of 4 chunks not written \(first: rows from 3\)"):
+        w0.finish()
+    assert not cache.is_complete("ood_x") and cache.split_status("ood_x")["rows_written"] == 3
