@@ -266,6 +266,7 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
                         shots=shots, seeds=seeds, views=views, crop_scale=crop_scale, batch_size=batch_size,
                         workers=workers, device=device, amp=amp, skip_bad=skip_bad, chunk_bytes=chunk_bytes,
                         progress=progress, log=log)
+    _exit_on_sigterm()
     with process_group(env):                 # torchrun: every rank runs the same extraction on its chunks
         return _extract(benchmark, out, data_root=data_root, model=model, pretrained=pretrained, splits=splits,
                         shots=shots, seeds=seeds, views=views, crop_scale=crop_scale, batch_size=batch_size,
@@ -348,6 +349,15 @@ def _extract(benchmark, out, *, data_root, model, pretrained, splits, shots, see
     if env:
         barrier()                                        # the other ranks return once every split is complete
     return cache
+
+
+def _exit_on_sigterm() -> None:
+    """torchrun stops the other ranks with SIGTERM when one fails: exit through ``finally`` blocks, so
+    rank 0 releases the cache lock (and full chunks already encoded are stored)."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
 
 
 def _broadcast_flag(flag: bool) -> bool:
