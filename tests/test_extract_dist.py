@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 
-from imagegen import make_world, truncate, write_image
+from imagegen import make_world
 from iim.dist import torchrun_env
 from iim.extract.run import extract
 
