@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..cache.names import is_ood, ood_split_name
 from ..cache.location import as_path
-from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache
+from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, open_cache
 from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ImageRows
 from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
@@ -34,6 +34,7 @@ from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
 from ..models import create_model, image_size, model_logit_scale, resolve_device, train_transform, weights_id
+from ..dist import barrier, process_group, torchrun_env, worker_device
 from ..lock import folder_lock
 from ..text import global_prototypes
 
@@ -134,15 +135,16 @@ def chunk_rows_for(row_bytes: int, batch: int, chunk_bytes: int = CHUNK_BYTES) -
 
 
 def image_loader(root, files: list[str], preprocess, model, *, batch_size: int, device: torch.device,
-                 workers: int = 0, start: int = 0, views: int = 1, augment=None, seed: int = 0):
+                 workers: int = 0, start: int = 0, views: int = 1, augment=None, seed: int = 0, spans=None):
     """The batches stage one encodes: :class:`~iim.data.folders.ImageRows` (decode,
     :func:`~iim.data.folders.to_rgb`, preprocess; unreadable files as errors) in ``batch_size`` rows
-    from row ``start``, in DataLoader workers, pinned on CUDA. Yields ``(rows, images [b, V, 3, H, W],
+    from row ``start`` (or within each ``(lo, hi)`` of ``spans``), in DataLoader workers, pinned on CUDA. Yields ``(rows, images [b, V, 3, H, W],
     errors)``."""
     dataset = ImageRows(root, files, preprocess, image_size=image_size(model), views=views, augment=augment,
                         seed=seed)
     n = len(files)
-    batches = [list(range(i, min(i + batch_size, n))) for i in range(start, n, batch_size)]
+    spans = [(start, n)] if spans is None else spans
+    batches = [list(range(i, min(i + batch_size, hi))) for lo, hi in spans for i in range(lo, hi, batch_size)]
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers,
                                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
 
@@ -160,27 +162,38 @@ def encode_batch(model, images: torch.Tensor, *, device: torch.device, amp_dtype
 
 def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: torch.device,
                   amp_dtype=None, batch_size: int = 128, workers: int = 4, skip_bad: bool = False,
-                  chunk_bytes: int = CHUNK_BYTES, progress: bool = True, log=log_info) -> None:
-    """Encode the images of ``plan`` and write (or finish) its split in ``cache``."""
+                  chunk_bytes: int = CHUNK_BYTES, progress: bool = True, log=log_info, env=None) -> None:
+    """Encode the images of ``plan`` and write (or finish) its split in ``cache``. Under torchrun
+    (``env``: :func:`iim.dist.torchrun_env`) every rank calls this: rank 0 creates the split, each rank
+    writes the chunks it owns, and rank 0 marks the split complete once all ranks are done."""
+    rank, world = (env.rank, env.world) if env else (0, 1)
     hw, dim = int(cache.manifest["num_patches"]), int(cache.manifest["embed_dim"])
     views = plan.views
     rows_per_batch = max(1, batch_size // views)      # --batch-size counts image views per forward
     attrs = dict(plan.attrs, amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off")
-    writer = cache.writer(plan.name, n=plan.n, views=views, hw=hw, dim=dim, labels=plan.labels,
-                          paths=plan.files, attrs=attrs,
-                          chunk_rows=chunk_rows_for(views * hw * dim * 2, rows_per_batch, chunk_bytes))
-    start = writer.rows_written
-    if start:
+    make = lambda: cache.writer(plan.name, n=plan.n, views=views, hw=hw, dim=dim, labels=plan.labels,  # noqa
+                                paths=plan.files, attrs=attrs, rank=rank, world=world,
+                                chunk_rows=chunk_rows_for(views * hw * dim * 2, rows_per_batch, chunk_bytes))
+    writer = make() if rank == 0 else None               # rank 0 creates the arrays, then the others open them
+    if env:
+        barrier()
+        writer = writer or make()
+    start = writer.start
+    todo = sum(hi - lo for lo, hi in writer.spans)
+    if start and world == 1:
         log(f"{plan.name}: resuming at row {start} of {plan.n}")
+    elif world > 1 and len(writer.todo) < len(range(rank, writer.n_chunks, world)):
+        log(f"{plan.name}: resuming; rank {rank} has {todo} rows left")
     cuda = device.type == "cuda"
-    loader = image_loader(plan.root, plan.files, preprocess, model, batch_size=rows_per_batch, start=start,
+    loader = image_loader(plan.root, plan.files, preprocess, model, batch_size=rows_per_batch, spans=writer.spans,
                           workers=workers, device=device, views=views, seed=plan.seed,
                           augment=train_transform(model, scale=(plan.attrs["crop_scale"], 1.0)) if views > 1
                           else None)
     batches_iter = iter(loader)                       # start the workers before the writer thread
     sink = AsyncWriter(writer)
-    bar = tqdm(total=plan.n, initial=start, unit="img", desc=plan.name, dynamic_ncols=True, file=sys.stderr,
-               disable=None if progress else True)   # None: no bar when stderr is not a terminal
+    bar = tqdm(total=plan.n if world == 1 else todo, initial=plan.n - todo if world == 1 else 0, unit="img",
+               desc=plan.name if world == 1 else f"{plan.name} [rank 0 of {world}]", dynamic_ncols=True,
+               file=sys.stderr, disable=None if progress and rank == 0 else True)   # None: only on a terminal
     t0 = time.perf_counter()
     try:
         for rows, images, errors in batches_iter:
@@ -203,15 +216,19 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
             sink.put(g, l, ready, [(int(rows[i]), plan.files[rows[i]]) for i in bad])
             bar.update(b)
         sink.close()
-        writer.finish()
+        writer.finish_share()
+        if env:
+            barrier()                                    # every rank's chunks are stored
+        if rank == 0:
+            writer.finish()
     except BaseException:
         sink.abort()
         raise
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    done = plan.n - start
-    skipped = list(writer.group.attrs.get("skipped_paths", []))
+    done = todo
+    skipped = list(writer.group.attrs.get("skipped_paths", [])) if rank == 0 else []
     log(f"{plan.name}: {done} images in {seconds:.1f} s ({done / max(seconds, 1e-9):.0f} img/s)"
         + (f"; {len(skipped)} unreadable skipped" if skipped else ""))
 
@@ -244,6 +261,26 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     """Extract the requested splits of ``benchmark`` into the cache at ``out`` (default
     ``cache/<benchmark>``) and return it. See :func:`plan_splits` for ``splits``. ``crop_scale``: s_min of
     the augmented views (default: the benchmark's, SPEC §1); a cache never mixes crop scales."""
+    env = torchrun_env()
+    if env is None:
+        return _extract(benchmark, out, data_root=data_root, model=model, pretrained=pretrained, splits=splits,
+                        shots=shots, seeds=seeds, views=views, crop_scale=crop_scale, batch_size=batch_size,
+                        workers=workers, device=device, amp=amp, skip_bad=skip_bad, chunk_bytes=chunk_bytes,
+                        progress=progress, log=log)
+    _exit_on_sigterm()
+    with process_group(env):                 # torchrun: every rank runs the same extraction on its chunks
+        return _extract(benchmark, out, data_root=data_root, model=model, pretrained=pretrained, splits=splits,
+                        shots=shots, seeds=seeds, views=views, crop_scale=crop_scale, batch_size=batch_size,
+                        workers=workers, device=worker_device(device, env.local_rank), amp=amp,
+                        skip_bad=skip_bad, chunk_bytes=chunk_bytes, progress=progress,
+                        log=log if env.rank == 0 else (lambda m: None), env=env)
+
+
+def _extract(benchmark, out, *, data_root, model, pretrained, splits, shots, seeds, views, crop_scale,
+             batch_size, workers, device, amp, skip_bad, chunk_bytes, progress, log, env=None) -> Cache:
+    """:func:`extract` in one process, or in one torchrun rank (``env``): all ranks check and plan alike
+    before anything is written; rank 0 alone writes the manifest, prototypes and split attributes."""
+    rank = env.rank if env else 0
     bench = load_benchmark(benchmark, data_root) if isinstance(benchmark, str) else benchmark
     out = as_path(out) if out is not None else Path("cache") / bench.name      # a folder or an fsspec URL
     if out.exists() and not out.is_dir():
@@ -281,6 +318,11 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
     shape_fields = dict(embed_dim=int(net.visual.output_dim), num_patches=int(grid * grid),
                         logit_scale=model_logit_scale(net))   # the model's own tau (SPEC §3)
 
+    if env:
+        barrier()                            # every rank has read the cache's state: rank 0 may write now
+    if rank:
+        return _extract_rank(out, plans, net, preprocess, env, device=dev, amp_dtype=AMP_DTYPES[amp],
+                             batch_size=batch_size, workers=workers, skip_bad=skip_bad, chunk_bytes=chunk_bytes)
     cache = create_cache(out, dict(key, **shape_fields, class_dirs=list(bench.class_dirs), iim_version=__version__,
                                    created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
     with folder_lock(out, ".extract.lock", "iim extract"):
@@ -289,8 +331,13 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
             cache.update_manifest(**shape_fields)
         if not _has_prototypes(cache):
             cache.write_global_prototypes(global_prototypes(net, bench.classnames).numpy())
+        if env:
+            barrier()                                    # the cache and its manifest exist
         for plan in plans:
-            if cache.is_complete(plan.name):
+            complete = cache.is_complete(plan.name)
+            if env:
+                _broadcast_flag(complete)               # the other ranks skip it too
+            if complete:
                 if not _recorded_complete(cache, plan):      # finished by a run killed before recording it
                     _record(cache, plan, complete=True)
                 log(f"{plan.name}: complete, skipped")
@@ -298,9 +345,37 @@ def extract(benchmark: Benchmark | str, out=None, *, data_root=None, model: str 
             _record(cache, plan, complete=False)
             extract_split(cache, plan, net, preprocess, device=dev, amp_dtype=AMP_DTYPES[amp],
                           batch_size=batch_size, workers=workers, skip_bad=skip_bad,
-                          chunk_bytes=chunk_bytes, progress=progress, log=log)
+                          chunk_bytes=chunk_bytes, progress=progress, log=log, env=env)
             _record(cache, plan, complete=True)
+    if env:
+        barrier()                                        # the other ranks return once every split is complete
     return cache
+
+
+def _exit_on_sigterm() -> None:
+    """torchrun stops the other ranks with SIGTERM when one fails: exit through ``finally`` blocks, so
+    rank 0 releases the cache lock (and full chunks already encoded are stored)."""
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+
+
+def _broadcast_flag(flag: bool) -> bool:
+    from ..dist import broadcast
+    return broadcast(flag)
+
+
+def _extract_rank(out, plans, net, preprocess, env, **kw) -> Cache:
+    """A rank other than 0: write the chunks it owns of each split rank 0 says is not complete."""
+    barrier()                                            # rank 0 has created the cache
+    cache = open_cache(out)
+    for plan in plans:
+        if _broadcast_flag(False):                       # complete: rank 0 skips it
+            continue
+        extract_split(cache, plan, net, preprocess, progress=False, log=lambda m: None, env=env, **kw)
+    barrier()
+    return open_cache(out)
 
 
 def check_one_crop_scale(cache: Cache, plans: list[SplitPlan]) -> None:
