@@ -2,7 +2,6 @@
 scoring read it to the same contexts and metrics, ``iim cache`` inspects it, runs record the URL as given;
 damage, the lock and a bad scheme are one-line errors. In one process (memory:// lives per process)."""
 import json
-import sys
 import uuid
 
 import fsspec
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import iim.cli
 from helpers import make_random_cache, random_manifest
+from test_extract_cli import run_cli
 from imagegen import make_world
 from iim import Detector
 from iim.cache import open_cache
@@ -25,12 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
 def run_iim(monkeypatch, capsys, *args):
-    """``iim ARGS`` in-process through the real entry point: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["iim", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        iim.cli.main()
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
+    return run_cli(args, capsys, monkeypatch)
 
 
 def one_line_error(code, out, err, match):

@@ -1,22 +1,17 @@
 """HDF5 interchange: export -> import is exact, partial splits are refused, non-HDF5 input is one line."""
 import json
-import sys
 
 import numpy as np
 import pytest
 
-import iim.cli
 from helpers import make_random_cache, random_manifest
+from test_extract_cli import run_cli
 from iim.cache import open_cache
 from iim.cache.verify import check_cache
 
 
 def iim_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["iim", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_:
-        iim.cli.main()
-    out, err = capsys.readouterr()
-    return exit_.value.code, out, err
+    return run_cli(args, capsys, monkeypatch)
 
 
 def raw(c, name):
