@@ -30,8 +30,12 @@ RESULTS = "results.json"
 METHOD_ORDER = ("coop", "locoop", "localprompt", "iim")
 METHOD_LABELS = {"coop": "CoOp", "locoop": "LoCoOp", "localprompt": "Local-Prompt", "iim": "IIM"}
 # the evaluators each method's paper reports (SPEC §8; IIM: the paper's S-MCM, also R-MCM)
-PAPER_ROWS = {"zero_shot": ("mcm", "gl_mcm", "r_mcm_star", "s_mcm_star"), "coop": ("mcm", "gl_mcm"),
-              "locoop": ("mcm", "gl_mcm"), "localprompt": ("r_mcm",), "iim": ("r_mcm", "s_mcm")}
+# (scored with --negatives, also the 0-shot peers NegLabel / CSP / AdaNeg, 0-shot S-MCM with mined negatives,
+# and IIM's S-MCM with mined negatives in place of / beside its learned ones)
+PAPER_ROWS = {"zero_shot": ("mcm", "gl_mcm", "r_mcm_star", "s_mcm_star", "neglabel", "csp", "adaneg",
+                            "s_mcm_hand_mined"),
+              "coop": ("mcm", "gl_mcm"), "locoop": ("mcm", "gl_mcm"), "localprompt": ("r_mcm",),
+              "iim": ("r_mcm", "s_mcm", "s_mcm_learned_mined", "s_mcm_learned_learned_mined")}
 REQUIRED = ("ood_sets", "settings", "metrics", "id")   # what results.json must hold to be averaged
 MUST_MATCH = SCORE_KEYS              # scoring settings the averaged results must share
 
