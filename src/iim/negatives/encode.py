@@ -6,7 +6,7 @@ its batch shares (SOT + ``"a photo of a"``) run once per layer, instead of 77 pa
 The same two facts as :class:`iim.text.PromptEncoder` make it exact: CLIP's text transformer is causal,
 so nothing after a text's EOT changes its EOT output, and the first ``P`` positions that every text of a
 batch shares have the same activations in each of them. Texts are sorted by length and taken in
-batches; within a batch the token-wise work (ln_1, qkv, out_proj, the MLP:
+batches (pass the texts of one template per call: their template's prefix is then shared); within a batch the token-wise work (ln_1, qkv, out_proj, the MLP:
 :func:`iim.text.encoder_layer`) runs on the packed real tokens only (the shared prefix once); attention
 gathers each text's own tokens into a batch right-padded to the batch's longest suffix, behind the
 prefix's keys and values (a causal mask hides pads from every real query).
@@ -33,13 +33,14 @@ def adj_prompt(word: str) -> str:
 @torch.no_grad()
 def encode_texts(model, texts, *, batch_size: int = 2048) -> torch.Tensor:
     """CLIP text features of ``texts`` (``model.encode_text`` of their tokens, to float rounding) ->
-    float32 ``[N, D]``, unnormalised, in the order of ``texts``. A text longer than the model's context is
+    float32 ``[N, D]``, unnormalised, in the order of ``texts``. Exact for any texts; fastest for texts of
+    one template (a call per template), whose common prefix then runs once per batch. A text longer than the model's context is
     a one-line :class:`~iim.errors.IIMError`."""
     check_text_tower(model)
     device = model.positional_embedding.device
     tokens = tokenize(model, list(texts))
     lengths = tokens.argmax(-1) + 1                                   # up to and including EOT
-    order = torch.sort(lengths, stable=True).indices
+    order = torch.sort(lengths, stable=True).indices                 # little padding within a batch
     dim = _project(model, model.positional_embedding[:1]).shape[-1]
     out = torch.empty(len(texts), dim)
     for i in range(0, len(texts), batch_size):
