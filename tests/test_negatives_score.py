@@ -165,3 +165,24 @@ def test_bad_negatives_input_one_line_nothing_written(world, neg, capsys, tmp_pa
         code, _, err = run_cli(capsys, "score", *base, *args, "--out", out)
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
         assert not out.exists(), args
+
+
+def test_report_puts_the_papers_reported_numbers_apart(tmp_path, capsys):
+    from iim.negatives import mine_negatives
+    vocab = write_vocab(tmp_path / "vocab", WORDS)
+    for bench in ("imagenet", "random"):
+        cache = make_random_cache(tmp_path / bench, manifest=random_manifest(4, benchmark=bench))
+        mine_negatives(cache.root, vocab, tmp_path / f"neg-{bench}", keep=0.5)
+        out = tmp_path / f"zs-{bench}"
+        code, _, err = run_cli(capsys, "score", "--zero-shot", "--cache", cache.root, "--negatives",
+                               tmp_path / f"neg-{bench}", "--groups", 2, "--k", K, "--no-plots", "--no-knn", "--out", out)
+        assert code == 0, err
+        code, stdout, err = run_cli(capsys, "report", out, "--out", out)
+        assert code == 0, err
+        md = (out / "summary.md").read_text()
+        if bench == "imagenet":
+            assert "reported: NegLabel (ICLR 2024) 25.40 / 94.21" in stdout
+            assert "| reported: NegLabel (ICLR 2024) | – | – | 25.40 / 94.21 |" in md
+            assert "reported: AdaNeg (NeurIPS 2024) 18.92 / –" in stdout
+        else:
+            assert "reported" not in stdout and "reported" not in md

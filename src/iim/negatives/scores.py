@@ -27,6 +27,7 @@ class NegativeScores:
     def __init__(self, negatives, *, logit_scale: float, groups: int = 100, seed: int = 0):
         from ..score.neglabel import neglabel_score
         self.neg, self.tau, self.groups, self.seed = negatives, float(logit_scale), int(groups), int(seed)
+        self.benchmark = (negatives.manifest.get("cache_fingerprint") or {}).get("benchmark")
         self._neglabel = neglabel_score
         self.mined = negatives.embeddings["neglabel"]
         self.columns = 2 * len(self.mined)         # extra logit columns per patch (mined, learned+mined)
@@ -71,7 +72,7 @@ class NegativeScores:
     def record(self) -> dict:
         """What results.json records of the negatives."""
         man = self.neg.manifest
-        return {"folder": str(self.neg.root), "vocab_sha256": man["vocab"]["sha256"], "vocab": man["vocab"]["source"],
+        return {"folder": str(self.neg.root), "benchmark": self.benchmark, "vocab_sha256": man["vocab"]["sha256"], "vocab": man["vocab"]["source"],
                 "settings": man["settings"], "sizes": {n: int(len(e)) for n, e in self.neg.embeddings.items()},
                 "groups": self.groups, "neg_seed": self.seed, "logit_scale": self.tau,
                 "order_file": ORDER_FILE}

@@ -206,7 +206,7 @@ def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
     iim report runs/in1k-k16-s1-iim runs/in1k-k16-s2-iim runs/in1k-k16-s3-iim --out results/in1k-k16
     iim report results/zeroshot runs/in1k-k4-s*-* runs/in1k-k16-s*-* --out results/table1
     """
-    from .summary import group_results, load_results, markdown_table, summarise
+    from .summary import group_results, load_results, markdown_table, reported, reported_line, summarise
 
     results = [load_results(r) for r in runs]
     if out:
@@ -225,6 +225,9 @@ def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
     click.echo(f"Mean over {len(runs)} runs{unfinished} (seeds {seeds}); k={st['k']} alpha={st['alpha']} "
                f"T={st['T']}; percent")
     click.echo(report.format_table(summary["mean"], columns=cols))
+    peers = reported(results)
+    for row in peers:      # kept apart: not measured here
+        click.echo(f"{reported_line(row)} (average FPR95 / AUROC, as its paper reports; not measured here)")
     click.echo(f"\nStandard deviation over the {len(runs)} runs")
     click.echo(report.format_table(summary["std"], columns=cols))
     acc = summary["id_accuracy"]
@@ -238,7 +241,7 @@ def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
                                         if d else "not recorded"))
     if out:
         report.write_json(Path(out) / "summary.json", summary)
-        report.write_text(Path(out) / "summary.md", markdown_table(summary) + "\n")
+        report.write_text(Path(out) / "summary.md", markdown_table(summary, reported_rows=peers) + "\n")
         click.echo(f"Wrote {Path(out) / 'summary.json'}, summary.md")
 
 
