@@ -48,7 +48,8 @@ def ref_neglabel(image, id_text, neg_text, scale, groups, seed):
     out = []
     for x in image.tolist():
         x = unit(x)
-        out.append(ref_grouped([scale * dot(x, t) for t in ids], [scale * dot(x, t) for t in negs], perm, groups))
+        z_id, z_neg = [scale * dot(x, t) for t in ids], [scale * dot(x, t) for t in negs]
+        out.append(ref_grouped(z_id, z_neg, perm, groups))
     return out
 
 
@@ -133,8 +134,8 @@ def test_neglabel_grouping_drops_the_remainder_of_the_permutation():
     # three groups of three from perm[:9]; not the ungrouped score of the same nine
     again, _ = neglabel_score(image, id_text, neg_text[kept], logit_scale=10.0, groups=1)
     assert not torch.allclose(scores, again)
-    by_hand = torch.stack([neglabel_score(image, id_text, neg_text[kept[3 * g:3 * g + 3]], logit_scale=10.0)[0]
-                           for g in range(3)]).mean(0)
+    by_hand = torch.stack([neglabel_score(image, id_text, neg_text[kept[3 * g:3 * g + 3]],
+                                          logit_scale=10.0)[0] for g in range(3)]).mean(0)
     assert torch.allclose(scores, by_hand, atol=1e-12, rtol=0)
     moved = neg_text.clone()
     moved[perm[9]] = id_text[0]                 # the dropped negative: even an ID prompt changes nothing
@@ -145,7 +146,8 @@ def test_neglabel_grouping_drops_the_remainder_of_the_permutation():
 def test_neglabel_is_norm_and_batch_invariant_and_float32_close():
     image, id_text, neg_text = features()
     ref, _ = neglabel_score(image, id_text, neg_text, logit_scale=100.0, groups=2)
-    scaled, _ = neglabel_score(3 * image, 0.5 * id_text, 7 * neg_text, logit_scale=100.0, groups=2, batch_size=5)
+    scaled, _ = neglabel_score(3 * image, 0.5 * id_text, 7 * neg_text, logit_scale=100.0, groups=2,
+                               batch_size=5)
     assert torch.allclose(ref, scaled, atol=1e-12, rtol=0)
     f32, _ = neglabel_score(image.half(), id_text.float(), neg_text.float(), logit_scale=100.0, groups=2)
     assert f32.dtype == torch.float32 and torch.allclose(f32.double(), ref, atol=2e-2)
@@ -208,7 +210,8 @@ def test_adaneg_matches_loops(sample_adaptive, groups, batch_size, memory):
 def test_adaneg_depends_on_order_and_reduces_to_neglabel_without_stores():
     image, id_text, neg_text = features()
     a = adaneg_scores(image, id_text, neg_text, logit_scale=10.0, order=torch.arange(24), batch_size=4)
-    b = adaneg_scores(image, id_text, neg_text, logit_scale=10.0, order=torch.arange(24).flip(0), batch_size=4)
+    b = adaneg_scores(image, id_text, neg_text, logit_scale=10.0, order=torch.arange(24).flip(0),
+                      batch_size=4)
     assert not torch.allclose(a, b)
     # gap 1: the store thresholds are 1 and 0, nothing is ever stored -> (1 + weight) * NegLabel's score
     never = adaneg_scores(image, id_text, neg_text, logit_scale=10.0, order=torch.arange(24).flip(0), gap=1.0,
@@ -221,7 +224,8 @@ def test_adaneg_float32_and_scale_invariance():
     image, id_text, neg_text = features()
     order = torch.randperm(24, generator=torch.Generator().manual_seed(0))
     ref = adaneg_scores(image, id_text, neg_text, logit_scale=10.0, order=order)
-    f32 = adaneg_scores(2 * image.float(), id_text.float(), 3 * neg_text.float(), logit_scale=10.0, order=order)
+    f32 = adaneg_scores(2 * image.float(), id_text.float(), 3 * neg_text.float(), logit_scale=10.0,
+                        order=order)
     assert f32.dtype == torch.float32 and torch.allclose(f32.double(), ref, atol=1e-4)
 
 

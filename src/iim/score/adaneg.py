@@ -14,7 +14,7 @@ each batch, as the authors' code does:
    its most similar negative; entropy ``H`` = that of the softmax over the ID (resp. negative) logits. A
    full slot replaces its highest-entropy image when ``H`` is lower than that, else the image is not stored;
 3. proxies from the memory: task-adaptive, ``normalize(sum of the slot's features)``; or sample-adaptive
-   (``sample_adaptive``), per image x ``normalize(sum_s w_s m_s)`` with ``w_s = exp(-beta (1 - cos(x, m_s)))``;
+   (``sample_adaptive``), per image x ``normalize(sum_s w_s m_s)``, ``w_s = exp(-beta (1 - cos(x, m_s)))``;
 4. score = ``S_ada + weight * S0``, ``S_ada`` = the grouped score against the proxies (same permutation).
 
 How the score depends on ``order``: each image is scored with the memory as left by every image before it
@@ -23,7 +23,8 @@ proxies are the text prototypes and the score is ``(1 + weight) S0``; the first 
 little more than their own batch, later ones a memory shaped by the stream so far, so a different order
 (or ``batch_size``) gives different scores. ``batch_size = 1`` is the purely sequential
 stream. ID and OOD images should come interleaved, as a deployed detector would meet them: a random
-permutation from a recorded seed.
+permutation from a recorded seed. The authors' evaluation starts a fresh memory for every OOD set and
+streams that set with the ID test set, shuffled, so an ID image has one AdaNeg score per OOD set.
 """
 from __future__ import annotations
 
