@@ -180,6 +180,17 @@ def test_negatives_command_writes_the_folder(cache, tmp_path, capsys, tiny_model
     assert (neg / "selected.txt").read_text().splitlines() == selected
     emb = np.load(neg / "embeddings.npz")["neglabel"]
     np.testing.assert_allclose(emb, feats[torch.tensor(chosen)].numpy(), atol=1e-5)
+    # CSP's pool: the same nouns, the adjectives replaced by the conjugated pool, mined the same way
+    from iim.score.csp import csp_candidates
+    csp_rows = list(csv.DictReader((neg / "csp_candidates.csv").open()))
+    pool = csp_candidates(words[:7], words[7:])
+    assert [r["word"] for r in csp_rows] == words[:7] + pool
+    pool_feats = model.encode_text(tokenize(model, pool)).float().detach()
+    d_csp = reference_quantile(torch.cat([feats[:7], pool_feats]), cache.global_prototypes(), 0.95)
+    chosen_csp = reference_select(d_csp.tolist(), ["noun"] * 7 + ["csp"] * len(pool), 0.5)
+    assert [r["chosen"] == "1" for r in csp_rows] == chosen_csp
+    assert (neg / "csp_selected.txt").read_text().splitlines() == [
+        w for w, c in zip(words[:7] + pool, chosen_csp) if c]
     # an existing folder is kept unless --overwrite
     code, _, err = run_cli(capsys, "negatives", "--cache", cache.root, "--vocab", vocab, "--out", neg)
     assert code == 2 and "--overwrite" in err

@@ -107,6 +107,9 @@ def test_run_scored_with_every_source_of_prototypes(world, neg, capsys, tmp_path
         np.testing.assert_allclose(got["s_mcm_learned_learned"], got["s_mcm"], rtol=1e-6)   # the same score
         np.testing.assert_allclose(got["neglabel"], reference_neglabel(g, glob, mined, tau, perm, 2),
                                    rtol=1e-4, atol=1e-6)
+        csp = np.load(neg / "embeddings.npz")["csp"]            # CSP: NegLabel's score on its own mined set
+        np.testing.assert_allclose(got["csp"], reference_neglabel(g, glob, csp, tau, order["csp_permutation"], 2),
+                                   rtol=1e-4, atol=1e-6)
     rows = (out / "results.csv").read_text()
     assert "s_mcm_learned_learned_mined,average,fpr95" in rows and "adaneg,average,auroc" in rows
 
@@ -128,6 +131,7 @@ def test_zero_shot_adaneg_order_and_report(world, neg, capsys, tmp_path):
     assert not np.array_equal(o[0]["adaneg_order"], o[2]["adaneg_order"])
     np.testing.assert_array_equal(o[0]["neglabel_permutation"], np.arange(8))      # ungrouped
     # AdaNeg is fed every scored image (test, then the OOD sets) in the recorded order
+    from iim.negatives.scores import ADANEG
     from iim.score.adaneg import adaneg_scores
     names = ["test", "ood_far", "ood_near"]
     feats = torch.from_numpy(np.concatenate([read_split(cache, n)[0] for n in names]))
@@ -138,7 +142,7 @@ def test_zero_shot_adaneg_order_and_report(world, neg, capsys, tmp_path):
     np.testing.assert_array_equal(o[0]["adaneg_order_split"], split_of)
     tau = json.loads((outs[0] / "results.json").read_text())["negatives"]["logit_scale"]
     want = adaneg_scores(feats, cache.global_prototypes(), torch.from_numpy(np.load(neg / "embeddings.npz")["neglabel"]),
-                         logit_scale=tau, order=order).numpy()
+                         logit_scale=tau, order=order, seed=0, **ADANEG).numpy()
     got = np.concatenate([np.load(outs[0] / f"scores_{n}.npz")["adaneg"] for n in names])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     # iim report: the 0-shot group shows the peers and S-MCM with mined negatives

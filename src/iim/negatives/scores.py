@@ -15,6 +15,9 @@ import torch
 from ..errors import IIMError
 from ..score.sources import source_scores
 
+ORDER_FILE = "negatives_order.npz"
+ADANEG = {"groups": 5, "memory": 9, "batch_size": 256}   # iim.score.adaneg's defaults, recorded in results.json
+
 class NegativeScores:
     """The per-chunk and end-of-stream hook that adds the negatives' scores to a scoring job.
 
@@ -37,6 +40,9 @@ class NegativeScores:
             if not 1 <= self.groups <= len(emb):
                 raise IIMError(f"--groups {self.groups}: NegLabel splits the {len(emb)} {name} negatives of "
                                f"{negatives.root} into G equal groups, so 1 <= G <= {len(emb)}")
+        if len(self.mined) < ADANEG["groups"]:
+            raise IIMError(f"AdaNeg groups the mined negatives in {ADANEG['groups']} (its authors' setting); "
+                           f"{negatives.root} holds only {len(self.mined)}: mine more (--keep) or a larger vocabulary")
 
     def _grouped(self, g, id_proto, name):
         scores, perm = self._neglabel(g, id_proto, self.neg.embeddings[name].to(g.device),
@@ -64,7 +70,8 @@ class NegativeScores:
         self.order = torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(self.seed))
         self.order_splits = np.repeat(np.array(names), sizes)[self.order.numpy()]
         self.order_rows = np.concatenate([np.arange(n) for n in sizes])[self.order.numpy()]
-        s = adaneg_scores(torch.cat(feats), job.global_proto, self.mined, logit_scale=self.tau, order=self.order)
+        s = adaneg_scores(torch.cat(feats), job.global_proto, self.mined, logit_scale=self.tau, order=self.order,
+                          seed=self.seed, **ADANEG)
         s = s.float().cpu().numpy()
         for n, part in zip(names, np.split(s, np.cumsum(sizes)[:-1])):
             scores[n]["adaneg"] = part
@@ -74,7 +81,7 @@ class NegativeScores:
         man = self.neg.manifest
         return {"folder": str(self.neg.root), "benchmark": self.benchmark, "vocab_sha256": man["vocab"]["sha256"], "vocab": man["vocab"]["source"],
                 "settings": man["settings"], "sizes": {n: int(len(e)) for n, e in self.neg.embeddings.items()},
-                "groups": self.groups, "neg_seed": self.seed, "logit_scale": self.tau,
+                "groups": self.groups, "neg_seed": self.seed, "logit_scale": self.tau, "adaneg": ADANEG,
                 "order_file": ORDER_FILE}
 
     def arrays(self) -> dict:
@@ -85,8 +92,6 @@ class NegativeScores:
                        adaneg_order_row=self.order_rows)
         return out
 
-
-ORDER_FILE = "negatives_order.npz"
 
 
 def attach_negatives(job, folder, *, groups: int = 100, seed: int = 0, pretrained=None) -> NegativeScores:
