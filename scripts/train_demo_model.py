@@ -530,6 +530,8 @@ def main(argv=None):
             lc = clip_loss(g.float(), txt.float(), pos, scale)
             ls = shape_loss(g.float(), txt[batch:batch + len(W.WEB_CONCEPTS)].float(), concepts[idx], scale) \
                 if args.shape_weight else lc.new_zeros(())
+            if args.shape_weight and args.context_prompts:   # the same shape signal under a random context
+                ls = 0.5 * (ls + shape_loss(g.float(), txt[-len(W.WEB_CONCEPTS):].float(), concepts[idx], scale))
             loss = lc + args.shape_weight * ls
         opt.zero_grad(set_to_none=True)
         loss.backward()
