@@ -43,6 +43,24 @@ def test_collapse_is_detected_and_the_warning_names_causes():
     assert "collapsed at epoch 3" in w and "--logit-scale 100.0" in w and "--lr 0.1" in w and "--crop-scale" in w
 
 
+def test_a_run_below_its_hand_written_start_is_told():
+    g = torch.Generator().manual_seed(2)
+    start = torch.randn(4, 8, generator=g)                         # the hand-written prototypes
+    labels = torch.arange(4).repeat(10)
+    local = start[labels][:, None].repeat(1, 6, 1) + 0.1 * torch.randn(40, 6, 8, generator=g)
+    worse = start[torch.tensor([1, 0, 2, 3])]                      # apart (not collapsed), half wrong
+    d = epoch_diagnostics(worse, [(local, labels)], k=2, start_proto=start)
+    want0 = 100.0 * float((local_predictions(local, start, 2) == labels).float().mean())
+    assert d["start_local_acc"] == pytest.approx(want0) and d["start_local_acc"] == 100.0
+    assert d["local_acc"] == 50.0 and d["below_start"] and not d["collapsed"]
+    mean0, top0 = prototype_cosines(start)
+    assert (d["start_cos_mean"], d["start_cos_max"]) == (pytest.approx(mean0), pytest.approx(top0))
+    [w] = collapse_warnings({"history": [dict(d, epoch=5)]})
+    assert "below their hand-written start at epoch 5" in w and "50.0% against 100.0%" in w
+    same = epoch_diagnostics(start, [(local, labels)], k=2, start_proto=start)
+    assert not same["below_start"] and collapse_warnings({"history": [dict(same, epoch=5)]}) == []
+
+
 def test_training_records_diagnostics_every_epoch(tmp_path):
     from test_train import config, make_train_cache
     from iim.train.loop import train
@@ -50,7 +68,8 @@ def test_training_records_diagnostics_every_epoch(tmp_path):
     lines = []
     run = train(config(tmp_path / "cache", tmp_path / "r", epochs=2), progress=False, log=lines.append)
     for h in run["history"]:
-        assert {"proto_cos_mean", "proto_cos_max", "local_acc", "chance", "collapsed"} <= set(h)
+        assert {"proto_cos_mean", "proto_cos_max", "local_acc", "chance", "collapsed", "start_local_acc",
+                "start_cos_max", "below_start"} <= set(h)
         assert 0 <= h["local_acc"] <= 100 and h["chance"] == 25.0
     assert sum("ID prototypes cos mean" in line for line in lines) == 2
 

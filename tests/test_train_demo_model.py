@@ -60,6 +60,7 @@ def test_matches_marks_the_captions_that_describe_each_image(tdm):
     # the extra texts' descriptors agree with their prompts
     rng = __import__("numpy").random.default_rng(0)
     prompts = tdm.concept_prompts(rng) + tdm.attribute_prompts(rng)
+    prompts += [tdm.id_prompt(c, tdm.N_CTX) for c in W.WEB_CONCEPTS]     # the context prompts, last
     assert len(prompts) == len(tdm.EXTRA_CONCEPT) == len(tdm.EXTRA_COLOUR) == len(tdm.EXTRA_SHAPE)
     for p, c, col, sh in zip(prompts, tdm.EXTRA_CONCEPT.tolist(), tdm.EXTRA_COLOUR.tolist(), tdm.EXTRA_SHAPE.tolist()):
         if c >= 0:
@@ -99,3 +100,30 @@ def test_shape_loss_is_cross_entropy_over_the_images_own_colour(tdm):
         terms.append(-torch.log_softmax(scale * cos, 0)[W.SHAPES.index(shape)])
     assert torch.allclose(got, torch.stack(terms).mean(), atol=1e-5)
     assert tdm.shape_loss(img[[1, 4]], txt, concepts[[1, 4]], scale).item() == 0.0
+
+
+def test_context_prompts_equal_the_prompt_learners_reference_encoding(tdm):
+    from iim.text import encode_prompts_reference
+    W = tdm.W
+    model = tdm.build_model(0, "cpu").eval()
+    import open_clip
+    tokens = tdm.Tokens(open_clip.get_tokenizer(tdm.MODEL))
+    ctx = torch.randn(tdm.N_CTX, model.token_embedding.weight.shape[1], generator=torch.Generator().manual_seed(3)) * 0.02
+    with torch.no_grad():
+        got = tdm.context_prompts(model, tokens, ctx, "cpu")
+        ref, _ = encode_prompts_reference(model, list(W.WEB_CONCEPTS), ctx)
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5)
+
+
+def test_token_dropping_keeps_the_cls_token_and_a_fraction_of_the_patches(tdm):
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 65 * 3, dtype=torch.float32).view(2, 65, 3)
+    drop = tdm.KeepTokens(0.25, g).train()
+    y = drop(x)
+    assert y.shape == (2, 1 + 16, 3)
+    for b in range(2):
+        assert torch.equal(y[b, 0], x[b, 0])                       # CLS first, always
+        rows = {tuple(r) for r in x[b, 1:].tolist()}
+        kept = [tuple(r) for r in y[b, 1:].tolist()]
+        assert len(set(kept)) == 16 and set(kept) <= rows          # distinct patch tokens of that image
+    assert torch.equal(drop.eval()(x), x)                          # no dropping outside training

@@ -250,7 +250,8 @@ def format_summary(summary: dict) -> str:
         for seed, d in per_seed.items():
             if d:
                 lines.append(f"{NAMES.get(src, src)} seed {seed}: {format_diagnostics(d)}"
-                             + ("  COLLAPSED" if d.get("collapsed") else ""))
+                             + ("  COLLAPSED" if d.get("collapsed") else "")
+                             + ("  BELOW START" if d.get("below_start") else ""))
     return f"FPR95 / AUROC in percent ({over}); {summary['n_test']} ID test images\n" + "\n".join(lines)
 
 

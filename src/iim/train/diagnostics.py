@@ -5,6 +5,11 @@ Every epoch the loop records, for the current learned ID (local) prototypes:
     proto_cos_mean, proto_cos_max   mean / max pairwise cosine of the C prototypes (off-diagonal)
     local_acc, chance               top-k local accuracy on the support views (percent) and 1/C
 
+and the same for the run's hand-written start, the "a photo of a {c}." prototypes that S-MCM* scores
+with, on the same views (``start_cos_mean``, ``start_cos_max``, ``start_local_acc``), so that a run that
+ends below where it started is told (``below_start``): training should never be silently worse than
+not training.
+
 ``local_acc`` classifies each support view by the local term of SPEC §4's ID classification (argmax_c of
 the mean of the top-k over patches of p*[h, c]); the hand-written "a photo of a {c}." prompts are the
 bar a learned prompt should clear. A run has collapsed when its prototypes are nearly one vector (max
@@ -20,7 +25,9 @@ from ..ops import cosine, topk_mean
 from ..score import evaluators as ev
 
 COLLAPSE_COSINE = 0.99
-KEYS = ("proto_cos_mean", "proto_cos_max", "local_acc", "chance", "local_at_chance", "collapsed")
+KEYS = ("proto_cos_mean", "proto_cos_max", "local_acc", "chance", "local_at_chance", "collapsed",
+        "start_cos_mean", "start_cos_max", "start_local_acc", "below_start")
+BELOW_START_POINTS = 5.0   # local accuracy this many points under the hand-written start's counts as below it
 
 
 def prototype_cosines(protos: torch.Tensor) -> tuple[float, float]:
@@ -46,31 +53,47 @@ def at_chance(acc: float, n_classes: int, n: int) -> bool:
     return n_classes > 1 and acc / 100 <= p + 2 * math.sqrt(p * (1 - p) / max(n, 1))
 
 
-def epoch_diagnostics(id_proto: torch.Tensor, batches, k: int) -> dict:
-    """The diagnostics of prototypes ``id_proto`` on ``batches`` of ``(local [b, HW, D], labels [b])``."""
-    right = total = 0
+def epoch_diagnostics(id_proto: torch.Tensor, batches, k: int, start_proto: torch.Tensor | None = None) -> dict:
+    """The diagnostics of prototypes ``id_proto`` on ``batches`` of ``(local [b, HW, D], labels [b])``;
+    with ``start_proto`` (the hand-written prototypes) also theirs on the same views, and ``below_start``."""
+    right = right0 = total = 0
     for local, labels in batches:
         right += int((local_predictions(local, id_proto, k) == labels).sum())
+        if start_proto is not None:
+            right0 += int((local_predictions(local, start_proto, k) == labels).sum())
         total += len(labels)
     mean, top = prototype_cosines(id_proto)
     acc = 100.0 * right / max(total, 1)
     c = id_proto.shape[0]
     chance = at_chance(acc, c, total)
-    return {"proto_cos_mean": mean, "proto_cos_max": top, "local_acc": acc, "chance": 100.0 / c,
-            "local_at_chance": chance, "collapsed": top > COLLAPSE_COSINE or chance}
+    out = {"proto_cos_mean": mean, "proto_cos_max": top, "local_acc": acc, "chance": 100.0 / c,
+           "local_at_chance": chance, "collapsed": top > COLLAPSE_COSINE or chance}
+    if start_proto is not None:
+        mean0, top0 = prototype_cosines(start_proto)
+        acc0 = 100.0 * right0 / max(total, 1)
+        out.update(start_cos_mean=mean0, start_cos_max=top0, start_local_acc=acc0,
+                   below_start=acc < acc0 - BELOW_START_POINTS)
+    return out
 
 
 def format_diagnostics(d: dict) -> str:
+    start = (f"; hand-written start {d['start_local_acc']:.1f}%, cos max {d['start_cos_max']:.3f}"
+             if "start_local_acc" in d else "")
     return (f"ID prototypes cos mean {d['proto_cos_mean']:.3f} max {d['proto_cos_max']:.3f}, local top-k acc "
-            f"{d['local_acc']:.1f}% (chance {d['chance']:.1f}%)")
+            f"{d['local_acc']:.1f}% (chance {d['chance']:.1f}%{start})")
 
 
 def collapse_warnings(ckpt: dict) -> list[str]:
-    """A warning naming the likely causes when the checkpoint's last epoch collapsed, else []."""
+    """Warnings for the checkpoint's last epoch: it collapsed (naming the likely causes), or its learned
+    prototypes classify the support views worse than the hand-written start; else []."""
     hist = ckpt.get("history") or []
     d = hist[-1] if hist else {}
+    below = ([f"the learned ID prototypes end below their hand-written start at epoch {d.get('epoch')}: local "
+              f"top-k accuracy on the support views {d['local_acc']:.1f}% against {d['start_local_acc']:.1f}% "
+              f"for the \"a photo of a {{c}}.\" prompts; the trained run may score worse than the zero-shot "
+              f"S-MCM*"] if d.get("below_start") else [])
     if not d.get("collapsed"):
-        return []
+        return below
     cfg = ckpt.get("config") or {}
     what = []
     if d["proto_cos_max"] > COLLAPSE_COSINE:
@@ -86,4 +109,4 @@ def collapse_warnings(ckpt: dict) -> list[str]:
               f"(--lr {cfg.get('lr')}), support crops that miss the object (iim extract --crop-scale), "
               f"too few positive patches for the grid (--k {cfg.get('k')}), or L_div too weak to keep the "
               f"prototypes apart (--lambda-div {cfg.get('lambda_div')}). Its S-MCM scores may not "
-              f"beat the zero-shot ones."]
+              f"beat the zero-shot ones."] + below

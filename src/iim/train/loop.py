@@ -517,7 +517,8 @@ def run_epoch(epoch: int, runs: list[Run], forward, bar, *, compiled: bool) -> l
         # ID-only diagnostics of the new prototypes on this epoch's support views (no test or OOD image)
         id_p = r.protos[0]
         k = r.cfg.k if r.cfg.k is not None else min(50, r.feats.split.hw)   # CoOp / LoCoOp have no k of their own
-        diag = epoch_diagnostics(id_p.to(r.feats.device), (r.feats.batch(i) for i in order.split(256)), k)
+        diag = epoch_diagnostics(id_p.to(r.feats.device), (r.feats.batch(i) for i in order.split(256)), k,
+                                 start_proto=r.global_protos.to(r.feats.device))
         loss_m, pos_m, neg_m, div_m = (float(v) for v in total / n_steps)
         entries.append({"epoch": epoch + 1, "lr": r.optimizer.param_groups[0]["lr"], "loss": loss_m,
                         "pos": pos_m, "neg": neg_m, "div": div_m, "steps": n_steps, "seconds": seconds, **diag})
