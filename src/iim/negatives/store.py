@@ -110,6 +110,10 @@ def read_negatives(folder) -> Negatives:
     if manifest.get("format") != FORMAT:
         raise IIMError(f"{path} is not an iim negatives manifest (format {manifest.get('format')!r}, "
                        f"expected {FORMAT!r})")
+    unknown = sorted(set(emb) - set(FILES))
+    if unknown:
+        raise IIMError(f"negatives folder {folder} holds unknown sets {unknown} in {EMBEDDINGS} (known: "
+                       f"{', '.join(FILES)}); mine it again with 'iim negatives'")
     selected = {}
     for name in emb:
         words = (folder / FILES[name][0]).read_text(encoding="utf-8").splitlines()

@@ -100,7 +100,8 @@ def read_wordnet() -> Vocabulary:
 
 
 def read_vocabulary(source) -> Vocabulary:
-    """``source``: a folder in NegLabel / CSP layout, or ``"wordnet"`` (nltk's WordNet data)."""
+    """``source``: a folder in NegLabel / CSP layout, or ``"wordnet"`` (nltk's WordNet data; a folder
+    named ``wordnet`` in the working directory is read as a folder)."""
     if str(source) == WORDNET and not Path(WORDNET).is_dir():
         return read_wordnet()
     return read_folder(source)
