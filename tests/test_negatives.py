@@ -84,6 +84,20 @@ def test_wordnet_without_its_data_names_the_downloader(tmp_path, monkeypatch):
         read_vocabulary("wordnet")
 
 
+def test_negatives_wordnet_without_data_one_line(tmp_path, monkeypatch, capsys):
+    nltk = pytest.importorskip("nltk")
+    from nltk.corpus.reader import CorpusReader, WordNetCorpusReader
+    from nltk.corpus.util import LazyCorpusLoader
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path)])
+    monkeypatch.setattr(nltk.corpus, "wordnet", LazyCorpusLoader(
+        "wordnet", WordNetCorpusReader, LazyCorpusLoader("omw-1.4", CorpusReader, r".*/wn-data-.*\.tab")))
+    monkeypatch.chdir(tmp_path)                  # no folder named "wordnet" here
+    cache = make_random_cache(tmp_path / "cache")
+    code, _, err = run_cli(capsys, "negatives", "--cache", cache.root, "--vocab", "wordnet", "--out", tmp_path / "NEG")
+    assert code == 2 and err.count("\n") == 1 and "python -m nltk.downloader wordnet" in err, err
+    assert not (tmp_path / "NEG").exists()
+
+
 def test_wordnet_without_nltk(monkeypatch):
     monkeypatch.setitem(sys.modules, "nltk", None)
     with pytest.raises(IIMError, match=r"pip install nltk.*python -m nltk\.downloader wordnet"):
