@@ -8,7 +8,7 @@ TORCH   ?= torch==2.14.1 torchvision==0.29.1
 DATASET ?= imagenet
 ARGS    ?=
 
-.PHONY: install test demo extract splits reproduce ablation fig3 clean
+.PHONY: install test demo extract splits negatives reproduce ablation fig3 clean
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,8 @@ FIXED   ?= --grid batch_size=8
 NEG_GRID ?= 0,5,10,20,40
 K_GRID   ?= 2,4,8,16
 TEST_K_GRID ?= 1,2,4,8,16,32
+VOCAB   ?= src/iim/demo/vocab
+GROUPS  ?= 1
 else
 EXTRACT_ARGS ?=
 NEG     ?= 300
@@ -50,6 +52,8 @@ FIXED   ?=
 NEG_GRID ?= 0,100,300,500
 K_GRID   ?= 10,25,50,75
 TEST_K_GRID ?= 1,5,10,20,50,100,200
+VOCAB   ?= wordnet
+GROUPS  ?= 100
 endif
 CACHE   := cache/$(DATASET)
 SWEEP   := $(BIN)/iim sweep --cache $(CACHE) --grid shots=$(SHOTS) --seed $(SEEDS) $(FIXED)
@@ -57,10 +61,21 @@ SWEEP   := $(BIN)/iim sweep --cache $(CACHE) --grid shots=$(SHOTS) --seed $(SEED
 splits: install
 	$(BIN)/iim extract --benchmark $(DATASET) --shots $(SHOTS) --seed $(SEEDS) $(EXTRACT_ARGS) --out $(CACHE)
 
+# Negative labels mined from a vocabulary (SPEC §10) for the cache's classes: VOCAB=wordnet (nltk's data) or
+# a folder of noun.*.txt / adj.*.txt (the demo's: src/iim/demo/vocab). NegLabel's GROUPS: 100 on ImageNet;
+# 1 (ungrouped) on the demo, whose 28 mined negatives cannot make 100 groups.
+NEGS    := neg/$(DATASET)
+NEG_SCORE := --negatives $(NEGS) --groups $(GROUPS)
+negatives: splits
+	$(BIN)/iim negatives --cache $(CACHE) --vocab $(VOCAB) --out $(NEGS) --overwrite
+
 # Table 1/2 rows: 0-shot MCM / GL-MCM / R-MCM* / S-MCM* (results/), IIM (S-MCM) and IIM* (no negatives,
-# S-MCM*), mean ± std over SEEDS (sweeps/<dataset>-reproduce-k<shots>/report.md)
-reproduce: splits
+# S-MCM*), mean ± std over SEEDS (sweeps/<dataset>-reproduce-k<shots>/report.md); the 0-shot peers NegLabel,
+# CSP, AdaNeg and S-MCM with mined negatives beside their papers' reported numbers (results/<dataset>-0shot-neg)
+reproduce: negatives
 	$(BIN)/iim score --zero-shot --cache $(CACHE) --out results/$(DATASET)-0shot --k $(TRAIN_K) --no-plots
+	$(BIN)/iim score --zero-shot --cache $(CACHE) $(NEG_SCORE) --out results/$(DATASET)-0shot-neg --k $(TRAIN_K) --no-plots
+	$(BIN)/iim report results/$(DATASET)-0shot-neg --out results/$(DATASET)-0shot-neg
 	$(SWEEP) --grid n_neg=0,$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out sweeps/$(DATASET)-reproduce-k$(SHOTS) $(ARGS)
 
 # Fig. 3: pairwise cosines and t-SNE of the learned ID prototypes, ImageNet-500-Easy against -Hard (iim
@@ -74,8 +89,11 @@ fig3: install
 	  --out results/fig3-k$(SHOTS) $(ARGS)
 
 # Table 3 (each loss term, hard-negative mining), Fig. 4 (C_n, lambda_neg, lambda_div, alpha), Fig. 5
-# (train k x test k): one sweep folder each under sweeps/<dataset>-*
-ablation: splits
+# (train k x test k): one sweep folder each under sweeps/<dataset>-*; which side of IIM helps: R-MCM / S-MCM
+# with hand-written or learned ID prototypes x none / learned / mined / learned + mined negatives
+# (sweeps/<dataset>-sources/summary.md, mean ± std over SEEDS)
+SOURCES := sweeps/$(DATASET)-sources
+ablation: negatives
 	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_neg=0,5 --grid lambda_div=0,0.5 \
 	  --grid hard_negative_mining=on,off --k $(TRAIN_K) --out sweeps/$(DATASET)-table3 $(ARGS)
 	$(SWEEP) --grid n_neg=$(NEG_GRID) --grid k=$(TRAIN_K) --k $(TRAIN_K) --alpha 0:2:0.25 \
@@ -85,6 +103,10 @@ ablation: splits
 	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_div=0,0.25,0.5,1 --k $(TRAIN_K) \
 	  --out sweeps/$(DATASET)-lambda_div $(ARGS)
 	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(K_GRID) --k $(TEST_K_GRID) --out sweeps/$(DATASET)-k $(ARGS)
+	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out $(SOURCES) $(ARGS)
+	for p in $(SOURCES)/points/*/; do $(BIN)/iim score --run $$p $(NEG_SCORE) --k $(TRAIN_K) --no-plots \
+	  --no-knn --out $(SOURCES)/scored/$$(basename $$p) || exit 1; done
+	$(BIN)/iim report $(SOURCES)/scored/* --out $(SOURCES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,7 +9,7 @@ set -u
 OUT=${1:-${OUT:-gpu-results}}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD/src:$PWD/tests"
 PY=${PY:-python3}
-STEPS=${STEPS:-cuda_tests text_encoder train_step sweep_speed baselines_step score_speed extract_speed predict_speed e2e_cuda}
+STEPS=${STEPS:-cuda_tests text_encoder train_step sweep_speed baselines_step score_speed extract_speed predict_speed negatives_speed e2e_cuda}
 step() { local name=$1 limit=$2; shift 2; [[ " $STEPS " == *" $name "* ]] || return 0
          echo "=== $name ($(date +%T))"
          timeout "$limit" "$@" 2>&1 | grep -v "^W[0-9]* .*cpp_extension" | tee "$OUT/$name.txt"
@@ -35,6 +35,8 @@ step score_speed  80 $PY benchmarks/score_speed.py --device cuda
 step extract_speed 140 $PY benchmarks/extract_speed.py --models ViT-B-16 --device cuda --n 2048
 # iim predict vs iim extract on the same images (one encoder pass each; predict scores S-MCM on the GPU)
 step predict_speed 150 $PY benchmarks/predict_speed.py --models ViT-B-16 --device cuda --n 2048
+# iim negatives: mining 10,000 words (packed prompts) vs open_clip encode_text on all 10,000, ViT-B-16, C=1000
+step negatives_speed 120 $PY benchmarks/negatives_speed.py --device cuda --ref-words 10000
 step e2e_cuda 90 bash -c '
   set -e; W=$(mktemp -d)
   python3 -c "import imagegen; imagegen.make_world(\"$W/world\", train_per_class=8, test_per_class=6)"

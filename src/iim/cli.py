@@ -1,4 +1,4 @@
-"""The ``iim`` command line: ``iim extract | train | score | sweep | report | prototypes | predict | cache | demo``.
+"""The ``iim`` command line: ``iim extract | train | score | sweep | report | prototypes | predict | negatives | cache | demo``.
 
 Each stage keeps its own click command next to its code (``iim/<stage>/cli.py``); this file only
 assembles them, turns :class:`~iim.errors.IIMError` into a one-line ``Error: ...`` (exit 2), and
@@ -22,6 +22,7 @@ COMMANDS = {
     "report": "iim.score.cli:report_cmd",
     "prototypes": "iim.score.fig3:prototypes_cmd",
     "predict": "iim.predict.cli:predict",
+    "negatives": "iim.negatives.cli:negatives",
     "cache": "iim.cache.cli:cache",
     "demo": "iim.demo.cli:demo",
 }

@@ -1,6 +1,7 @@
 """The paper's own numbers (SPEC §7; the paper's Tables 1 and 2): the average FPR95 / AUROC over its four
 OOD sets (iNaturalist, SUN, Places, Texture), in percent, per benchmark and shot count. The one place
-they are written down; reports put them beside ours (``paper_rows``).
+they are written down; reports put them beside ours (``paper_rows``). Also the 0-shot peers' numbers as
+their own papers report them (SPEC §10, :data:`REPORTED`, ``reported_rows``).
 
     paper_rows("imagenet500-easy", shots=[4])   # [PaperRow(0-shot R-MCM*), PaperRow(4-shot IIM S-MCM)]
     paper_rows("demo")                          # []: not one of the paper's benchmarks
@@ -44,3 +45,27 @@ def paper_rows(benchmark: str | None, shots=None) -> list[PaperRow]:
     count is in ``shots`` (None: all). Empty for a benchmark the paper does not report."""
     return [r for r in PAPER if r.benchmark == benchmark
             and (r.shots == 0 or shots is None or r.shots in set(shots))]
+
+
+@dataclass(frozen=True)
+class ReportedRow:
+    """A peer's number as its own paper reports it (SPEC §10), never measured here: shown apart, as
+    "reported:", beside our scores of the same method."""
+    benchmark: str
+    method: str          # "NegLabel (ICLR 2024)"
+    evaluator: str       # the iim.score.report.LABELS key of our score of that method
+    fpr95: float
+    auroc: float | None  # None: the paper's headline gives FPR95 only
+
+
+# SPEC §10: CLIP ViT-B/16, ImageNet-1k vs iNaturalist, SUN, Places, Texture (average), 0-shot
+REPORTED = (ReportedRow("imagenet", "NegLabel (ICLR 2024)", "neglabel", 25.40, 94.21),
+            ReportedRow("imagenet", "CSP (NeurIPS 2024)", "csp", 17.51, None),
+            ReportedRow("imagenet", "AdaNeg (NeurIPS 2024)", "adaneg", 18.92, None))
+REPORTED_SOURCE = ("their papers (SPEC §10): CLIP ViT-B/16, ImageNet-1k, average over iNaturalist, SUN, "
+                   "Places and Texture; not measured here")
+
+
+def reported_rows(benchmark: str | None) -> list[ReportedRow]:
+    """The peers' reported numbers for ``benchmark`` (empty for any other than ImageNet-1k)."""
+    return [r for r in REPORTED if r.benchmark == benchmark]

@@ -46,16 +46,26 @@ class DemoSettings:
     baselines: tuple = ("coop", "locoop", "localprompt")
     locoop_top_k: int = 4
     baseline_epochs: int | None = None     # None: each paper's (CoOp, LoCoOp 50; Local-Prompt 30)
+    # negative labels (SPEC §10) mined from the demo's vocabulary (VOCAB); its 28 mined negatives are
+    # scored ungrouped (NegLabel's 100 groups need 100 negatives at least)
+    negatives: bool = True
+    neg_groups: int = 1
+
+
+VOCAB = Path(__file__).parent / "vocab"      # the demo world's words plus unrelated ones (vocab/README.md)
 
 
 # rows of the demo table: (label, which result, metrics key)
 ROWS = (("MCM (0-shot)", "zero", "mcm"), ("GL-MCM (0-shot)", "zero", "gl_mcm"),
         ("R-MCM* (0-shot)", "zero", "r_mcm_star"), ("S-MCM* (0-shot)", "zero", "s_mcm_star"),
+        ("NegLabel (0-shot)", "zero", "neglabel"), ("CSP (0-shot)", "zero", "csp"),
+        ("AdaNeg (0-shot)", "zero", "adaneg"), ("S-MCM + mined negatives (0-shot)", "zero", "s_mcm_hand_mined"),
         ("CoOp + MCM (4-shot)", "coop", "mcm"), ("CoOp + GL-MCM (4-shot)", "coop", "gl_mcm"),
         ("LoCoOp + MCM (4-shot)", "locoop", "mcm"), ("LoCoOp + GL-MCM (4-shot)", "locoop", "gl_mcm"),
         ("Local-Prompt + R-MCM (4-shot)", "localprompt", "r_mcm"),
         ("KNN (4-shot)", "iim", "knn"), ("IIM + R-MCM (4-shot)", "iim", "r_mcm"),
         ("IIM + S-MCM (4-shot)", "iim", "s_mcm"),
+        ("IIM + S-MCM + mined negatives (4-shot)", "iim", "s_mcm_learned_learned_mined"),
         ("IIM official + R-MCM (4-shot)", "official", "r_mcm"),
         ("IIM official + S-MCM (4-shot)", "official", "s_mcm"))
 SOURCE = {"paper": "iim", "official": "official"}      # recipe -> rows (a comparison method: its name)
@@ -95,8 +105,21 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     extract(bench, cache, model=s.model, pretrained=s.pretrained, shots=[s.shots], seeds=seeds,
             views=s.views, crop_scale=s.crop_scale, workers=0, device=device, progress=progress, log=log)
 
+    negatives = None
+    if s.negatives:
+        from ..negatives import mine_negatives
+        negatives = out / "negatives"
+        echo(f"[2/4] negative labels mined from {VOCAB} -> {negatives}")
+        mine_negatives(cache, VOCAB, negatives, device=device, overwrite=True)
+
+    def with_negatives(job):
+        if negatives is not None:
+            from ..negatives.scores import attach_negatives
+            attach_negatives(job, negatives, groups=s.neg_groups)
+        return job
+
     echo(f"[2/4] 0-shot scores (k={s.k})")
-    zero = run_score(prepare_zero_shot(cache, out / "zero-shot"), k=s.k, alpha=s.alpha, device=device,
+    zero = run_score(with_negatives(prepare_zero_shot(cache, out / "zero-shot")), k=s.k, alpha=s.alpha, device=device,
                      plot=plots, progress=progress)
     log(format_score(zero))
 
@@ -116,7 +139,7 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
             for w in collapse_warnings(state):
                 echo(f"  warning: {w}")
             echo(f"[4/4] S-MCM scores, {recipe} recipe, seed {seed}")
-            result = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
+            result = run_score(with_negatives(prepare_run(run_dir, cache_path=cache)), k=s.k, alpha=s.alpha, device=device,
                                knn=KNN, plot=plots, progress=progress)
             log(format_score(result))
             runs[SOURCE[recipe]][seed] = result
@@ -128,7 +151,7 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
             train(baseline_config(method, s, cache=cache, split=train_split_name(s.shots, seed, s.views),
                                   out=run_dir, seed=seed, device=device, logit_scale=scale),
                   overwrite=True, progress=progress, log=log)
-            result = run_score(prepare_run(run_dir, cache_path=cache), k=s.k, alpha=s.alpha, device=device,
+            result = run_score(with_negatives(prepare_run(run_dir, cache_path=cache)), k=s.k, alpha=s.alpha, device=device,
                                plot=False, progress=progress)
             log(format_score(result))
             runs.setdefault(method, {})[seed] = result

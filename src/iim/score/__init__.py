@@ -7,6 +7,9 @@
     scores      ood_scores: composes them for a batch of images
     sweep       every (k, alpha) in one pass
     knn         the KNN baseline (Sun et al. 2022) on cached global features, via faiss
+    neglabel    NegLabel's score (SPEC §10): ID softmax mass among [ID prompts, negatives], grouped
+    csp         CSP's conjugated semantic pool (its score is NegLabel's on the mined pool)
+    adaneg      AdaNeg: NegLabel's score on test-time adaptive proxies from a streaming memory
     pipeline    streams a cache split by split for a run (or zero-shot) and collects scores and metrics
     report      tables, results.json / results.csv / scores_{split}.npz
     plots       score histograms and ROC curves

@@ -15,7 +15,7 @@ from ..errors import IIMError
 from ..options import AtLeast, click_options
 from ..train.methods import score_k
 from . import report
-from .options import ALPHA_GRID, K_GRID, SWEEP_SKIPS, ScoreOptions
+from .options import ALPHA_GRID, K_GRID, SWEEP_SKIPS, NegativeOptions, ScoreOptions
 from .pipeline import Job, prepare_run, prepare_zero_shot
 from .run import format_score, format_sweep, run_score, run_sweep
 
@@ -60,11 +60,12 @@ def _announce(job: Job) -> None:
 @click.command("score")
 @_common
 @click_options(ScoreOptions)
+@click_options(NegativeOptions)
 @click.option("--knn-split", help="KNN memory bank split. Default: the run's train split.")
 @click.option("--no-knn", is_flag=True, help="Skip the KNN baseline row.")
 @click.option("--no-plots", is_flag=True, help="Skip the histogram / ROC plots.")
 def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha, T, chunk, recipe,
-          knn_k, knn_all_views, knn_split, no_knn, no_plots):
+          knn_k, knn_all_views, negatives, groups, neg_seed, knn_split, no_knn, no_plots):
     """Score a trained run (or zero-shot) on the cache's test and OOD splits with every evaluator.
 
     \b
@@ -72,14 +73,25 @@ def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
     iim score --run runs/NAME --k 50 --alpha 1.0
     iim score --zero-shot --cache cache/in1k --out results/zeroshot
     iim score --k 1,5,10,20,50,100,200 --alpha 0:2:0.25    # a sweep (same as 'iim sweep')
+    iim score --zero-shot --cache cache/in1k --negatives neg/in1k --out results/zeroshot-neg
 
     Prints the paper-style table (FPR95 / AUROC per OOD set and their average, in percent) and the ID
     accuracy; writes results.json, results.csv, scores_{split}.npz and plots/ into the run folder (--out).
     """
     ks, alphas = k, alpha
     sweep = len(ks) > 1 or len(alphas) > 1
+    ctx = click.get_current_context()
+    given = [f"--{n.replace('_', '-')}" for n in ("groups", "neg_seed")
+             if ctx.get_parameter_source(n) is not ParameterSource.DEFAULT]
+    if negatives is None and given:
+        raise IIMError(f"{' and '.join(given)} set(s) how the mined negatives are scored; it needs --negatives NEG")
+    if negatives is not None and sweep:
+        raise IIMError("--negatives scores at one k and alpha (iim score --k K --alpha A), not in a sweep")
     job = _job(run, runs_dir, cache, zero_shot, out, knn_split=None if no_knn or sweep else knn_split)
-    if click.get_current_context().get_parameter_source("k") is ParameterSource.DEFAULT:
+    if negatives is not None:
+        from ..negatives.scores import attach_negatives
+        attach_negatives(job, negatives, groups=groups, seed=neg_seed)
+    if ctx.get_parameter_source("k") is ParameterSource.DEFAULT:
         ks = [score_k(job.checkpoint.get("config"), ks[0])]     # Local-Prompt: its eval script's 10
         if ks != k:
             job.notes.append(f"k={ks[0]}: the {job.checkpoint['config']['method']} run's own (pass --k to change)")
@@ -194,7 +206,7 @@ def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
     iim report runs/in1k-k16-s1-iim runs/in1k-k16-s2-iim runs/in1k-k16-s3-iim --out results/in1k-k16
     iim report results/zeroshot runs/in1k-k4-s*-* runs/in1k-k16-s*-* --out results/table1
     """
-    from .summary import group_results, load_results, markdown_table, summarise
+    from .summary import group_results, load_results, markdown_table, reported, reported_line, summarise
 
     results = [load_results(r) for r in runs]
     if out:
@@ -213,6 +225,9 @@ def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
     click.echo(f"Mean over {len(runs)} runs{unfinished} (seeds {seeds}); k={st['k']} alpha={st['alpha']} "
                f"T={st['T']}; percent")
     click.echo(report.format_table(summary["mean"], columns=cols))
+    peers = reported(results)
+    for row in peers:      # kept apart: not measured here
+        click.echo(f"{reported_line(row)} (average FPR95 / AUROC, as its paper reports; not measured here)")
     click.echo(f"\nStandard deviation over the {len(runs)} runs")
     click.echo(report.format_table(summary["std"], columns=cols))
     acc = summary["id_accuracy"]
@@ -226,7 +241,7 @@ def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
                                         if d else "not recorded"))
     if out:
         report.write_json(Path(out) / "summary.json", summary)
-        report.write_text(Path(out) / "summary.md", markdown_table(summary) + "\n")
+        report.write_text(Path(out) / "summary.md", markdown_table(summary, reported_rows=peers) + "\n")
         click.echo(f"Wrote {Path(out) / 'summary.json'}, summary.md")
 
 

@@ -33,5 +33,17 @@ class ScoreOptions:
     knn_all_views: bool = option(False, "Put every augmented view into the KNN bank (default: view 0).")
 
 
-RESULT_KEYS = result_keys(ScoreOptions)   # results scored with other values are not averaged
+@dataclass
+class NegativeOptions:
+    """How ``iim score --negatives NEG`` scores mined negative labels (SPEC §10)."""
+    negatives: str | None = option(None, "A NEG folder of 'iim negatives': adds NegLabel, CSP, AdaNeg and "
+                                   "R-MCM / S-MCM with mined negatives (every source of ID and OOD prototypes).",
+                                   result=False, metavar="NEG")
+    groups: int = option(100, "NegLabel / CSP: average over G groups of the mined negatives (NegLabel's "
+                         "ImageNet setting; 1 = ungrouped). Needs --negatives.", type=AtLeast(1))
+    neg_seed: int = option(0, "Seed of the negatives' grouping permutation and of AdaNeg's order over the "
+                           "images (both recorded). Needs --negatives.", type=AtLeast(0))
+
+
+RESULT_KEYS = result_keys(ScoreOptions) + result_keys(NegativeOptions)   # other values: not averaged
 SWEEP_SKIPS = ("knn_k", "knn_all_views")  # a sweep has no KNN row

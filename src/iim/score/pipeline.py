@@ -40,6 +40,10 @@ class Job:
     knn_split: str | None = None
     notes: list[str] = field(default_factory=list)   # what was chosen, what was skipped (printed by the CLI)
     warnings: list[str] = field(default_factory=list)
+    # more scores beside the evaluators, e.g. iim.negatives.scores.NegativeScores: ``columns`` (extra
+    # logit columns per patch), ``chunk(split, sims, global, local, job, k=, alpha=) -> {key: [n]}``,
+    # ``finish({split: scores}, job)`` (adds scores that need every split), ``record()``, ``arrays()``
+    extras: list = field(default_factory=list)
 
     @property
     def zero_shot(self) -> bool:
@@ -214,7 +218,7 @@ def stream_split(split, job: Job, *, k=50, alpha=1.0, T: float = 1.0, rows: int 
     """
     device = torch.device(device)
     protos = [None if p is None else p.to(device) for p in (job.global_proto, job.id_proto, job.neg_proto)]
-    n_neg = 0 if job.neg_proto is None else len(job.neg_proto)
+    n_neg = (0 if job.neg_proto is None else len(job.neg_proto)) + sum(x.columns for x in job.extras)
     rows = rows or auto_chunk_rows(split.hw, len(job.id_proto), n_neg, device)
     scores, preds = defaultdict(list), []
     # disable=None: no bar when stderr is not a terminal (logs, CI)
@@ -225,6 +229,8 @@ def stream_split(split, job: Job, *, k=50, alpha=1.0, T: float = 1.0, rows: int 
             loc = chunk.local_feats.to(device, non_blocking=True)
             sims = similarities(g, loc, *protos, T=T, double_exp=recipe == "official")
             out, p_star = evaluate(sims, k=k, alpha=alpha)
+            for extra in job.extras:
+                out.update(extra.chunk(split.name, sims, g, loc, job, k=k, alpha=alpha))
             for key, val in out.items():
                 scores[key].append(val.float().cpu().numpy())
             if predict:

@@ -71,6 +71,8 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     valid = labels >= 0
     accuracy = 100 * float(np.mean(preds[valid] == labels[valid])) if valid.any() else None
     ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
+    for extra in job.extras:                  # scores that need every split (AdaNeg's stream)
+        extra.finish({"test": id_scores, **{n: ood_scores[ood_set_name(n)] for n in ood_names}}, job)
     metrics = report.compute_metrics(id_scores, ood_scores)
 
     results = {
@@ -83,7 +85,8 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
                      "chunk": chunk or "auto", "knn_k": knn["k"] if scorer else None,
                      "knn_split": job.knn_split if scorer else None,
                      "knn_views": (("all" if knn["all_views"] else 0) if scorer else None),
-                     "knn_all_views": knn["all_views"] if scorer else None},
+                     "knn_all_views": knn["all_views"] if scorer else None,
+                     **{key: x.record()[key] for x in job.extras for key in ("groups", "neg_seed")}},
         "units": "percent",
         "id": {"split": "test", "n": int(test.n), "accuracy": accuracy,
                "n_labelled": int(valid.sum())},
@@ -94,6 +97,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "notes": job.notes + job.warnings + ([bank_note] if bank_note else []),
         "run_config": job.checkpoint.get("config"),
         "diagnostics": job.checkpoint.get("diagnostics"),   # the run's last epoch, ID data only
+        "negatives": next((x.record() for x in job.extras), None),
     }
     out = job.out_dir
     report.write_json(out / "results.json", results)
@@ -103,6 +107,10 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     for n in ood_names:
         report.write_npz(out / f"scores_{n}.npz", ood_scores[ood_set_name(n)])
     files = ["results.json", "results.csv", "scores_*.npz"]
+    for extra in job.extras:
+        name = extra.record()["order_file"]
+        report.write_npz(out / name, extra.arrays())
+        files.append(name)
     if plot:
         head = next(m for m in HEADLINE if m in id_scores)
         for m in (head, "mcm"):
@@ -130,6 +138,8 @@ def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto",
     if len(ks) * len(alphas) > MAX_GRID:
         raise IIMError(f"a sweep of {len(ks)} k x {len(alphas)} alpha = {len(ks) * len(alphas):,} settings; at "
                        f"most {MAX_GRID:,} in one pass (sweep fewer values)")
+    if job.extras:
+        raise IIMError("--negatives scores at one k and alpha (iim score --k K --alpha A), not in a sweep")
     recipe = recipe or job.recipe
     dev = resolve_device(device)
     test, ood_names = _splits(job, ood)

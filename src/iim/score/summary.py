@@ -30,8 +30,12 @@ RESULTS = "results.json"
 METHOD_ORDER = ("coop", "locoop", "localprompt", "iim")
 METHOD_LABELS = {"coop": "CoOp", "locoop": "LoCoOp", "localprompt": "Local-Prompt", "iim": "IIM"}
 # the evaluators each method's paper reports (SPEC §8; IIM: the paper's S-MCM, also R-MCM)
-PAPER_ROWS = {"zero_shot": ("mcm", "gl_mcm", "r_mcm_star", "s_mcm_star"), "coop": ("mcm", "gl_mcm"),
-              "locoop": ("mcm", "gl_mcm"), "localprompt": ("r_mcm",), "iim": ("r_mcm", "s_mcm")}
+# (scored with --negatives, also the 0-shot peers NegLabel / CSP / AdaNeg, 0-shot S-MCM with mined negatives,
+# and IIM's S-MCM with mined negatives in place of / beside its learned ones)
+PAPER_ROWS = {"zero_shot": ("mcm", "gl_mcm", "r_mcm_star", "s_mcm_star", "neglabel", "csp", "adaneg",
+                            "s_mcm_hand_mined"),
+              "coop": ("mcm", "gl_mcm"), "locoop": ("mcm", "gl_mcm"), "localprompt": ("r_mcm",),
+              "iim": ("r_mcm", "s_mcm", "s_mcm_learned_mined", "s_mcm_learned_learned_mined")}
 REQUIRED = ("ood_sets", "settings", "metrics", "id")   # what results.json must hold to be averaged
 MUST_MATCH = SCORE_KEYS              # scoring settings the averaged results must share
 
@@ -129,8 +133,24 @@ def _check_same_experiment(results: list[dict]) -> None:
                            f"with {d.key}={d.b!r}; only runs that differ in their seed are averaged")
 
 
-def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS) -> str:
-    """``| Method | <set> FPR95 / AUROC | ... | Average ... |`` with mean ± std in each cell."""
+def reported(results: list[dict]) -> list:
+    """The peers' reported numbers (:func:`iim.paper.reported_rows`) for the benchmark the results'
+    negatives were mined on, for those peers the results score."""
+    from ..paper import reported_rows
+    bench = next(((r.get("negatives") or {}).get("benchmark") for r in results if r.get("negatives")), None)
+    have = {m for r in results for m in r.get("metrics", {})}
+    return [row for row in reported_rows(bench) if row.evaluator in have]
+
+
+def reported_line(row) -> str:
+    """``reported: NegLabel (ICLR 2024) 25.40 / 94.21`` (average FPR95 / AUROC)."""
+    auroc = "–" if row.auroc is None else f"{row.auroc:.2f}"
+    return f"reported: {row.method} {row.fpr95:.2f} / {auroc}"
+
+
+def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS, reported_rows=()) -> str:
+    """``| Method | <set> FPR95 / AUROC | ... | Average ... |`` with mean ± std in each cell; then the
+    ``reported_rows`` (peers' own numbers, averages only), kept apart as "reported:"."""
     mean, std = summary["mean"], summary["std"]
     methods = [m for m in methods if m in mean]
     cells = list(mean[methods[0]])
@@ -141,6 +161,13 @@ def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS) -> st
         row = [f"{mean[m][s]['fpr95']:.2f} ± {std[m][s]['fpr95']:.2f} / "
                f"{mean[m][s]['auroc']:.2f} ± {std[m][s]['auroc']:.2f}" for s in cells]
         lines.append(f"| {labels.get(m, m)} | " + " | ".join(row) + " |")
+    for r in reported_rows:
+        auroc = "–" if r.auroc is None else f"{r.auroc:.2f}"
+        lines.append(f"| reported: {r.method} | " + " | ".join(["–"] * (len(cells) - 1) + [f"{r.fpr95:.2f} / {auroc}"])
+                     + " |")
+    if reported_rows:
+        from ..paper import REPORTED_SOURCE
+        lines.append(f"\nThe reported rows are from {REPORTED_SOURCE}.")
     lines += [f"\nIncludes an unfinished run: {u['run']} (epoch {u['epoch']} of {u['epochs']})."
               for u in summary.get("incomplete", [])]
     return "\n".join(lines)
