@@ -87,3 +87,47 @@ def test_the_command_line_handler_stops_iim_lines_reaching_a_root_handler():
     finally:
         root.removeHandler(h)
         log.logger.propagate = was
+
+
+# ---- (5) file lists hashed unambiguously; control characters not printed raw -----------------------
+def test_the_file_list_digest_tells_a_newline_in_a_name_from_two_names():
+    from iim.data.splits import files_digest
+
+    assert files_digest(["a\nb"]) != files_digest(["a", "b"])
+    assert files_digest(["a", "b"]) == files_digest(["a", "b"]) != files_digest(["b", "a"])
+    assert files_digest(["a\nb"], "newline") == files_digest(["a", "b"], "newline")   # why it changed
+
+
+@pytest.mark.parametrize("recorded, now, warned", [
+    ("newline", ["test/0.png", "test/1.png"], False),   # a cache of an older iim, the same files
+    ("newline", ["test/0.png", "test/2.png"], True),
+    ("json-list", ["test/0.png", "test/1.png"], False),
+    ("json-list", ["test/0.png\ntest/1.png"], True),
+])
+def test_a_split_keeps_being_compared_with_the_encoding_it_was_hashed_with(tmp_path, recorded, now, warned):
+    import zarr
+
+    from iim.cache import open_cache
+    from iim.data.splits import SplitPlan, digest_attrs, files_digest
+    from iim.extract.run import _check_same_files
+
+    cache = make_random_cache(tmp_path / "c", n_test=2, ood={"far": 2})
+    files = ["test/0.png", "test/1.png"]
+    attrs = dict(files_sha256=files_digest(files, recorded))
+    if recorded != "newline":
+        attrs["files_hash"] = recorded
+    zarr.open_group(str(cache.root / "test"), mode="a").attrs.update(attrs)
+    lines = []
+    plan = SplitPlan("test", "test", tmp_path, now, [0] * len(now), attrs=digest_attrs(now))
+    _check_same_files(open_cache(cache.root), plan, lines.append)
+    assert bool(lines) == warned and all("extracted from other files" in m for m in lines)
+
+
+def test_the_predict_table_escapes_control_characters_in_paths():
+    from iim.predict.cli import format_rows
+
+    row = dict(path="a\nb\x1b[2J.png", decision="in", score=0.5, **{"class": "cat"}, probability=0.9, reason="")
+    bad = dict(row, path="c\rd.png", decision="skipped", reason="cannot\nread")
+    text = format_rows([row, bad])
+    assert text.count("\n") == 3 and "\x1b" not in text and "\r" not in text
+    assert "a\\nb\\x1b[2J.png" in text and "c\\rd.png: cannot\\nread" in text

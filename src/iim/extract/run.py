@@ -29,7 +29,7 @@ from ..cache.location import as_path
 from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, open_cache
 from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ImageRows
-from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
+from ..data.splits import SplitPlan, files_digest, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
 from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
@@ -403,8 +403,9 @@ def _has_prototypes(cache: Cache) -> bool:
 def _check_same_files(cache: Cache, plan: SplitPlan, log) -> None:
     """A complete split made from other files than the folder now holds is kept, with a warning."""
     if cache.is_complete(plan.name):
-        old = cache.split(plan.name).attrs.get("files_sha256")
-        if old and old != plan.attrs.get("files_sha256"):
+        attrs = cache.split(plan.name).attrs
+        old = attrs.get("files_sha256")            # older caches: newline-joined paths, no files_hash
+        if old and old != files_digest(plan.files, attrs.get("files_hash", "newline")):
             log(f"warning: {plan.name} in {cache.root} was extracted from other files than "
                 f"{plan.root} holds now; kept as is (delete {cache.root / plan.name} to redo it)")
 
