@@ -108,7 +108,7 @@ def test_a_split_keeps_being_compared_with_the_encoding_it_was_hashed_with(tmp_p
     import zarr
 
     from iim.cache import open_cache
-    from iim.data.splits import SplitPlan, digest_attrs, files_digest
+    from iim.data.splits import SplitPlan, file_attrs, files_digest
     from iim.extract.run import _check_same_files
 
     cache = make_random_cache(tmp_path / "c", n_test=2, ood={"far": 2})
@@ -118,7 +118,7 @@ def test_a_split_keeps_being_compared_with_the_encoding_it_was_hashed_with(tmp_p
         attrs["files_hash"] = recorded
     zarr.open_group(str(cache.root / "test"), mode="a").attrs.update(attrs)
     lines = []
-    plan = SplitPlan("test", "test", tmp_path, now, [0] * len(now), attrs=digest_attrs(now))
+    plan = SplitPlan("test", "test", tmp_path, now, [0] * len(now), attrs=file_attrs(now))
     _check_same_files(open_cache(cache.root), plan, lines.append)
     assert bool(lines) == warned and all("extracted from other files" in m for m in lines)
 
@@ -131,3 +131,34 @@ def test_the_predict_table_escapes_control_characters_in_paths():
     text = format_rows([row, bad])
     assert text.count("\n") == 3 and "\x1b" not in text and "\r" not in text
     assert "a\\nb\\x1b[2J.png" in text and "c\\rd.png: cannot\\nread" in text
+
+
+# ---- (4) EXIF orientation ---------------------------------------------------------------------------
+def test_an_image_tagged_rotate_90_is_read_upright_where_extract_and_predict_read_it(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from iim.data.folders import ImageRows, to_rgb
+
+    upright = Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 40, 3), dtype=np.uint8))
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6                                # Orientation: rotate 90 CW to display
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.png", exif=exif)
+    with Image.open(tmp_path / "phone.png") as im:
+        assert im.size == (20, 40)                  # stored sideways
+        assert to_rgb(im).tobytes() == upright.tobytes()      # predict's PIL-image path
+    tensor = lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32).copy())  # noqa: E731
+    rows = ImageRows(tmp_path, ["phone.png", "upright.png"], tensor, image_size=40)   # extract, predict paths
+    (_, a, err_a), (_, b, err_b) = rows[0], rows[1]
+    assert err_a == err_b == "" and a.shape == b.shape and torch.equal(a, b)
+
+
+def test_a_cache_from_before_the_orientation_was_recorded_still_loads_and_says_so(tmp_path, capsys):
+    cache = make_random_cache(tmp_path / "old")          # a manifest without "orientation"
+    assert "orientation" not in json.loads((cache.root / "manifest.json").read_text())
+    from iim.cache import open_cache
+    assert open_cache(cache.root).split("test").read()[0].shape[0] == 40
+    code, out, err = run_cli(capsys, "cache", "info", cache.root)
+    assert code == 0 and "EXIF orientation ignored" in out, err

@@ -28,7 +28,7 @@ from ..cache.names import is_ood, ood_split_name
 from ..cache.location import as_path
 from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, open_cache
 from ..data.benchmarks import Benchmark, load_benchmark
-from ..data.folders import ImageRows
+from ..data.folders import ORIENTATION, ImageRows
 from ..data.splits import SplitPlan, files_digest, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
 from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
@@ -324,7 +324,7 @@ def _extract(benchmark, out, *, data_root, model, pretrained, splits, shots, see
         return _extract_rank(out, plans, net, preprocess, env, device=dev, amp_dtype=AMP_DTYPES[amp],
                              batch_size=batch_size, workers=workers, skip_bad=skip_bad, chunk_bytes=chunk_bytes)
     cache = create_cache(out, dict(key, **shape_fields, class_dirs=list(bench.class_dirs), iim_version=__version__,
-                                   created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
+                                   orientation=ORIENTATION, created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
     with folder_lock(out, ".extract.lock", "iim extract"):
         cache = create_cache(out, cache.manifest)       # re-read: another extraction may have just finished
         if any(cache.manifest.get(k) != v for k, v in shape_fields.items()):
