@@ -162,3 +162,16 @@ def test_a_cache_from_before_the_orientation_was_recorded_still_loads_and_says_s
     assert open_cache(cache.root).split("test").read()[0].shape[0] == 40
     code, out, err = run_cli(capsys, "cache", "info", cache.root)
     assert code == 0 and "EXIF orientation ignored" in out, err
+
+
+# ---- option edge cases -------------------------------------------------------------------------------
+@pytest.mark.parametrize("command, extra", [
+    ("score", []), ("sweep", []), ("sweep", ["--grid", "n_neg=4", "--seed", "1"]), ("predict", ["x.png"]),
+])
+def test_a_negative_alpha_is_a_one_line_error(two_caches, tmp_path, capsys, command, extra):
+    from helpers import make_fake_run
+    c1, _ = two_caches
+    where = ["--run", make_fake_run(tmp_path / "run", c1)] if "--grid" not in extra else ["--cache", c1.root]
+    code, _, err = run_cli(capsys, command, *where, "--alpha", "-1", *extra)
+    assert code == 2 and err.count("\n") == 1 and "--alpha" in err and "-1.0 is not in the range x>=0" in err, err
+    assert not (tmp_path / "run" / "results.json").exists()
