@@ -42,6 +42,7 @@ def test_cache_layout_and_manifest(cache, world):
         model="iim-test-tiny", pretrained="none", weights="none", image_size=32,
         feature_version=FEATURE_VERSION, benchmark="toy", embed_dim=32, num_patches=64)
     assert m["classnames"] == ["ant", "bee", "cat"] and m["iim_version"] and m["created"]
+    assert m["orientation"] == "exif" and all(s["orientation"] == "exif" for s in m["splits"].values())
     tiny = create_model("iim-test-tiny", "none")[0]
     assert m["logit_scale"] == pytest.approx(float(tiny.logit_scale.exp()))   # the model's own tau (SPEC §3)
     assert cache.splits() == ["ood_noise", "ood_stripes", "test", "train_k2_s1"]

@@ -133,14 +133,17 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
 
     # the tidy CSV: results.json rows at (test k 5, alpha 1) with every metric, sweep.csv rows for the rest
     rows = read_csv(out / "results.csv")
-    assert {"point", "k", "n_neg", "seed", "shots", "lambda_neg", "test_k", "alpha", "method", "ood_set",
+    assert {"point", "k", "n_neg", "seed", "shots", "lambda_neg", "test_k", "alpha", "evaluator", "ood_set",
             "fpr95", "auroc", "aupr_in"} <= set(rows[0])
-    keys = [(r["point"], r["test_k"], r["alpha"], r["method"], r["ood_set"]) for r in rows]
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert len(header) == len(set(header)) and "train_method" in header and "method" not in header
+    assert {r["train_method"] for r in rows} == {"iim"}
+    keys = [(r["point"], r["test_k"], r["alpha"], r["evaluator"], r["ood_set"]) for r in rows]
     assert len(keys) == len(set(keys))
     for name in names:
         res = json.loads((out / "points" / name / "results.json").read_text())["metrics"]
         sweep = read_csv(out / "points" / name / "sweep.csv")
-        mine = {(r["test_k"], r["alpha"], r["method"], r["ood_set"]): r for r in rows if r["point"] == name}
+        mine = {(r["test_k"], r["alpha"], r["evaluator"], r["ood_set"]): r for r in rows if r["point"] == name}
         knn = 3                                        # far, near, average: scored by run_score only
         assert len(mine) == len({(r["k"], r["alpha"], r["method"], r["ood_set"]) for r in sweep}) + knn
         for method, per in res.items():
@@ -158,7 +161,7 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
     md = (out / "report.md").read_text()
     avg = {r["point"]: float(r["fpr95"]) for r in rows
            if r["ood_set"] == "average" and r["test_k"] == "5" and r["alpha"] == "1"
-           and r["method"] == ("s_mcm_star" if "n_neg0" in r["point"] else "s_mcm")}
+           and r["evaluator"] == ("s_mcm_star" if "n_neg0" in r["point"] else "s_mcm")}
     assert f"| 4 | 8 | S-MCM | 1 | " in md and f"{avg[names[3]]:.2f}" in md
     assert "## Evaluators side by side: average FPR95" in md and "| GL-MCM |" in md
     for fig in ("vs_n_neg", "vs_k", "vs_alpha", "train_k_vs_test_k", "evaluators"):
@@ -227,7 +230,7 @@ def test_resume_after_a_killed_sweep_skips_finished_points_and_gives_the_same_cs
     rows = read_csv(tmp_path / "ref" / "results.csv")
     md = (tmp_path / "ref" / "report.md").read_text()
     for lam in ("0", "5"):
-        v = [float(r["fpr95"]) for r in rows if r["lambda_neg"] == lam and r["method"] == "s_mcm"
+        v = [float(r["fpr95"]) for r in rows if r["lambda_neg"] == lam and r["evaluator"] == "s_mcm"
              and r["ood_set"] == "average" and r["test_k"] == "5" and r["alpha"] == "1"]
         assert len(v) == 2
         assert f"| {lam} | S-MCM | 2 | " in md and f"{np.mean(v):.2f} ± {np.std(v):.2f}" in md

@@ -150,12 +150,12 @@ def test_jobs_refusals_are_one_line(world, capsys, extra, message):
     assert not (root / "bad").exists()
 
 
-def _dying_worker(index, groups, scoring, device, threads, results):
+def _dying_worker(index, groups, scoring, device, threads, results, *rest):
     """Worker 0 dies at once (as if killed); the others work as usual."""
     if index == 0:
         os._exit(3)
     from iim.sweep.parallel import _worker
-    _worker(index, groups, scoring, device, threads, results)
+    _worker(index, groups, scoring, device, threads, results, *rest)
 
 
 def test_a_dead_worker_leaves_its_points_failed_and_the_others_done(world, monkeypatch):
@@ -179,3 +179,52 @@ def test_a_dead_worker_leaves_its_points_failed_and_the_others_done(world, monke
             assert st["status"] == "failed" and st["error"].startswith("worker 0 exited with code 3")
         else:
             assert st["status"] == "done"
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The multiprocessing workers (spawn) started by process ``pid``, from /proc."""
+    kids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid \
+                    and b"spawn_main" in (d / "cmdline").read_bytes():
+                kids.append(int(d.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_kill_9_of_a_jobs_sweep_stops_its_workers_and_the_rerun_equals_one_process(world, capsys):
+    import signal
+    import time
+    root, args = world
+    out = root / "killed-jobs"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
+               CUDA_VISIBLE_DEVICES="")
+    victim = subprocess.Popen([sys.executable, "-m", "iim", "sweep", *args, "--jobs", "2", "--out", str(out)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.time() + 300, []
+    while victim.poll() is None and time.time() < deadline and len(list(out.glob("points/*/train.log"))) < 4:
+        workers = _spawned_children(victim.pid) or workers
+        time.sleep(0.01)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, victim.stderr.read()
+    assert len(workers) == 2
+    deadline = time.time() + 1.5           # each worker notices its parent is gone (checked every 0.2 s)
+    while any(map(_running, workers)) and time.time() < deadline:
+        time.sleep(0.02)
+    assert not any(map(_running, workers)), "a worker outlived the killed sweep"
+
+    code, stdout, err = run_cli(capsys, "sweep", *args, "--jobs", "2", "--out", out)
+    assert code == 0 and "4/4 points done, 0 failed" in stdout, err
+    same_as_one_process(root, out)

@@ -33,7 +33,9 @@ class _TqdmHandler(logging.Handler):
 
 
 def console_handler() -> None:
-    """Send the ``iim`` logger's INFO and above to stderr (once; the command line calls this)."""
+    """Send the ``iim`` logger's INFO and above to stderr (once; the command line calls this), and
+    only there: not also to a root handler (``logging.basicConfig``), which would print every line twice."""
     if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
         logger.addHandler(_TqdmHandler())
     logger.setLevel(logging.INFO)
+    logger.propagate = False

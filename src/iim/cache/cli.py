@@ -46,6 +46,8 @@ def info(path):
         click.echo(f"  logit scale  {m['logit_scale']:.4g} (the model's own; training's default tau)")
     click.echo(f"  features     {m.get('feature_version')}  (iim {m.get('iim_version')}, "
                f"created {m.get('created')})")
+    click.echo("  images       " + ("EXIF orientation applied" if m.get("orientation") == "exif" else
+                                    "EXIF orientation ignored (extracted by an iim before it was applied)"))
     try:
         protos = c.global_prototypes()
         click.echo(f"  prototypes   'a photo of a {{c}}.' {list(protos.shape)}")

@@ -53,3 +53,21 @@ def compare(a: dict, b: dict, keys=KEY_FIELDS, *, missing_ok: bool = False) -> l
         if a.get(k) != b.get(k):
             out.append(Difference(k, a.get(k), b.get(k)))
     return out
+
+
+def content_digest(split) -> str:
+    """sha256 of a complete split's stored global features, labels and image paths (each array's shape,
+    dtype and bytes, length-prefixed): equal for the same features, different for a split of the same
+    name made from other images (another cache, or the folder extracted again)."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    paths = json.dumps(split.paths).encode()
+    for arr in (np.ascontiguousarray(split.group["global"][:]), split.labels):
+        head = f"{arr.dtype.str}{list(arr.shape)}".encode()
+        h.update(len(head).to_bytes(8, "little") + head + arr.nbytes.to_bytes(8, "little") + arr.tobytes())
+    h.update(len(paths).to_bytes(8, "little") + paths)
+    return h.hexdigest()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm",
                     ".pbm")
@@ -70,12 +70,16 @@ def find_dir(root, rel: str) -> Path | None:
 
 
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+ORIENTATION = "exif"     # recorded in the cache: images are turned upright by their EXIF orientation tag
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """The RGB image the encoder sees. PIL's own ``convert("RGB")`` for every mode (grayscale, palette,
-    CMYK, RGBA: alpha dropped, as CLIP's preprocessing does), except 16-bit grayscale, which PIL would
-    clip at 255 (almost all white): it is scaled to 8 bits (``v >> 8``) first."""
+    """The RGB image the encoder sees: turned as its EXIF orientation tag says (a phone photo tagged
+    "rotate 90" is encoded upright; PIL's ``ImageOps.exif_transpose``), then PIL's own ``convert("RGB")``
+    for every mode (grayscale, palette, CMYK, RGBA: alpha dropped, as CLIP's preprocessing does), except
+    16-bit grayscale, which PIL would clip at 255 (almost all white): it is scaled to 8 bits (``v >> 8``)
+    first."""
+    image = ImageOps.exif_transpose(image)
     if image.mode in SIXTEEN_BIT:
         image = Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
     return image.convert("RGB")

@@ -10,6 +10,7 @@ of a seed are among its 2K-shot files.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Callable
 from ..cache.names import ood_split_name, train_split_name
 from ..errors import IIMError
 from .benchmarks import Benchmark
-from .folders import list_images
+from .folders import ORIENTATION, list_images
 
 Warn = Callable[[str], None]
 
@@ -40,9 +41,22 @@ class SplitPlan:
         return len(self.files)
 
 
-def files_digest(files: list[str]) -> str:
-    """sha256 of the newline-joined relative paths: compare splits across machines at a glance."""
-    return hashlib.sha256("\n".join(files).encode()).hexdigest()
+FILES_HASH = "json-list"      # split attribute ``files_hash``: how ``files_sha256`` encodes the list
+
+
+def files_digest(files: list[str], encoding: str = FILES_HASH) -> str:
+    """sha256 of the relative paths as a JSON list (``files_hash: json-list``): compare splits across
+    machines at a glance. ``encoding="newline"``: the newline-joined paths of caches written before
+    ``files_hash`` was recorded (ambiguous: a newline inside a name), to compare with those."""
+    if encoding == "newline":
+        return hashlib.sha256("\n".join(files).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(list(files)).encode()).hexdigest()
+
+
+def file_attrs(files: list[str]) -> dict:
+    """The split attributes about its files: their digest, and how each image was read (``orientation``:
+    :data:`iim.data.folders.ORIENTATION`; splits of an older iim have none: EXIF orientation ignored)."""
+    return dict(files_sha256=files_digest(files), files_hash=FILES_HASH, orientation=ORIENTATION)
 
 
 def few_shot(files: list[str], shots: int, seed: int, class_dir: str) -> list[str]:
@@ -104,7 +118,7 @@ def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1, pools
         files += chosen
         labels += [label] * len(chosen)
     s_min = check_crop_scale(bench.crop_scale if crop_scale is None else crop_scale) if views > 1 else None
-    attrs = dict(kind="train", shots=shots, seed=seed, source=str(root), files_sha256=files_digest(files),
+    attrs = dict(kind="train", shots=shots, seed=seed, source=str(root), **file_attrs(files),
                  sampler="sorted listing, random.Random(f'{seed}/{class_dir}'), K smallest keys",
                  crop_scale=s_min, augment="none (eval preprocess)" if views == 1 else
                  f"RandomResizedCrop(scale=({s_min:g}, 1), bicubic) + horizontal flip, per-view seed")
@@ -137,7 +151,7 @@ def plan_test(bench: Benchmark, *, warn: Warn | None = None) -> SplitPlan:
     labels = [c for c, fs in enumerate(per_class) for _ in fs]
     check_count(f"{bench.test.what} ({root})", len(files), bench.test.expected, warn)
     return SplitPlan("test", "test", root, files, labels,
-                     attrs=dict(kind="test", source=str(root), files_sha256=files_digest(files)))
+                     attrs=dict(kind="test", source=str(root), **file_attrs(files)))
 
 
 def plan_ood(bench: Benchmark, name: str, *, warn: Warn | None = None) -> SplitPlan:
@@ -150,4 +164,4 @@ def plan_ood(bench: Benchmark, name: str, *, warn: Warn | None = None) -> SplitP
     files = list_images(root)
     check_count(f"{folder.what} ({root})", len(files), folder.expected, warn)
     return SplitPlan(ood_split_name(name), "ood", root, files, [-1] * len(files),
-                     attrs=dict(kind="ood", ood=name, source=str(root), files_sha256=files_digest(files)))
+                     attrs=dict(kind="ood", ood=name, source=str(root), **file_attrs(files)))

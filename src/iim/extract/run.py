@@ -28,8 +28,8 @@ from ..cache.names import is_ood, ood_split_name
 from ..cache.location import as_path
 from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, open_cache
 from ..data.benchmarks import Benchmark, load_benchmark
-from ..data.folders import ImageRows
-from ..data.splits import SplitPlan, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
+from ..data.folders import ORIENTATION, ImageRows
+from ..data.splits import SplitPlan, files_digest, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
 from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
@@ -324,7 +324,7 @@ def _extract(benchmark, out, *, data_root, model, pretrained, splits, shots, see
         return _extract_rank(out, plans, net, preprocess, env, device=dev, amp_dtype=AMP_DTYPES[amp],
                              batch_size=batch_size, workers=workers, skip_bad=skip_bad, chunk_bytes=chunk_bytes)
     cache = create_cache(out, dict(key, **shape_fields, class_dirs=list(bench.class_dirs), iim_version=__version__,
-                                   created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
+                                   orientation=ORIENTATION, created=time.strftime("%Y-%m-%dT%H:%M:%S"), splits={}))
     with folder_lock(out, ".extract.lock", "iim extract"):
         cache = create_cache(out, cache.manifest)       # re-read: another extraction may have just finished
         if any(cache.manifest.get(k) != v for k, v in shape_fields.items()):
@@ -403,8 +403,9 @@ def _has_prototypes(cache: Cache) -> bool:
 def _check_same_files(cache: Cache, plan: SplitPlan, log) -> None:
     """A complete split made from other files than the folder now holds is kept, with a warning."""
     if cache.is_complete(plan.name):
-        old = cache.split(plan.name).attrs.get("files_sha256")
-        if old and old != plan.attrs.get("files_sha256"):
+        attrs = cache.split(plan.name).attrs
+        old = attrs.get("files_sha256")            # older caches: newline-joined paths, no files_hash
+        if old and old != files_digest(plan.files, attrs.get("files_hash", "newline")):
             log(f"warning: {plan.name} in {cache.root} was extracted from other files than "
                 f"{plan.root} holds now; kept as is (delete {cache.root / plan.name} to redo it)")
 

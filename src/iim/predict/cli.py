@@ -129,8 +129,16 @@ def prediction_rows(pred: Predictions) -> list[dict]:
     return rows
 
 
+def printable(text) -> str:
+    """``text`` with every unprintable character (newline, tab, ESC, ...) as its escape (``\\n``,
+    ``\\x1b``): one table cell on one line, which cannot move the cursor or recolour the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
+
+
 def format_rows(rows: list[dict], shown: int = SHOWN) -> str:
-    """The console table: the first ``shown`` scored files, then the skipped ones with their reasons."""
+    """The console table: the first ``shown`` scored files, then the skipped ones with their reasons
+    (paths, classes and reasons through :func:`printable`; the CSV and JSON files keep them as they are)."""
+    rows = [{f: printable(v) if isinstance(v, str) else v for f, v in r.items()} for r in rows]
     scored = [r for r in rows if r["decision"] != "skipped"]
     skipped = [r for r in rows if r["decision"] == "skipped"]
     lines = []

@@ -20,7 +20,7 @@ class ScoreOptions:
     k: list = option(50, "Top-k of i2t/t2i; a list '1,5,10' or range 'a:b:step' sweeps. iim score's "
                      "default for a Local-Prompt run is 10 (its evaluation script).",
                      type=Grid(integer=True, element=AtLeast(1)))
-    alpha: list = option(1.0, "Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps.", type=Grid(element=Finite()))
+    alpha: list = option(1.0, "Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps.", type=Grid(element=Finite(min=0)))
     T: float = option(1.0, "Temperature of e(v, t) = exp(cos / T).", flag="--T",
                       type=Finite(min=0, min_open=True))
     chunk: int | None = option(None, "Images per chunk (bounds memory). Default: ~1 GiB of work on CPU, "

@@ -28,7 +28,8 @@ from .run import Point, Scoring, read_state
 
 HEADLINE = ("s_mcm", "s_mcm_star")
 EVALUATORS = ("mcm", "gl_mcm", "r_mcm_star", "r_mcm", "s_mcm_star", "s_mcm", "knn")
-ROW_KEYS = ("test_k", "alpha", "method", "ood_set")
+ROW_KEYS = ("test_k", "alpha", "evaluator", "ood_set")
+CSV_NAMES = {"method": "train_method"}     # the training option, told apart from the evaluator column
 
 
 def option_columns() -> list[str]:
@@ -50,13 +51,13 @@ def point_rows(p: Point, scoring: Scoring) -> list[dict]:
         k = scoring.k_for(p.config.k) if method in ALPHA_METHODS + K_METHODS else ""
         a = scoring.alpha if method in ALPHA_METHODS else ""
         for ood_set, vals in per.items():
-            rows.append(dict(test_k=k, alpha=a, method=method, ood_set=ood_set, **vals))
+            rows.append(dict(test_k=k, alpha=a, evaluator=method, ood_set=ood_set, **vals))
             seen.add(_key(rows[-1]))
     if scoring.sweeps:
         with open(p.dir / "sweep.csv") as f:
             for r in csv.DictReader(f):
                 r = dict(test_k=int(r["k"]) if r["k"] else "", alpha=float(r["alpha"]) if r["alpha"] else "",
-                         method=r["method"], ood_set=r["ood_set"], fpr95=float(r["fpr95"]),
+                         evaluator=r["method"], ood_set=r["ood_set"], fpr95=float(r["fpr95"]),
                          auroc=float(r["auroc"]))
                 if _key(r) not in seen:
                     rows.append(r)
@@ -74,17 +75,23 @@ def collect(out, points: list[Point], scoring: Scoring, grid: dict) -> dict:
     states = {p.name: read_state(p) or {"status": "pending"} for p in points}
     done = [p for p in points if states[p.name]["status"] == "done"]
     rows = [r for p in done for r in point_rows(p, scoring)]
-    fields = ["point", *option_columns(), *ROW_KEYS, *M.METRICS]
-    report.write_csv(out / "results.csv", [{f: r.get(f, "") for f in fields} for r in rows], fields)
+    _write_csv(out / "results.csv", rows, ["point", *option_columns(), *ROW_KEYS, *M.METRICS])
     prow = [dict(point=p.name, status=states[p.name]["status"], error=states[p.name].get("error", ""),
                  seconds=states[p.name].get("seconds", ""), **point_options(p)) for p in points]
-    report.write_csv(out / "points.csv", prow, ["point", "status", "error", "seconds", *option_columns()])
+    _write_csv(out / "points.csv", prow, ["point", "status", "error", "seconds", *option_columns()])
     varying = [n for n, v in grid.items() if len(v) > 1 and n != "seed"]
     figures = _figures(out / "figures", rows, varying, scoring)
     paper = paper_rows(benchmark(points), shots={p.options["shots"] for p in points}) if points else []
     report.write_text(out / "report.md", _markdown(points, states, rows, grid, varying, scoring, figures, paper))
     return dict(rows=len(rows), done=len(done), failed=sum(s["status"] == "failed" for s in states.values()),
                 files=["results.csv", "points.csv", "report.md"] + (["figures/"] if figures else []))
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    """``rows`` as CSV, each column named once: the training option ``method`` as ``train_method``
+    (:data:`CSV_NAMES`), beside the ``evaluator`` column."""
+    header = [CSV_NAMES.get(f, f) for f in fields]
+    report.write_csv(path, [{h: r.get(f, "") for h, f in zip(header, fields)} for r in rows], header)
 
 
 def benchmark(points: list[Point]) -> str | None:
@@ -120,7 +127,7 @@ def _test_k(scoring: Scoring) -> str:
 
 
 def _headline(rows_of_point) -> str:
-    have = {r["method"] for r in rows_of_point}
+    have = {r["evaluator"] for r in rows_of_point}
     return next(m for m in HEADLINE if m in have)
 
 
@@ -151,7 +158,7 @@ def _markdown(points, states, rows, grid, varying, scoring, figures, paper=()) -
         groups[_setting(rs[0], varying)].append(name)
 
     def cell(names, method, ood, metric):
-        vals = [r[metric] for n in names for r in by_point[n] if r["method"] == method and r["ood_set"] == ood]
+        vals = [r[metric] for n in names for r in by_point[n] if r["evaluator"] == method and r["ood_set"] == ood]
         return _pm(vals)
 
     if groups:
@@ -161,7 +168,7 @@ def _markdown(points, states, rows, grid, varying, scoring, figures, paper=()) -
                   "|" + "---|" * (len(cols) + 2 + 2 * len(ood_sets))]
         for setting, names in groups.items():
             head = _headline([r for n in names for r in by_point[n]])
-            names = [n for n in names if any(r["method"] == head for r in by_point[n])]
+            names = [n for n in names if any(r["evaluator"] == head for r in by_point[n])]
             vals = [_fmt(v) for v in setting] or ["all"]
             lines.append("| " + " | ".join(vals) + f" | {report.LABELS[head]} | {len(names)} | "
                          + " | ".join(f"{cell(names, head, o, 'fpr95')} | {cell(names, head, o, 'auroc')}"
@@ -170,7 +177,7 @@ def _markdown(points, states, rows, grid, varying, scoring, figures, paper=()) -
             lines += _paper_lines(paper, cols, ood_sets)
             lines.append(f"\nThe paper rows are {SOURCE}: the average over its four OOD sets (iNaturalist, SUN, "
                          f"Places, Texture), seeds 1, 2, 3; its 0-shot row compares with `iim score --zero-shot`.")
-        methods = [m for m in EVALUATORS if any(r["method"] == m for r in at)]
+        methods = [m for m in EVALUATORS if any(r["evaluator"] == m for r in at)]
         for metric in ("fpr95", "auroc"):
             lines += [f"\n## Evaluators side by side: average {metric.upper()}\n",
                       "| " + " | ".join(cols) + " | " + " | ".join(report.LABELS[m] for m in methods) + " |",
@@ -198,7 +205,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
     if not rows:
         return []
     at = [r for r in _at_setting(rows, scoring) if r["ood_set"] == report.AVERAGE]
-    methods = [m for m in EVALUATORS if any(r["method"] == m for r in at)]
+    methods = [m for m in EVALUATORS if any(r["evaluator"] == m for r in at)]
     names = []
     for opt in varying:                                     # Fig. 4
         values = list(dict.fromkeys(r[opt] for r in at))
@@ -208,7 +215,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
         fig, axes = panels(2)
         for ax, metric in zip(axes, ("fpr95", "auroc")):
             for m in methods:
-                ys = [[r[metric] for r in at if r["method"] == m and r[opt] == v] for v in values]
+                ys = [[r[metric] for r in at if r["evaluator"] == m and r[opt] == v] for v in values]
                 keep = [i for i, y in enumerate(ys) if y]
                 ax.errorbar([x[i] for i in keep], [np.mean(ys[i]) for i in keep],
                             yerr=[np.std(ys[i]) for i in keep], marker="o", capsize=3, label=report.LABELS[m])
@@ -225,7 +232,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
         fig, axes = panels(2)
         for ax, metric in zip(axes, ("fpr95", "auroc")):
             for m in HEADLINE:
-                ys = [[r[metric] for r in by_alpha if r["method"] == m and r["alpha"] == a] for a in scoring.alphas]
+                ys = [[r[metric] for r in by_alpha if r["evaluator"] == m and r["alpha"] == a] for a in scoring.alphas]
                 if any(ys):
                     ax.errorbar(scoring.alphas, [np.mean(y) if y else np.nan for y in ys],
                                 yerr=[np.std(y) if y else np.nan for y in ys], marker="o", capsize=3,
@@ -240,9 +247,9 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
                  and r["test_k"] != ""]
         head = {}                                           # per point: S-MCM, or S-MCM* without negatives
         for r in sweep:
-            if r["method"] in HEADLINE and head.get(r["point"]) != HEADLINE[0]:
-                head[r["point"]] = r["method"]
-        sweep = [r for r in sweep if head.get(r["point"]) == r["method"]]
+            if r["evaluator"] in HEADLINE and head.get(r["point"]) != HEADLINE[0]:
+                head[r["point"]] = r["evaluator"]
+        sweep = [r for r in sweep if head.get(r["point"]) == r["evaluator"]]
         label = " / ".join(report.LABELS[m] for m in HEADLINE if m in head.values())
         train_ks = sorted({r["k"] for r in sweep})
         grid = np.array([[np.mean([r["fpr95"] for r in sweep if r["k"] == tk and r["test_k"] == k] or [np.nan])
@@ -264,7 +271,7 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
     width = 0.8 / max(1, len(methods))
     for ax, metric in zip(axes, ("fpr95", "auroc")):
         for j, m in enumerate(methods):
-            ys = [np.mean([r[metric] for r in at if r["method"] == m and _setting(r, varying) == s] or [np.nan])
+            ys = [np.mean([r[metric] for r in at if r["evaluator"] == m and _setting(r, varying) == s] or [np.nan])
                   for s in settings]
             ax.bar(np.arange(len(settings)) + j * width, ys, width, label=report.LABELS[m])
         ax.set_xticks(np.arange(len(settings)) + 0.4 - width / 2,

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
 import queue as queue_mod
+import threading
+import time
 
 import torch
 
@@ -119,7 +122,21 @@ def same_groups(points: list[Point], groups: list[list[Point]]) -> list[list[Poi
 
 
 # ---- --jobs N --------------------------------------------------------------------------------------
-def _worker(index: int, groups: list[list[Point]], scoring: Scoring, device: str, threads: int, results) -> None:
+def _exit_with_parent(parent: int, every: float = 0.2) -> None:
+    """End this worker (``os._exit``) as soon as the sweep process that started it is gone: after a
+    ``kill -9`` of the sweep its workers would otherwise go on writing (and locking) its point folders
+    while the rerun trains them. A kill mid-write leaves the last complete file (atomic writes)."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)
+    threading.Thread(target=watch, daemon=True, name="iim-parent-watch").start()
+
+
+def _worker(index: int, groups: list[list[Point]], scoring: Scoring, device: str, threads: int, results,
+            parent: int | None = None) -> None:
+    if parent is not None:
+        _exit_with_parent(parent)
     torch.set_num_threads(threads)
     try:
         train_share(groups, scoring, device, lambda p, st: results.put((index, p.name, st)))
@@ -139,7 +156,7 @@ def run_jobs(points: list[Point], groups: list[list[Point]], scoring: Scoring, j
     threads = max(1, torch.get_num_threads() // len(shares))     # the parent's threads, shared out
     procs = [ctx.Process(target=_worker, daemon=True, name=f"iim-sweep-{i}",
                          args=(i, [groups[g] for g in share], scoring, worker_device(scoring.device, i),
-                               threads, results))
+                               threads, results, os.getpid()))
              for i, share in enumerate(shares)]
     for proc in procs:
         proc.start()

@@ -8,18 +8,23 @@
         states = run_group(group, scoring)   # skips finished points; a failure is recorded, not raised
 
 A rerun skips finished points, continues a killed point from its last checkpoint (``train(resume=True)``)
-and retries failed ones; a larger grid in the same folder reuses the points it shares.
+and retries failed ones; a larger grid in the same folder reuses the points it shares. "Finished" means
+done with the same scoring settings on the same features (:attr:`Point.data`); a point folder trained
+on other features (another cache) is refused by :func:`plan`, never reused.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..atomic import atomic_write_text
-from ..cache import open_cache
+from ..cache import manifest_key, open_cache
+from ..cache.fingerprint import content_digest
+from ..cache.location import record
 from ..cache.names import parse_train_split, train_split_name
 from ..errors import IIMError
 from ..score.pipeline import ood_split_names, prepare_run
@@ -40,6 +45,7 @@ class Point:
     name: str
     options: dict            # the swept options, with the split's shots / seed / views filled in
     config: TrainConfig
+    data: dict = field(default_factory=dict)   # what it trains and is scored on (:func:`data_key`)
 
     @property
     def dir(self) -> Path:
@@ -117,10 +123,46 @@ def plan(cache_dir, grid: dict, out, *, device: str = "auto", scoring: Scoring |
     if len({p.name for p in points}) < len(points):
         raise IIMError("two grid points share a folder name; report this grid as a bug")
     test = cache.split("test")
-    ood_split_names(cache, scoring.ood if scoring else ())
+    scored = ["test", *ood_split_names(cache, scoring.ood if scoring else ())]
     if scoring is not None:
         check_k(scoring.ks, test.hw, len(cache.classnames))
+    keys = data_key(cache, [p.config.split for p in points], scored)
+    for p in points:
+        p.data = dict(keys, train=keys["train"][p.config.split])
+        check_same_data(p)
     return points
+
+
+def data_key(cache, train_splits: list[str], scored: list[str]) -> dict:
+    """What a point's results depend on besides its options: the cache's fingerprint (a digest of
+    :func:`iim.cache.manifest_key`) and the :func:`~iim.cache.fingerprint.content_digest` of every train
+    split named and of every scored split (test + OOD)."""
+    fp = json.dumps(manifest_key(cache.manifest), sort_keys=True, default=str).encode()
+    return dict(fingerprint=hashlib.sha256(fp).hexdigest(),
+                train={n: content_digest(cache.split(n)) for n in dict.fromkeys(train_splits)},
+                scored={n: content_digest(cache.split(n)) for n in scored})
+
+
+def check_same_data(p: Point) -> None:
+    """Refuse a point folder that was trained on other features than ``p`` would be (another cache in
+    the same ``--out``, or its train split extracted again from other images): its checkpoint and results
+    must not be reused. Point folders of an older iim (no ``data`` recorded) are compared by their
+    ``config.json``'s cache location. Other scored splits (an OOD set added) only re-score the point."""
+    old = (read_state(p) or {}).get("data")
+    if old:
+        diff = [k for k in ("fingerprint", "train") if old.get(k) != p.data[k]]
+        why = {"fingerprint": "another model, weights or class list",
+               "train": f"other features in split {p.config.split}"}[diff[0]] if diff else None
+    else:
+        try:
+            was = json.loads((p.dir / "config.json").read_text()).get("cache")
+        except (OSError, ValueError, AttributeError):
+            was = None
+        now = record(p.config.cache)
+        why = f"cache {was}, not {now}" if was is not None and was != now else None
+    if why:
+        raise IIMError(f"{p.dir} was trained on another cache ({why}); a sweep folder holds the points of "
+                       f"one cache: use another --out folder (or delete {p.dir})")
 
 
 def read_state(p: Point) -> dict | None:
@@ -130,12 +172,12 @@ def read_state(p: Point) -> dict | None:
 
 def is_done(p: Point, scoring: Scoring) -> bool:
     st = read_state(p)
-    return bool(st) and st["status"] == "done" and st.get("scoring") == scoring.key()
+    return bool(st) and st["status"] == "done" and st.get("scoring") == scoring.key() and st.get("data") == p.data
 
 
 def _write_state(p: Point, **state) -> None:
     p.dir.mkdir(parents=True, exist_ok=True)
-    body = dict(name=p.name, options=p.options, **state)
+    body = dict(name=p.name, options=p.options, data=p.data, **state)
     atomic_write_text(p.dir / STATE, json.dumps(body, indent=2, default=str) + "\n")
 
 
