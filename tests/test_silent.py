@@ -124,7 +124,7 @@ def test_a_split_keeps_being_compared_with_the_encoding_it_was_hashed_with(tmp_p
 
 
 def test_the_predict_table_escapes_control_characters_in_paths():
-    from iim.predict.cli import format_rows
+    from iim.cli.predict import format_rows
 
     row = dict(path="a\nb\x1b[2J.png", decision="in", score=0.5, **{"class": "cat"}, probability=0.9, reason="")
     bad = dict(row, path="c\rd.png", decision="skipped", reason="cannot\nread")

@@ -1,8 +1,10 @@
 """The ``iim`` command line: ``iim extract | train | score | sweep | report | prototypes | predict | negatives | cache | demo``.
 
-Each stage keeps its own click command next to its code (``iim/<stage>/cli.py``); this file only
-assembles them, turns :class:`~iim.errors.IIMError` into a one-line ``Error: ...`` (exit 2), and
-provides the ``iim-extract`` / ``iim-train`` / ``iim-score`` / ``iim-sweep`` shortcuts.
+The one command layer, at the top of the package: one module per command here (``iim/cli/<command>.py``),
+the click options several share in :mod:`iim.cli.options`; the library below never imports ``iim.cli``.
+This file only assembles the commands (each imported when used), turns :class:`~iim.errors.IIMError`
+into a one-line ``Error: ...`` (exit 2), and provides the ``iim-extract`` / ``iim-train`` / ``iim-score`` /
+``iim-sweep`` shortcuts.
 """
 from __future__ import annotations
 
@@ -11,20 +13,20 @@ import importlib
 
 import click
 
-from .errors import IIMError
+from ..errors import IIMError
 
 # subcommand -> "module:attribute" of its click command, imported only when used
 COMMANDS = {
-    "extract": "iim.extract.cli:extract",
-    "train": "iim.train.cli:train",
-    "score": "iim.score.cli:score",
-    "sweep": "iim.score.cli:sweep",
-    "report": "iim.score.cli:report_cmd",
-    "prototypes": "iim.score.fig3:prototypes_cmd",
-    "predict": "iim.predict.cli:predict",
-    "negatives": "iim.negatives.cli:negatives",
-    "cache": "iim.cache.cli:cache",
-    "demo": "iim.demo.cli:demo",
+    "extract": "iim.cli.extract:extract",
+    "train": "iim.cli.train:train",
+    "score": "iim.cli.score:score",
+    "sweep": "iim.cli.sweep:sweep",
+    "report": "iim.cli.report:report_cmd",
+    "prototypes": "iim.cli.prototypes:prototypes_cmd",
+    "predict": "iim.cli.predict:predict",
+    "negatives": "iim.cli.negatives:negatives",
+    "cache": "iim.cli.cache:cache",
+    "demo": "iim.cli.demo:demo",
 }
 
 
@@ -66,7 +68,7 @@ def os_error_message(e: OSError) -> str:
 
 
 def _run(command: click.Command, **kw):
-    from .log import console_handler
+    from ..log import console_handler
     console_handler()       # stage messages (logger "iim") to stderr, above any progress bar
     try:
         return command.main(standalone_mode=False, **kw)

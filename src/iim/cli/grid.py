@@ -1,5 +1,5 @@
 """``iim sweep --cache C --grid NAME=VALUES ...``: the training-grid form of ``iim sweep`` (the click
-command itself lives with the scoring sweep in :mod:`iim.score.cli`)."""
+command itself is :mod:`iim.cli.sweep`)."""
 from __future__ import annotations
 
 import time
@@ -9,9 +9,9 @@ import click
 
 from ..errors import IIMError
 from ..score.report import LABELS
-from . import run_grid
-from .grid import parse_specs
-from .run import Scoring
+from ..sweep import run_grid
+from ..sweep.grid import parse_specs
+from ..sweep.run import Scoring
 
 
 def _default(values: list, preferred):

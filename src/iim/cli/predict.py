@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
+from .options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..options import click_options
 from ..score import report
 from ..score.options import ScoreOptions
-from .detector import Detector, Predictions
-from .inputs import select_images
+from ..predict.detector import Detector, Predictions
+from ..predict.inputs import select_images
 
 FIELDS = ["path", "decision", "score", "class", "probability", "class_2", "probability_2", "class_3",
           "probability_3", "reason"]
