@@ -13,26 +13,43 @@ import importlib
 
 import click
 
+from .._version import __version__
 from ..errors import IIMError
 
-# subcommand -> "module:attribute" of its click command, imported only when used
+# subcommand -> ("module:attribute" of its click command, its one-line help). The command is imported only
+# when used; `iim --help` lists the help lines from here, so it imports none of the commands (nor torch).
+# tests/test_light.py checks each line against the command's own short help.
 COMMANDS = {
-    "extract": "iim.cli.extract:extract",
-    "train": "iim.cli.train:train",
-    "score": "iim.cli.score:score",
-    "sweep": "iim.cli.sweep:sweep",
-    "report": "iim.cli.report:report_cmd",
-    "prototypes": "iim.cli.prototypes:prototypes_cmd",
-    "predict": "iim.cli.predict:predict",
-    "negatives": "iim.cli.negatives:negatives",
-    "cache": "iim.cli.cache:cache",
-    "demo": "iim.cli.demo:demo",
+    "extract": ("iim.cli.extract:extract",
+                "Stage one: run the frozen CLIP image encoder once and write global + patch features to a cache."),
+    "train": ("iim.cli.train:train", "Train IIM (or CoOp, LoCoOp, Local-Prompt) prompts on a cached train split."),
+    "score": ("iim.cli.score:score",
+              "Score a trained run (or zero-shot) on the cache's test and OOD splits with every evaluator."),
+    "sweep": ("iim.cli.sweep:sweep",
+              "Sweep k and alpha in ONE pass over the cache (one sorted top-k_max; alpha is linear), or train "
+              "and score a grid of training options (--grid / --seed / --cache without --run)."),
+    "report": ("iim.cli.report:report_cmd",
+               "Mean and std over several scored runs (e.g. seeds 1, 2, 3), as the paper reports (SPEC §5)."),
+    "prototypes": ("iim.cli.prototypes:prototypes_cmd",
+                   "Fig. 3: pairwise cosines and t-SNE of each run's learned ID prototypes, side by side."),
+    "predict": ("iim.cli.predict:predict",
+                "Flag new images: score each with a run's detector, decide in / out, name its class."),
+    "negatives": ("iim.cli.negatives:negatives",
+                  "Mine negative labels (NegLabel's NegMining; CSP's pool too) for the cache's ID classes."),
+    "cache": ("iim.cli.cache:cache", "Inspect and check feature caches written by 'iim extract'."),
+    "demo": ("iim.cli.demo:demo", "Run the method end to end, offline, in a few minutes on a CPU."),
 }
 
 
 def load_command(name: str) -> click.Command:
-    module, attr = COMMANDS[name].split(":")
+    """The click command ``iim NAME`` (its module imported now)."""
+    module, attr = COMMANDS[name][0].split(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text``, cut at a word to at most ``limit`` characters ("..." marks the cut)."""
+    return text if len(text) <= limit else text[:limit - 3].rsplit(" ", 1)[0] + "..."
 
 
 class _Group(click.Group):
@@ -42,9 +59,16 @@ class _Group(click.Group):
     def get_command(self, ctx, name):
         return load_command(name) if name in COMMANDS else None
 
+    def format_commands(self, ctx, formatter):
+        """The command list of ``iim --help`` from :data:`COMMANDS`, without importing any command."""
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [(name, _shorten(text, limit)) for name, (_, text) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="iim")
+@click.version_option(__version__, prog_name="iim")
 def iim():
     """Few-shot OOD detection with CLIP: Intra-Image Mining + S-MCM on a frozen-feature cache.
 

@@ -19,7 +19,7 @@ def _labels(runs, benchmarks, given) -> list[str]:
     return names if len(set(names)) == len(names) else [str(r) for r in runs]
 
 
-@click.command("prototypes")
+@click.command("prototypes", short_help="Fig. 3: pairwise cosines and t-SNE of each run's learned ID prototypes, side by side.")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/fig3"),
               show_default=True, metavar="DIR", help="Writes prototypes.png, prototypes.pdf and prototypes.json.")
