@@ -1,4 +1,5 @@
-"""The ``iim`` command line: ``iim extract | train | score | sweep | report | prototypes | predict | negatives | cache | demo``.
+"""The ``iim`` command line: ``iim extract | train | score | sweep | grid | report | prototypes | predict | negatives |
+cache | demo``.
 
 The one command layer, at the top of the package: one module per command here (``iim/cli/<command>.py``),
 the click options several share in :mod:`iim.cli.options`; the library below never imports ``iim.cli``.
@@ -25,9 +26,10 @@ COMMANDS = {
     "train": ("iim.cli.train:train", "Train IIM (or CoOp, LoCoOp, Local-Prompt) prompts on a cached train split."),
     "score": ("iim.cli.score:score",
               "Score a trained run (or zero-shot) on the cache's test and OOD splits with every evaluator."),
-    "sweep": ("iim.cli.sweep:sweep",
-              "Sweep k and alpha in ONE pass over the cache (one sorted top-k_max; alpha is linear), or train "
-              "and score a grid of training options (--grid / --seed / --cache without --run)."),
+    "sweep": ("iim.cli.sweep:sweep", "Sweep k and alpha in ONE pass over the cache (one sorted top-k_max; alpha "
+              "is linear) for a run or zero-shot."),
+    "grid": ("iim.cli.grid:grid", "Train and score a grid of training options: one run folder per point, one "
+             "table, a report and figures."),
     "report": ("iim.cli.report:report_cmd",
                "Mean and std over several scored runs (e.g. seeds 1, 2, 3), as the paper reports (SPEC §5)."),
     "prototypes": ("iim.cli.prototypes:prototypes_cmd",

@@ -21,6 +21,7 @@ from .. import metrics as M
 from ..cache import open_cache
 from ..paper import SOURCE, paper_rows
 from ..score import report
+from ..score.options import TEST_K
 from ..score.plots import panels, save_formats
 from ..score.sweep import ALPHA_METHODS, K_METHODS
 from .grid import sweepable
@@ -123,7 +124,7 @@ def _fmt(v) -> str:
 def _test_k(scoring: Scoring) -> str:
     if scoring.k is not None:
         return str(scoring.k)
-    return "each point's train k when --k lists it (else 50 or the first)"
+    return f"each point's training top-k when --k lists it (else {TEST_K}, else the first --k)"
 
 
 def _headline(rows_of_point) -> str:
