@@ -121,7 +121,7 @@ def test_sweep_with_a_cache_rescores_the_newest_run_and_never_trains(cache, tmp_
 
 
 def test_the_test_k_of_a_point_and_why():
-    from iim.score.options import TEST_K
+    from iim.registry import TEST_K
     from iim.sweep import Scoring
     assert TEST_K == 50
     assert Scoring(ks=[4, 8]).test_k(8) == (8, "each point's training top-k, which --k lists")

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from ..options import AtLeast, click_options
-from ..score.options import SWEEP_SKIPS, TEST_K, ScoreOptions
+from ..registry import TEST_K
+from ..score.options import SWEEP_SKIPS, ScoreOptions
 from ..score.report import LABELS
 from .options import cache_option, device_option, out_option, progress_option, seed_option
 

@@ -10,6 +10,7 @@ import click
 from .options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..options import click_options
+from ..registry import PREDICT_EVALUATORS, label
 from ..score import report
 from ..score.options import ScoreOptions
 from ..predict.detector import Detector, Predictions
@@ -34,12 +35,12 @@ class EvaluatorName(click.ParamType):
 
     def convert(self, value, param, ctx):
         from ..predict.detector import method_key
-        from ..score.scores import SCORE_KEYS
         try:
             method_key(value)
         except IIMError:
-            self.fail(f"unknown evaluator {value!r}; choose from {', '.join(report.LABELS[k] for k in SCORE_KEYS)} "
-                      f"(KNN needs a memory bank: use iim score)", param, ctx)
+            self.fail(f"unknown evaluator {value!r}; choose from {', '.join(map(label, PREDICT_EVALUATORS))} "
+                      f"(KNN needs a memory bank, NegLabel / CSP / AdaNeg mined negatives: use iim score)",
+                      param, ctx)
         return value
 
 
@@ -60,8 +61,8 @@ def _evaluator(evaluator, old_method):
 @click.option("--zero-shot", is_flag=True, help="No run: the cache's frozen 'a photo of a {c}.' prototypes "
                                                 "(needs --cache and --out).")
 @cache_option("Feature cache: zero-shot's, or a run's when it moved (default: the one the run recorded).")
-@click.option("--evaluator", type=EvaluatorName(), help="Evaluator: S-MCM (runs), MCM (zero-shot), or GL-MCM, R-MCM, R-MCM*, S-MCM*, "
-                                  "i2t, i2t*, t2i.")
+@click.option("--evaluator", type=EvaluatorName(), help=f"Evaluator: S-MCM (runs), MCM (zero-shot), or "
+              f"{', '.join(label(k) for k in PREDICT_EVALUATORS if k not in ('s_mcm', 'mcm'))}.")
 @click.option("--method", "old_method", type=EvaluatorName(), hidden=True, help="Deprecated spelling of --evaluator.")
 @click_options(ScoreOptions, skip=("chunk", "knn_k", "knn_all_views", "recipe"),   # recipe: the run's
                defaults={"k": None, "alpha": None, "T": None})

@@ -7,6 +7,7 @@ import click
 
 from .. import metrics as M
 from ..atomic import check_writable
+from ..registry import EVALUATORS, METHODS, ZERO_SHOT, label
 from ..score import report
 from .options import out_option
 
@@ -26,7 +27,26 @@ class MetricList(click.ParamType):
         return names
 
 
-@click.command("report")
+def _reported() -> str:
+    """Which evaluators each method's rows show (:mod:`iim.registry`; the mined-negative ones only when scored
+    with --negatives)."""
+    return "; ".join(f"{m.label}: {', '.join(label(e) for e in m.evaluators if e in EVALUATORS)}"
+                     for m in (*METHODS.values(), ZERO_SHOT))
+
+
+REPORT_HELP = f"""Mean and std over several scored runs (e.g. seeds 1, 2, 3), as the paper reports (SPEC §5).
+
+    Runs of several methods or shots (and zero-shot results) are put side by side: one row group per
+    method and shots, each averaged over its seeds, with the evaluators its paper reports ({_reported()};
+    scored with --negatives, also those with mined negatives).
+
+    \b
+    iim report runs/in1k-k16-s1-iim runs/in1k-k16-s2-iim runs/in1k-k16-s3-iim --out results/in1k-k16
+    iim report results/zeroshot runs/in1k-k4-s*-* runs/in1k-k16-s*-* --out results/table1
+    """
+
+
+@click.command("report", help=REPORT_HELP)
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @out_option("Also write summary.json and summary.md (mean ± std table) into this folder.")
 @click.option("--metrics", "columns", default="fpr95,auroc", show_default=True, type=MetricList(),
@@ -36,16 +56,6 @@ class MetricList(click.ParamType):
 @click.option("--allow-incomplete", is_flag=True,
               help="Also average runs scored before their last epoch (marked in the tables and summary).")
 def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
-    """Mean and std over several scored runs (e.g. seeds 1, 2, 3), as the paper reports (SPEC §5).
-
-    Runs of several methods or shots (and zero-shot results) are put side by side: one row group per
-    method and shots, each averaged over its seeds, with the evaluators its paper reports (CoOp and
-    LoCoOp: MCM, GL-MCM; Local-Prompt: R-MCM; IIM: R-MCM, S-MCM; 0-shot: MCM, GL-MCM, R-MCM*, S-MCM*).
-
-    \b
-    iim report runs/in1k-k16-s1-iim runs/in1k-k16-s2-iim runs/in1k-k16-s3-iim --out results/in1k-k16
-    iim report results/zeroshot runs/in1k-k4-s*-* runs/in1k-k16-s*-* --out results/table1
-    """
     from ..score.summary import group_results, load_results, markdown_table, reported, reported_line, summarise
 
     results = [load_results(r) for r in runs]

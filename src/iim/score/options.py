@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import click
 
 from ..options import AtLeast, Finite, Grid, option, result_keys
+from ..registry import METHODS, TEST_K
 
-TEST_K = 50                           # the test top-k of i2t / t2i where nothing else decides (SPEC §4)
 K_GRID = "1,5,10,20,50,100,200"       # iim sweep's defaults
 ALPHA_GRID = "0:2:0.25"
 
@@ -19,7 +19,8 @@ ALPHA_GRID = "0:2:0.25"
 class ScoreOptions:
     """How a run (or the zero-shot prototypes) is scored (SPEC §4)."""
     k: list = option(TEST_K, "Top-k of i2t/t2i; a list '1,5,10' or range 'a:b:step' sweeps. iim score's "
-                     "default for a Local-Prompt run is 10 (its evaluation script).",
+                     "default for a " + ", ".join(f"{m.label} run is {m.score_k}" for m in METHODS.values()
+                                                  if m.score_k != TEST_K) + " (its evaluation script).",
                      type=Grid(integer=True, element=AtLeast(1)))
     alpha: list = option(1.0, "Weight of t2i in S-MCM; a list or range 'a:b:step' sweeps.", type=Grid(element=Finite(min=0)))
     T: float = option(1.0, "Temperature of e(v, t) = exp(cos / T).", flag="--T",

@@ -27,7 +27,7 @@ from ..cache.fingerprint import content_digest
 from ..cache.location import record
 from ..cache.names import parse_train_split, train_split_name
 from ..errors import IIMError
-from ..score.options import TEST_K
+from ..registry import TEST_K
 from ..score.pipeline import ood_split_names, prepare_run
 from ..score.run import run_score, run_sweep
 from ..score.scores import check_k
