@@ -138,6 +138,20 @@ def test_the_test_k_of_a_point_and_why():
         "test k=50 for 1 point(s) (the default test k: its training top-k is not in --k)")
 
 
+def test_one_scoring_settings_object_for_score_sweep_and_grid():
+    import iim.sweep
+    from iim.score.options import ScoreOptions, Scoring
+    assert iim.sweep.Scoring is Scoring
+    s = Scoring.from_flags(k=[5, 20], alpha=[0.0, 1.0], T=2.0, ood=["a"])
+    assert (s.ks, s.alphas, s.alpha, s.T, s.ood, s.k) == ([5, 20], [0.0, 1.0], 1.0, 2.0, ("a",), None)
+    assert Scoring.from_flags(k=[5], alpha=[0.5, 2.0], T=1.0).alpha == 0.5      # 1.0 not listed: the first
+    assert s.run_kwargs() == dict(T=2.0, ood=("a",), chunk=None, device="auto", recipe=None)
+    d = Scoring()                                   # the flags' own defaults (ScoreOptions)
+    assert (d.ks, d.alphas, d.alpha, d.T, d.chunk, d.recipe) == (
+        [ScoreOptions.k], [ScoreOptions.alpha], ScoreOptions.alpha, ScoreOptions.T, None, None) == (
+        [50], [1.0], 1.0, 1.0, None, None)
+
+
 # ---- end to end ---------------------------------------------------------------------------------
 @pytest.fixture
 def swept(cache, tmp_path):

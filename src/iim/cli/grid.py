@@ -10,7 +10,7 @@ import click
 
 from ..options import AtLeast, click_options
 from ..registry import TEST_K
-from ..score.options import SWEEP_SKIPS, ScoreOptions
+from ..score.options import SWEEP_SKIPS, ScoreOptions, Scoring
 from ..score.report import LABELS
 from .options import cache_option, device_option, out_option, progress_option, seed_option
 
@@ -54,11 +54,9 @@ def grid(cache, specs, seed, out, ood, k, alpha, T, chunk, recipe, pack, jobs, d
     """
     from ..sweep import run_grid
     from ..sweep.grid import parse_specs
-    from ..sweep.run import Scoring
 
     points = parse_specs(specs, seeds=seed)
-    scoring = Scoring(ks=k, alphas=alpha, alpha=1.0 if 1.0 in alpha else alpha[0], T=T, ood=tuple(ood),
-                      chunk=chunk, device=device, recipe=recipe)
+    scoring = Scoring.from_flags(k=k, alpha=alpha, T=T, chunk=chunk, recipe=recipe, ood=ood, device=device)
     out = Path(out) if out is not None else Path("sweeps") / Path(cache).name
     t0 = time.perf_counter()
     summary = run_grid(cache, points, out, scoring=scoring, device=device, progress=progress, log=click.echo,

@@ -6,7 +6,7 @@ from click.core import ParameterSource
 
 from ..errors import IIMError
 from ..options import click_options
-from ..score.options import NegativeOptions, ScoreOptions
+from ..score.options import NegativeOptions, ScoreOptions, Scoring
 from ..train.methods import score_k
 from .options import source_options
 from .scoring import announce, make_job, print_score, print_sweep
@@ -51,11 +51,11 @@ def score(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
         if ks != k:
             job.notes.append(f"k={ks[0]}: the {job.checkpoint['config']['method']} run's own (pass --k to change)")
     announce(job)
+    scoring = Scoring.from_flags(k=ks, alpha=alphas, T=T, chunk=chunk, recipe=recipe, ood=ood, device=device)
     if sweep:
         click.echo(f"Several k / alpha values: sweeping {len(ks)} x {len(alphas)} settings in one pass"
                    " (a sweep writes sweep.csv only: no KNN row, plots, results.json or ID accuracy)")
-        return print_sweep(job, ks, alphas, T=T, ood=ood, chunk=chunk, device=device, progress=progress,
-                      recipe=recipe)
+        return print_sweep(job, scoring.ks, scoring.alphas, progress=progress, **scoring.run_kwargs())
     knn = None if no_knn else dict(k=knn_k, all_views=knn_all_views)
-    return print_score(job, k=ks[0], alpha=alphas[0], T=T, ood=ood, chunk=chunk, device=device, knn=knn,
-                  plot=not no_plots, progress=progress, recipe=recipe)
+    return print_score(job, k=scoring.ks[0], alpha=scoring.alphas[0], knn=knn, plot=not no_plots, progress=progress,
+                       **scoring.run_kwargs())

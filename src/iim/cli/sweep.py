@@ -6,7 +6,7 @@ import click
 
 from ..errors import IIMError
 from ..options import click_options
-from ..score.options import ALPHA_GRID, K_GRID, SWEEP_SKIPS, ScoreOptions
+from ..score.options import ALPHA_GRID, K_GRID, SWEEP_SKIPS, ScoreOptions, Scoring
 from .options import source_options
 from .scoring import announce, make_job, print_sweep
 
@@ -44,4 +44,5 @@ def sweep(run, runs_dir, cache, zero_shot, out, ood, device, progress, k, alpha,
     """
     job = make_job(run, runs_dir, cache, zero_shot, out)
     announce(job)
-    return print_sweep(job, k, alpha, T=T, ood=ood, chunk=chunk, device=device, progress=progress, recipe=recipe)
+    scoring = Scoring.from_flags(k=k, alpha=alpha, T=T, chunk=chunk, recipe=recipe, ood=ood, device=device)
+    return print_sweep(job, scoring.ks, scoring.alphas, progress=progress, **scoring.run_kwargs())

@@ -27,7 +27,7 @@ from ..cache.fingerprint import content_digest
 from ..cache.location import record
 from ..cache.names import parse_train_split, train_split_name
 from ..errors import IIMError
-from ..registry import TEST_K
+from ..score.options import Scoring  # noqa: F401  (iim.sweep.Scoring: how every point is scored)
 from ..score.pipeline import ood_split_names, prepare_run
 from ..score.run import run_score, run_sweep
 from ..score.scores import check_k
@@ -51,45 +51,6 @@ class Point:
     @property
     def dir(self) -> Path:
         return Path(self.config.out)
-
-
-@dataclass
-class Scoring:
-    """How every point is scored: results.json at (k, alpha), sweep.csv over ks x alphas if several.
-    ``k`` None: each point's own training top-k when ``ks`` lists it, else :data:`TEST_K` when listed,
-    else ``ks[0]`` (:meth:`test_k`)."""
-    ks: list = field(default_factory=lambda: [TEST_K])
-    alphas: list = field(default_factory=lambda: [1.0])
-    k: int | None = None
-    alpha: float = 1.0
-    T: float = 1.0
-    ood: tuple = ()
-    chunk: int | None = None
-    device: str = "auto"
-    recipe: str | None = None       # None: each point's own recipe (as iim score)
-
-    @property
-    def sweeps(self) -> bool:
-        return len(self.ks) * len(self.alphas) > 1
-
-    def k_for(self, train_k: int) -> int:
-        """The test k of a point's results.json."""
-        return self.test_k(train_k)[0]
-
-    def test_k(self, train_k: int) -> tuple[int, str]:
-        """The test top-k of a point trained with top-k ``train_k``, and why that one (printed by ``iim grid``)."""
-        if self.k is not None:
-            return self.k, "the test k asked for"
-        own = "the method trains without a top-k" if train_k is None else "its training top-k is not in --k"
-        if train_k is not None and train_k in self.ks:
-            return train_k, "each point's training top-k, which --k lists"
-        if TEST_K in self.ks:
-            return TEST_K, f"the default test k: {own}"
-        return self.ks[0], f"the first --k: {own}, nor is {TEST_K}"
-
-    def key(self) -> dict:
-        return dict(ks=list(self.ks), alphas=list(self.alphas), k=self.k, alpha=self.alpha, T=self.T,
-                    ood=sorted(self.ood), recipe=self.recipe)
 
 
 def resolve_split(cache, shots, seed, views):
