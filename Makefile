@@ -89,7 +89,7 @@ fig3: install
 	  --out results/fig3-k$(SHOTS) $(ARGS)
 
 # Table 3 (each loss term, hard-negative mining), Fig. 4 (C_n, lambda_neg, lambda_div, alpha), Fig. 5
-# (train k x test k): one sweep folder each under sweeps/<dataset>-*; which side of IIM helps: R-MCM / S-MCM
+# (train k x test k): one grid folder each (iim grid) under sweeps/<dataset>-*; which side of IIM helps: R-MCM / S-MCM
 # with hand-written or learned ID prototypes x none / learned / mined / learned + mined negatives
 # (sweeps/<dataset>-sources/summary.md, mean ± std over SEEDS)
 SOURCES := sweeps/$(DATASET)-sources
