@@ -29,7 +29,7 @@ demo: install
 extract: install
 	$(BIN)/iim extract --benchmark $(DATASET) $(ARGS)
 
-# The paper's tables from one command each (iim sweep --grid, README "iim sweep --grid"); DATASET=demo runs
+# The paper's tables from one command each (iim grid, README "iim grid"); DATASET=demo runs
 # offline on a CPU. Seeds and shots: SEEDS=1,2,3 SHOTS=4. Per benchmark: the model, the negatives C_n, the
 # train k and its grids (the demo's from iim.demo.run.DemoSettings: 64 patches, 20 classes).
 SEEDS   ?= 1,2,3
@@ -56,7 +56,7 @@ VOCAB   ?= wordnet
 GROUPS  ?= 100
 endif
 CACHE   := cache/$(DATASET)
-SWEEP   := $(BIN)/iim sweep --cache $(CACHE) --grid shots=$(SHOTS) --seed $(SEEDS) $(FIXED)
+GRID    := $(BIN)/iim grid --cache $(CACHE) --grid shots=$(SHOTS) --seed $(SEEDS) $(FIXED)
 
 splits: install
 	$(BIN)/iim extract --benchmark $(DATASET) --shots $(SHOTS) --seed $(SEEDS) $(EXTRACT_ARGS) --out $(CACHE)
@@ -76,7 +76,7 @@ reproduce: negatives
 	$(BIN)/iim score --zero-shot --cache $(CACHE) --out results/$(DATASET)-0shot --k $(TRAIN_K) --no-plots
 	$(BIN)/iim score --zero-shot --cache $(CACHE) $(NEG_SCORE) --out results/$(DATASET)-0shot-neg --k $(TRAIN_K) --no-plots
 	$(BIN)/iim report results/$(DATASET)-0shot-neg --out results/$(DATASET)-0shot-neg
-	$(SWEEP) --grid n_neg=0,$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out sweeps/$(DATASET)-reproduce-k$(SHOTS) $(ARGS)
+	$(GRID) --grid n_neg=0,$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out sweeps/$(DATASET)-reproduce-k$(SHOTS) $(ARGS)
 
 # Fig. 3: pairwise cosines and t-SNE of the learned ID prototypes, ImageNet-500-Easy against -Hard (iim
 # prototypes). Default runs: seed 1's IIM point of 'make reproduce DATASET=imagenet500-easy' / '-hard'.
@@ -89,21 +89,21 @@ fig3: install
 	  --out results/fig3-k$(SHOTS) $(ARGS)
 
 # Table 3 (each loss term, hard-negative mining), Fig. 4 (C_n, lambda_neg, lambda_div, alpha), Fig. 5
-# (train k x test k): one sweep folder each under sweeps/<dataset>-*; which side of IIM helps: R-MCM / S-MCM
+# (train k x test k): one grid folder each (iim grid) under sweeps/<dataset>-*; which side of IIM helps: R-MCM / S-MCM
 # with hand-written or learned ID prototypes x none / learned / mined / learned + mined negatives
 # (sweeps/<dataset>-sources/summary.md, mean ± std over SEEDS)
 SOURCES := sweeps/$(DATASET)-sources
 ablation: negatives
-	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_neg=0,5 --grid lambda_div=0,0.5 \
+	$(GRID) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_neg=0,5 --grid lambda_div=0,0.5 \
 	  --grid hard_negative_mining=on,off --k $(TRAIN_K) --out sweeps/$(DATASET)-table3 $(ARGS)
-	$(SWEEP) --grid n_neg=$(NEG_GRID) --grid k=$(TRAIN_K) --k $(TRAIN_K) --alpha 0:2:0.25 \
+	$(GRID) --grid n_neg=$(NEG_GRID) --grid k=$(TRAIN_K) --k $(TRAIN_K) --alpha 0:2:0.25 \
 	  --out sweeps/$(DATASET)-n_neg $(ARGS)
-	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_neg=0,1,2.5,5,10 --k $(TRAIN_K) \
+	$(GRID) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_neg=0,1,2.5,5,10 --k $(TRAIN_K) \
 	  --out sweeps/$(DATASET)-lambda_neg $(ARGS)
-	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_div=0,0.25,0.5,1 --k $(TRAIN_K) \
+	$(GRID) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --grid lambda_div=0,0.25,0.5,1 --k $(TRAIN_K) \
 	  --out sweeps/$(DATASET)-lambda_div $(ARGS)
-	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(K_GRID) --k $(TEST_K_GRID) --out sweeps/$(DATASET)-k $(ARGS)
-	$(SWEEP) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out $(SOURCES) $(ARGS)
+	$(GRID) --grid n_neg=$(NEG) --grid k=$(K_GRID) --k $(TEST_K_GRID) --out sweeps/$(DATASET)-k $(ARGS)
+	$(GRID) --grid n_neg=$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out $(SOURCES) $(ARGS)
 	for p in $(SOURCES)/points/*/; do $(BIN)/iim score --run $$p $(NEG_SCORE) --k $(TRAIN_K) --no-plots \
 	  --no-knn --out $(SOURCES)/scored/$$(basename $$p) || exit 1; done
 	$(BIN)/iim report $(SOURCES)/scored/* --out $(SOURCES)

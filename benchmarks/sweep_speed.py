@@ -1,4 +1,4 @@
-"""A training grid as one ``iim sweep`` (its points packed and trained jointly in one process) against the
+"""A training grid as one ``iim grid`` (its points packed and trained jointly in one process) against the
 same points as one ``iim train`` + ``iim score`` process each, in the same run on the same machine; and
 the ms per step of 1, 4, 8, 16, 24 packed points.
 
@@ -72,7 +72,7 @@ def grid_comparison(args, tmp: Path) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = parse_specs(grid_specs(args), seeds=seeds)
     points = plan(args.cache, grid, tmp / "sweep", device=args.device)     # the sweep's own points
-    sweep = [*IIM, "sweep", "--cache", args.cache, *itertools.chain(*(("--grid", g) for g in grid_specs(args))),
+    sweep = [*IIM, "grid", "--cache", args.cache, *itertools.chain(*(("--grid", g) for g in grid_specs(args))),
              "--seed", args.seeds, "--k", args.k, "--device", args.device, "--out", tmp / "sweep", "--no-progress",
              *(("--pack", args.pack) if args.pack else ())]
     t_train = t_score = 0.0
@@ -89,7 +89,7 @@ def grid_comparison(args, tmp: Path) -> None:
           f"{args.cache}")
     print(f"separate: {len(points)} iim train processes {t_train:8.1f} s + {len(points)} iim score processes "
           f"{t_score:6.1f} s = {t_train + t_score:8.1f} s")
-    print(f"iim sweep (one process, points packed{f' by {args.pack}' if args.pack else ''}): {t_sweep:8.1f} s "
+    print(f"iim grid (one process, points packed{f' by {args.pack}' if args.pack else ''}): {t_sweep:8.1f} s "
           f"(train + score)")
     print(f"speed-up: {(t_train + t_score) / t_sweep:.2f}x (train + score); {t_train / t_sweep:.2f}x against "
           f"the separate trainings alone")
@@ -163,7 +163,7 @@ def main():
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--pack", type=int, default=None, help="iim sweep --pack N (default: automatic)")
+    ap.add_argument("--pack", type=int, default=None, help="iim grid --pack N (default: automatic)")
     ap.add_argument("--packed", default="1,4,8,16,24", help="packed-point counts of the per-step table")
     ap.add_argument("--no-grid", dest="grid", action="store_false", help="only the packed-step table")
     ap.add_argument("--no-packed", dest="packed_table", action="store_false", help="only the grid comparison")

@@ -173,6 +173,16 @@ def test_cli_on_a_folder_equals_detector_predict(setup, capsys, monkeypatch, tmp
     assert f"Threshold {det.threshold:.6g}: S-MCM at 95% ID recall" in out and "scores_test.npz" in out
 
 
+@pytest.mark.parametrize("flag", ["--evaluator", "--method"])     # --method: the old spelling, warned
+def test_evaluator_option_and_its_deprecated_alias(setup, capsys, monkeypatch, tmp_path, flag):
+    img = setup["files"][0]
+    code, out, err = run_cli(["predict", "--run", setup["run"], img, flag, "GL-MCM", "--device", "cpu", "--workers",
+                              "0", "--out", tmp_path, "--no-progress"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads((tmp_path / "predictions.json").read_text())["method"] == "gl_mcm"
+    assert ("--method is deprecated; it is --evaluator now" in err) == (flag == "--method")
+
+
 def test_default_out_is_the_run_folder_and_zero_shot_needs_out(setup, capsys, monkeypatch, tmp_path):
     run = tmp_path / "r"
     shutil.copytree(setup["run"], run)
@@ -218,7 +228,7 @@ def test_globs_select_files_and_folders(setup, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing", "glob", "no run", "zero-shot and run",
-                                  "two k", "method"])
+                                  "two k", "method", "both"])
 def test_cli_errors_are_one_line(case, setup, capsys, monkeypatch, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
@@ -230,7 +240,8 @@ def test_cli_errors_are_one_line(case, setup, capsys, monkeypatch, tmp_path):
         "no run": ([img], "pass --run"),
         "zero-shot and run": (["--zero-shot", "--run", setup["run"], img], "drop --run"),
         "two k": (["--run", setup["run"], "--k", "5,10", img], "one --k value"),
-        "method": (["--run", setup["run"], "--method", "knn", img], "unknown --method"),
+        "method": (["--run", setup["run"], "--evaluator", "knn", img], "--evaluator': unknown evaluator 'knn'"),
+        "both": (["--run", setup["run"], "--evaluator", "MCM", "--method", "S-MCM", img], "disagree"),
     }[case]
     code, out, err = run_cli(["predict", *args, "--device", "cpu", "--out", tmp_path / "o"], capsys, monkeypatch)
     one_line_error(code, err, match)

@@ -26,10 +26,10 @@ def two_caches(tmp_path_factory):
 def test_a_grid_resumed_with_another_cache_is_refused_not_reused(two_caches, tmp_path, capsys):
     c1, c2 = two_caches
     out = tmp_path / "S"
-    code, _, err = run_cli(capsys, "sweep", "--cache", c1.root, *FAST, "--out", out)
+    code, _, err = run_cli(capsys, "grid", "--cache", c1.root, *FAST, "--out", out)
     assert code == 0, err
     before = (out / "results.csv").read_text()
-    code, stdout, err = run_cli(capsys, "sweep", "--cache", c2.root, *FAST, "--out", out)
+    code, stdout, err = run_cli(capsys, "grid", "--cache", c2.root, *FAST, "--out", out)
     assert code == 2 and err.count("\n") == 1 and "trained on another cache" in err, (stdout, err)
     assert "other features in split train_k2_s1" in err and "done earlier" not in stdout
     assert (out / "results.csv").read_text() == before
@@ -37,7 +37,7 @@ def test_a_grid_resumed_with_another_cache_is_refused_not_reused(two_caches, tmp
 
     copy = tmp_path / "c1-copy"                # the same features elsewhere: still the same points
     shutil.copytree(c1.root, copy)
-    code, stdout, err = run_cli(capsys, "sweep", "--cache", copy, *FAST, "--out", out)
+    code, stdout, err = run_cli(capsys, "grid", "--cache", copy, *FAST, "--out", out)
     assert code == 0 and "done earlier" in stdout, err
     assert (out / "results.csv").read_text() == before
 
@@ -45,14 +45,14 @@ def test_a_grid_resumed_with_another_cache_is_refused_not_reused(two_caches, tmp
 def test_a_point_folder_of_an_older_iim_is_compared_by_its_cache_location(two_caches, tmp_path, capsys):
     c1, c2 = two_caches
     out = tmp_path / "S"
-    assert run_cli(capsys, "sweep", "--cache", c1.root, *FAST, "--out", out)[0] == 0
+    assert run_cli(capsys, "grid", "--cache", c1.root, *FAST, "--out", out)[0] == 0
     (state,) = out.glob("points/*/point.json")
     old = json.loads(state.read_text())
     del old["data"]                            # point.json as iim wrote it before the data key
     state.write_text(json.dumps(old))
-    code, _, err = run_cli(capsys, "sweep", "--cache", c2.root, *FAST, "--out", out)
+    code, _, err = run_cli(capsys, "grid", "--cache", c2.root, *FAST, "--out", out)
     assert code == 2 and f"cache {c1.root.resolve()}, not {c2.root.resolve()}" in err, err
-    code, stdout, err = run_cli(capsys, "sweep", "--cache", c1.root, *FAST, "--out", out)
+    code, stdout, err = run_cli(capsys, "grid", "--cache", c1.root, *FAST, "--out", out)
     assert code == 0 and "done earlier" not in stdout, err      # re-scored once, then recorded
     assert "data" in json.loads(state.read_text())
 
@@ -60,8 +60,8 @@ def test_a_point_folder_of_an_older_iim_is_compared_by_its_cache_location(two_ca
 def test_other_scoring_settings_rescore_the_point(two_caches, tmp_path, capsys):
     c1, _ = two_caches
     out = tmp_path / "S"
-    assert run_cli(capsys, "sweep", "--cache", c1.root, *FAST, "--out", out)[0] == 0
-    code, stdout, err = run_cli(capsys, "sweep", "--cache", c1.root, *FAST, "--T", "2", "--out", out)
+    assert run_cli(capsys, "grid", "--cache", c1.root, *FAST, "--out", out)[0] == 0
+    code, stdout, err = run_cli(capsys, "grid", "--cache", c1.root, *FAST, "--T", "2", "--out", out)
     assert code == 0 and "done earlier" not in stdout, err
     assert json.loads(next(out.glob("points/*/point.json")).read_text())["scoring"]["T"] == 2
 
@@ -124,7 +124,7 @@ def test_a_split_keeps_being_compared_with_the_encoding_it_was_hashed_with(tmp_p
 
 
 def test_the_predict_table_escapes_control_characters_in_paths():
-    from iim.predict.cli import format_rows
+    from iim.cli.predict import format_rows
 
     row = dict(path="a\nb\x1b[2J.png", decision="in", score=0.5, **{"class": "cat"}, probability=0.9, reason="")
     bad = dict(row, path="c\rd.png", decision="skipped", reason="cannot\nread")
@@ -166,7 +166,7 @@ def test_a_cache_from_before_the_orientation_was_recorded_still_loads_and_says_s
 
 # ---- option edge cases -------------------------------------------------------------------------------
 @pytest.mark.parametrize("command, extra", [
-    ("score", []), ("sweep", []), ("sweep", ["--grid", "n_neg=4", "--seed", "1"]), ("predict", ["x.png"]),
+    ("score", []), ("sweep", []), ("grid", ["--grid", "n_neg=4", "--seed", "1"]), ("predict", ["x.png"]),
 ])
 def test_a_negative_alpha_is_a_one_line_error(two_caches, tmp_path, capsys, command, extra):
     from helpers import make_fake_run

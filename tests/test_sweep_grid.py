@@ -1,4 +1,4 @@
-"""``iim sweep --cache C --grid NAME=VALUES``: grid parsing and refusals, a 2 x 2 grid end to end
+"""``iim grid --cache C --grid NAME=VALUES``: grid parsing and refusals, a 2 x 2 grid end to end
 through the CSV and the report, a failing point, overlap reuse, and resume after a killed sweep."""
 import csv
 import json
@@ -94,11 +94,62 @@ def test_refusals_are_one_line_errors_before_any_training(cache, tmp_path, capsy
         (["--grid", "k=8,40", "--seed", "1"], "--k 40 needs 2k <= 64 patches"),          # as iim train refuses it
         (["--grid", "k=8", "--seed", "1", "--k", "1000"], "k=1000 is out of range"),   # test k, before training
         (["--grid", "k=8"], "several train splits"),    # two seeds, none chosen
-        (["--grid", "n_neg=0", "--run", tmp_path], "drop --run"),
     ]:
-        code, _, err = run_cli(capsys, "sweep", "--cache", cache.root, "--out", out, *args)
+        code, _, err = run_cli(capsys, "grid", "--cache", cache.root, "--out", out, *args)
         assert code == 2 and err.count("\n") == 1 and message in err, (args, err)
         assert not out.exists(), args
+
+
+@pytest.mark.parametrize("flag, value", [("--grid", "n_neg=0"), ("--seed", "1"), ("--pack", "1"), ("--jobs", "2")])
+def test_sweep_cannot_start_training(cache, tmp_path, capsys, flag, value):
+    """``iim sweep`` only re-scores: a grid option names ``iim grid`` in one line, nothing is written."""
+    out = tmp_path / "sw"
+    code, _, err = run_cli(capsys, "sweep", "--cache", cache.root, "--k", "1,5", flag, value, "--out", out)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"iim sweep only re-scores runs (k x alpha); {flag} belongs to a training grid" in err
+    assert "iim grid --cache CACHE --grid NAME=VALUES" in err
+    assert not out.exists()
+
+
+def test_sweep_with_a_cache_rescores_the_newest_run_and_never_trains(cache, tmp_path, capsys):
+    """``iim sweep --cache C --k 1,5`` started a training grid; now it looks for a run to re-score."""
+    out = tmp_path / "sw"
+    code, _, err = run_cli(capsys, "sweep", "--cache", cache.root, "--k", "1,5", "--runs-dir", tmp_path / "none",
+                           "--out", out)
+    assert code == 2 and err.count("\n") == 1 and "no runs found under" in err and "iim train" in err, err
+    assert not out.exists()
+
+
+def test_the_test_k_of_a_point_and_why():
+    from iim.registry import TEST_K
+    from iim.sweep import Scoring
+    assert TEST_K == 50
+    assert Scoring(ks=[4, 8]).test_k(8) == (8, "each point's training top-k, which --k lists")
+    assert Scoring(ks=[4, 50]).test_k(8) == (50, "the default test k: its training top-k is not in --k")
+    assert Scoring(ks=[4, 50]).test_k(None) == (50, "the default test k: the method trains without a top-k")
+    assert Scoring(ks=[4, 5]).test_k(8) == (4, "the first --k: its training top-k is not in --k, nor is 50")
+    assert Scoring(ks=[4, 8], k=5).test_k(8) == (5, "the test k asked for")
+    assert Scoring().ks == [TEST_K] and Scoring().k_for(8) == TEST_K
+    from types import SimpleNamespace as NS
+    from iim.cli.grid import scored_at
+    points = [NS(config=NS(k=k)) for k in (8, 4, 8)]
+    assert scored_at(Scoring(ks=[8, 50]), points) == (
+        "scored at test k=8 for 2 point(s) (each point's training top-k, which --k lists); "
+        "test k=50 for 1 point(s) (the default test k: its training top-k is not in --k)")
+
+
+def test_one_scoring_settings_object_for_score_sweep_and_grid():
+    import iim.sweep
+    from iim.score.options import ScoreOptions, Scoring
+    assert iim.sweep.Scoring is Scoring
+    s = Scoring.from_flags(k=[5, 20], alpha=[0.0, 1.0], T=2.0, ood=["a"])
+    assert (s.ks, s.alphas, s.alpha, s.T, s.ood, s.k) == ([5, 20], [0.0, 1.0], 1.0, 2.0, ("a",), None)
+    assert Scoring.from_flags(k=[5], alpha=[0.5, 2.0], T=1.0).alpha == 0.5      # 1.0 not listed: the first
+    assert s.run_kwargs() == dict(T=2.0, ood=("a",), chunk=None, device="auto", recipe=None)
+    d = Scoring()                                   # the flags' own defaults (ScoreOptions)
+    assert (d.ks, d.alphas, d.alpha, d.T, d.chunk, d.recipe) == (
+        [ScoreOptions.k], [ScoreOptions.alpha], ScoreOptions.alpha, ScoreOptions.T, None, None) == (
+        [50], [1.0], 1.0, 1.0, None, None)
 
 
 # ---- end to end ---------------------------------------------------------------------------------
@@ -112,13 +163,15 @@ def swept(cache, tmp_path):
 
 def test_two_by_two_grid_end_to_end(cache, swept, capsys):
     out, args = swept
-    code, stdout, err = run_cli(capsys, "sweep", *args)
+    code, stdout, err = run_cli(capsys, "grid", *args)
     assert code == 0, err
     names = ["shots2-seed1-k4-n_neg0-n_ctx4-epochs2-batch_size4", "shots2-seed1-k8-n_neg0-n_ctx4-epochs2-batch_size4",
              "shots2-seed1-k4-n_neg4-n_ctx4-epochs2-batch_size4", "shots2-seed1-k8-n_neg4-n_ctx4-epochs2-batch_size4"]
     for i, name in enumerate(names, 1):
         assert f"[{i}/4] {name}: S-MCM{'*' if 'n_neg0' in name else ''} average FPR95" in stdout
-    assert "4/4 points done, 0 failed" in stdout
+    assert "4/4 points done, 0 failed; scored at test k=5 (the default test k" not in stdout
+    assert ("4/4 points done, 0 failed; scored at test k=5 (the first --k: its training top-k is not in --k, "
+            "nor is 50), alpha=1") in stdout
 
     # every point is an ordinary run folder with the options it stands for
     for name in names:
@@ -169,7 +222,7 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
             assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000, fig
 
     # an overlapping grid in the same folder reuses its points
-    code, stdout, err = run_cli(capsys, "sweep", "--cache", cache.root, "--grid", "n_neg=4", "--grid", "k=8",
+    code, stdout, err = run_cli(capsys, "grid", "--cache", cache.root, "--grid", "n_neg=4", "--grid", "k=8",
                                 "--seed", "1", *FAST, "--k", "5,20", "--alpha", "0,1", "--out", out, "--no-progress")
     assert code == 0, err
     assert f"[1/1] {names[3]}: S-MCM average FPR95 {avg[names[3]]:.2f}" in stdout and "done earlier" in stdout
@@ -189,7 +242,7 @@ def test_a_failing_point_is_recorded_and_the_others_continue(cache, tmp_path, ca
     monkeypatch.setattr(loop, "prompt_losses", losses)
     monkeypatch.setattr(joint, "prompt_losses", losses)
     out = tmp_path / "sw"
-    code, stdout, err = run_cli(capsys, "sweep", "--cache", cache.root, "--grid", "n_neg=0,4", "--seed", "1",
+    code, stdout, err = run_cli(capsys, "grid", "--cache", cache.root, "--grid", "n_neg=0,4", "--seed", "1",
                                 "--grid", "epochs=1", "--grid", "k=4", *FAST[2:], "--out", out, "--no-progress",
                                 "--pack", pack)
     assert code == 1
@@ -205,7 +258,7 @@ def test_resume_after_a_killed_sweep_skips_finished_points_and_gives_the_same_cs
     grid = ["--cache", str(cache.root), "--grid", "n_neg=4", "--grid", "lambda_neg=0,5", "--seed", "1,2",
             "--grid", "k=4", *FAST, "--k", "5,20", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
-    victim = subprocess.Popen([sys.executable, "-c", CLI, "sweep", *grid, "--out", str(tmp_path / "killed")],
+    victim = subprocess.Popen([sys.executable, "-c", CLI, "grid", *grid, "--out", str(tmp_path / "killed")],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while victim.poll() is None and time.time() < deadline and \
@@ -217,12 +270,12 @@ def test_resume_after_a_killed_sweep_skips_finished_points_and_gives_the_same_cs
     finished = {p.parent.name for p in (tmp_path / "killed").glob("points/*/point.json")}
     assert 1 <= len(finished) < 4
 
-    code, stdout, err = run_cli(capsys, "sweep", *grid, "--out", tmp_path / "killed")
+    code, stdout, err = run_cli(capsys, "grid", *grid, "--out", tmp_path / "killed")
     assert code == 0, err
     for name in finished:
         assert any(name in line and "done earlier" in line for line in stdout.splitlines()), stdout
     assert stdout.count("done earlier") == len(finished)
-    code, stdout, err = run_cli(capsys, "sweep", *grid, "--out", tmp_path / "ref")
+    code, stdout, err = run_cli(capsys, "grid", *grid, "--out", tmp_path / "ref")
     assert code == 0, err
     assert (tmp_path / "killed" / "results.csv").read_text() == (tmp_path / "ref" / "results.csv").read_text()
 

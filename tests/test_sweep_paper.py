@@ -28,7 +28,7 @@ def test_paper_rows_beside_ours_for_a_paper_benchmark_and_not_for_the_demo(easy_
     out = tmp_path / "sweep"
     args = ["--cache", easy_cache.root, "--grid", "n_neg=0,4", "--grid", "k=4", "--seed", "1", *FAST,
             "--k", "4", "--out", out, "--no-progress"]
-    code, _, err = run_cli(capsys, "sweep", *args)
+    code, _, err = run_cli(capsys, "grid", *args)
     assert code == 0, err
     md = (out / "report.md").read_text()
     table = md.split("## Ablation (Table 3 style)")[1].split("\n## ")[0]
@@ -43,7 +43,7 @@ def test_paper_rows_beside_ours_for_a_paper_benchmark_and_not_for_the_demo(easy_
 
     collect = importlib.import_module("iim.sweep.collect")   # (iim.sweep.collect is also a function)
     monkeypatch.setattr(collect, "benchmark", lambda points: "demo")   # the same points, re-collected
-    code, stdout, err = run_cli(capsys, "sweep", *args)
+    code, stdout, err = run_cli(capsys, "grid", *args)
     assert code == 0 and "done earlier" in stdout, err
     assert "paper" not in (out / "report.md").read_text()
     assert paper_rows("demo") == [] and len(paper_rows("imagenet100")) == 3

@@ -72,7 +72,7 @@ def world(tmp_path_factory):
             "--grid", "n_ctx=4", "--grid", "batch_size=4", "--grid", "k=4", "--k", "5,20", "--pack", "2", "--no-progress"]
     n = torch.get_num_threads()
     torch.set_num_threads(1)
-    code, _, err = run_cli(_Capsys(), "sweep", *args, "--out", root / "one")
+    code, _, err = run_cli(_Capsys(), "grid", *args, "--out", root / "one")
     torch.set_num_threads(n)
     assert code == 0, err
     return root, [str(a) for a in args]
@@ -118,7 +118,7 @@ def test_torchrun_two_cpu_ranks_give_the_one_process_folders(world):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "iim", "sweep", *args, "--out", str(out)]
+           "--master_port", str(free_port()), "-m", "iim", "grid", *args, "--out", str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # only rank 0 reports: one line per point, one summary
@@ -130,7 +130,7 @@ def test_torchrun_two_cpu_ranks_give_the_one_process_folders(world):
 def test_jobs_two_workers_give_the_one_process_folders(world, capsys):
     root, args = world
     out = root / "jobs"
-    code, stdout, err = run_cli(capsys, "sweep", *args, "--jobs", "2", "--out", out)
+    code, stdout, err = run_cli(capsys, "grid", *args, "--jobs", "2", "--out", out)
     assert code == 0, err
     assert "4/4 points done, 0 failed" in stdout and sum(line.startswith("[") for line in stdout.splitlines()) == 4
     same_as_one_process(root, out)
@@ -138,14 +138,14 @@ def test_jobs_two_workers_give_the_one_process_folders(world, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--jobs", "0"], "0 given; jobs must be at least 1"),
-    (["--run", "somewhere", "--jobs", "2"], "--jobs shares a training grid"),
+    (["--run", "somewhere", "--jobs", "2"], "--jobs belongs to a training grid, which is its own command now: iim grid"),
 ])
 def test_jobs_refusals_are_one_line(world, capsys, extra, message):
     root, args = world
     argv = ["--cache", args[1], "--grid", "n_neg=0", "--seed", "1", "--out", root / "bad", *extra]
-    if "--run" in extra:
+    if "--run" in extra:                   # iim sweep re-scores: it refuses the grid's options
         argv = ["--out", root / "bad", *extra]
-    code, _, err = run_cli(capsys, "sweep", *argv)
+    code, _, err = run_cli(capsys, "sweep" if "--run" in extra else "grid", *argv)
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (root / "bad").exists()
 
@@ -210,7 +210,7 @@ def test_kill_9_of_a_jobs_sweep_stops_its_workers_and_the_rerun_equals_one_proce
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
                CUDA_VISIBLE_DEVICES="")
-    victim = subprocess.Popen([sys.executable, "-m", "iim", "sweep", *args, "--jobs", "2", "--out", str(out)],
+    victim = subprocess.Popen([sys.executable, "-m", "iim", "grid", *args, "--jobs", "2", "--out", str(out)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline, workers = time.time() + 300, []
     while victim.poll() is None and time.time() < deadline and len(list(out.glob("points/*/train.log"))) < 4:
@@ -225,6 +225,6 @@ def test_kill_9_of_a_jobs_sweep_stops_its_workers_and_the_rerun_equals_one_proce
         time.sleep(0.02)
     assert not any(map(_running, workers)), "a worker outlived the killed sweep"
 
-    code, stdout, err = run_cli(capsys, "sweep", *args, "--jobs", "2", "--out", out)
+    code, stdout, err = run_cli(capsys, "grid", *args, "--jobs", "2", "--out", out)
     assert code == 0 and "4/4 points done, 0 failed" in stdout, err
     same_as_one_process(root, out)

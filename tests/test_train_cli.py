@@ -12,7 +12,7 @@ import torch
 
 from iim.cli import main
 from iim.train.checkpoint import load_checkpoint
-from iim.train.cli import train as train_command
+from iim.cli.train import train as train_command
 from test_train import make_train_cache
 
 FAST = ["--k", "8", "--n-neg", "4", "--n-ctx", "4", "--batch-size", "8", "--no-progress"]
@@ -142,7 +142,7 @@ def test_attention_flag_reaches_the_encoder_and_flex_is_refused_on_cpu(tmp_path,
 
 def test_compile_takes_an_optional_mode(tmp_path, monkeypatch, capsys):
     """--compile alone means torch.compile's default mode; a mode may follow; off by default."""
-    import iim.train.cli as cli
+    import iim.cli.train as cli
     make_train_cache(tmp_path / "cache", shots=2)
     seen = []
     monkeypatch.setattr(cli, "run_training", lambda cfg, **kw: seen.append(cfg.compile))

@@ -2,7 +2,8 @@
 
 Pipeline (one module per stage):
     data/      benchmarks, few-shot splits, image datasets
-    models     open_clip model factory (+ the project's own tiny/demo architectures)
+    models     open_clip model factory (+ the project's own tiny/demo architectures, registered with
+               open_clip when iim.models is first imported)
     features   frozen image features: global embedding + MaskCLIP value-path patch tokens
     extract    stage one: run the image encoder once, write the Zarr feature cache
     cache      the cache format (manifest + one Zarr group per split)
@@ -14,14 +15,12 @@ Pipeline (one module per stage):
     cli        the `iim` command line
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from . import models as _models  # noqa: E402  registers the project's open_clip architectures
-
-_models.register_model_configs()
+__all__ = ["__version__", "Detector", "Predictions"]
 
 
-def __getattr__(name):   # iim.Detector, imported on first use (keeps `import iim` light)
+def __getattr__(name):   # iim.Detector, imported on first use: `import iim` imports neither torch nor open_clip
     if name in ("Detector", "Predictions"):
         from . import predict
         return getattr(predict, name)

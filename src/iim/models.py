@@ -6,7 +6,8 @@
     model, preprocess = create_model("iim-demo", "demo")             # weights shipped in the package
 
 The project's own architectures (``iim-test-tiny`` for tests and smoke runs) are open_clip JSON configs
-in ``model_configs/``, registered with open_clip when ``iim`` is imported.
+in ``model_configs/``, registered with open_clip when this module is first imported (every path that builds
+a model or reads a model config goes through it; ``import iim`` alone stays light).
 """
 from __future__ import annotations
 
@@ -33,6 +34,15 @@ def register_model_configs() -> None:
     if not _registered:
         open_clip.add_model_config(CONFIG_DIR)
         _registered = True
+
+
+register_model_configs()    # on first import: extraction reads a config (image size) before any model is built
+
+
+def model_config(name: str) -> dict | None:
+    """open_clip's config of model ``name`` (the project's own included), None when it knows no such model."""
+    register_model_configs()
+    return open_clip.get_model_config(name)
 
 
 def is_local_checkpoint(pretrained: str) -> bool:

@@ -25,6 +25,13 @@ def cosine(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return a.to(dtype) @ b.to(dtype).transpose(-1, -2)
 
 
+def class_probs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the last dimension as ``exp(logits - logsumexp)``, and that logsumexp (kept dim): the
+    paper's p*[h, c] (Eq. 3) from similarity logits, for scoring and for training's diagnostics alike."""
+    lse = logits.logsumexp(-1, keepdim=True)
+    return (logits - lse).exp(), lse
+
+
 def topk(x: torch.Tensor, k: int, dim: int = -1) -> torch.Tensor:
     """The ``k`` largest values of ``x`` along ``dim``, sorted descending."""
     return x.topk(k, dim=dim, largest=True, sorted=True).values

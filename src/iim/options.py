@@ -78,10 +78,11 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata["flag"] or "--" + f.name.replace("_", "-")
 
 
-def click_options(cls, *, skip=(), defaults: dict | None = None):
+def click_options(cls, *, skip=(), defaults: dict | None = None, helps: dict | None = None):
     """Decorator adding one click option per declared field of ``cls`` (except ``cli=False`` fields and
-    ``skip``); the command receives each as a keyword argument named like the field."""
-    defaults = defaults or {}
+    ``skip``); the command receives each as a keyword argument named like the field. ``defaults`` and
+    ``helps``: a command's own default or help text of a field, by name."""
+    defaults, helps = defaults or {}, helps or {}
     decorators = []
     for f in declared(cls):
         m = f.metadata
@@ -89,7 +90,7 @@ def click_options(cls, *, skip=(), defaults: dict | None = None):
             continue
         default = defaults.get(f.name, f.default)
         name = flag_name(f)
-        kw = dict(default=default, help=m["help"], show_default=True, **m["click"])
+        kw = dict(default=default, help=helps.get(f.name, m["help"]), show_default=True, **m["click"])
         if isinstance(default, bool) and f.type in (bool, "bool"):
             decl = f"{name}/--no-{name[2:]}" if default else name
             if not default:

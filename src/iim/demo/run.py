@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IIMError
+from ..registry import METHODS, ZERO_SHOT, label as evaluator_label
 from ..score.summary import summarise as summarise_runs
 from ..train.diagnostics import collapse_warnings, format_diagnostics
 
@@ -55,21 +56,30 @@ class DemoSettings:
 VOCAB = Path(__file__).parent / "vocab"      # the demo world's words plus unrelated ones (vocab/README.md)
 
 
-# rows of the demo table: (label, which result, metrics key)
-ROWS = (("MCM (0-shot)", "zero", "mcm"), ("GL-MCM (0-shot)", "zero", "gl_mcm"),
-        ("R-MCM* (0-shot)", "zero", "r_mcm_star"), ("S-MCM* (0-shot)", "zero", "s_mcm_star"),
-        ("NegLabel (0-shot)", "zero", "neglabel"), ("CSP (0-shot)", "zero", "csp"),
-        ("AdaNeg (0-shot)", "zero", "adaneg"), ("S-MCM + mined negatives (0-shot)", "zero", "s_mcm_hand_mined"),
-        ("CoOp + MCM (4-shot)", "coop", "mcm"), ("CoOp + GL-MCM (4-shot)", "coop", "gl_mcm"),
-        ("LoCoOp + MCM (4-shot)", "locoop", "mcm"), ("LoCoOp + GL-MCM (4-shot)", "locoop", "gl_mcm"),
-        ("Local-Prompt + R-MCM (4-shot)", "localprompt", "r_mcm"),
-        ("KNN (4-shot)", "iim", "knn"), ("IIM + R-MCM (4-shot)", "iim", "r_mcm"),
-        ("IIM + S-MCM (4-shot)", "iim", "s_mcm"),
-        ("IIM + S-MCM + mined negatives (4-shot)", "iim", "s_mcm_learned_learned_mined"),
-        ("IIM official + R-MCM (4-shot)", "official", "r_mcm"),
-        ("IIM official + S-MCM (4-shot)", "official", "s_mcm"))
+# the demo table's short names of the S-MCM variants with mined negatives (beside / instead of the learned ones)
+MINED = {"s_mcm_hand_mined": "S-MCM + mined negatives", "s_mcm_learned_learned_mined": "S-MCM + mined negatives"}
+LEFT_OUT = ("s_mcm_learned_mined",)   # IIM's S-MCM with mined negatives in place of its learned ones: iim report's
+
+
+def _rows(shots: int) -> tuple:
+    """The demo table's rows ``(label, which result, metrics key)``: the evaluators each method's paper
+    reports (:mod:`iim.registry`), 0-shot first, then the comparison methods, KNN, IIM and IIM official."""
+    def name(key):
+        return MINED.get(key) or evaluator_label(key)
+    few = f"({shots}-shot)"
+    rows = [(f"{name(e)} ({ZERO_SHOT.label})", "zero", e) for e in ZERO_SHOT.evaluators]
+    rows += [(f"{m.label} + {name(e)} {few}", m.name, e) for m in METHODS.values() if m.name != "iim"
+             for e in m.evaluators]
+    rows.append((f"{evaluator_label('knn')} {few}", "iim", "knn"))
+    rows += [(f"{METHODS['iim'].label} + {name(e)} {few}", "iim", e) for e in METHODS["iim"].evaluators
+             if e not in LEFT_OUT]
+    rows += [(f"{NAMES['official']} + {name(e)} {few}", "official", e) for e in ("r_mcm", "s_mcm")]
+    return tuple(rows)
+
+
 SOURCE = {"paper": "iim", "official": "official"}      # recipe -> rows (a comparison method: its name)
-NAMES = {"iim": "IIM", "official": "IIM official", "coop": "CoOp", "locoop": "LoCoOp", "localprompt": "Local-Prompt"}
+NAMES = {**{n: m.label for n, m in METHODS.items()}, "official": f"{METHODS['iim'].label} official"}
+ROWS = _rows(DemoSettings.shots)
 RUN_PREFIX = {"paper": "iim", "official": "official"}  # recipe -> run folder <prefix>-k{K}-s{S}
 KNN = {"k": 1, "all_views": False}   # the scorer's KNN baseline: 1-NN on the support images' global features
 
@@ -78,11 +88,9 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
              settings: DemoSettings = DemoSettings(), plots: bool = True, progress: bool = True,
              echo=print) -> dict:
     """Run the whole demo for the few-shot ``seeds``; return (and write ``<out>/summary.json``) the table."""
-    from ..cache import train_split_name
     from ..extract.run import extract
     from ..score.run import format_score, run_score
     from ..score.pipeline import prepare_run, prepare_zero_shot
-    from ..train.loop import TrainConfig, train
     from .benchmark import world_benchmark
 
     seeds = list(seeds)
@@ -123,6 +131,42 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
                      plot=plots, progress=progress)
     log(format_score(zero))
 
+    def score_run(run_dir, **kw):
+        result = run_score(with_negatives(prepare_run(run_dir, cache_path=cache)), k=s.k, alpha=s.alpha,
+                           device=device, progress=progress, **kw)
+        log(format_score(result))
+        return result
+
+    where = dict(out=out, cache=cache, device=device, progress=progress, echo=echo, log=log)
+    runs, scale = _iim_runs(s, seeds, score_run=score_run, plots=plots, **where)
+    runs.update(_baseline_runs(s, seeds, scale, score_run=score_run, **where))
+
+    summary = summarise(zero, runs, settings=dataclasses.replace(s, logit_scale=scale),
+                        seconds=time.perf_counter() - t0)
+    _write_summary(summary, out, s, seeds, plots=plots, echo=echo, logfile=logfile)
+    return summary
+
+
+def _write_summary(summary: dict, out: Path, s: DemoSettings, seeds, *, plots, echo, logfile) -> None:
+    """``summary.json`` and ``summary.md``; the table and where the plots, tables and log are, echoed."""
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(markdown_table(summary) + "\n")
+    echo("")
+    echo(format_summary(summary))
+    if plots:
+        dirs = [out / "zero-shot" / "plots"] + [out / f"{RUN_PREFIX[r]}-k{s.shots}-s{seed}" / "plots"
+                                                 for r in s.recipes for seed in seeds]
+        echo(f"\nPlots (score histograms, ROC curves): {', '.join(str(p) for p in dirs)}")
+    echo(f"Tables: {out / 'summary.md'}, {out / 'summary.json'}; every stage's report: {logfile}")
+    echo(f"Total {summary['seconds']:.0f} s")
+
+
+def _iim_runs(s: DemoSettings, seeds, *, out, cache, device, progress, echo, log, score_run, plots):
+    """Train and score IIM for every recipe and seed -> ``({"iim"|"official": {seed: results}}, logit scale)``
+    (the scale the first run resolved: the model's own unless the settings give one)."""
+    from ..cache import train_split_name
+    from ..train.loop import TrainConfig, train
+
     scale = s.logit_scale                 # None: the model's own, resolved (and recorded) by train
     runs = {SOURCE[r]: {} for r in s.recipes}
     for recipe in s.recipes:
@@ -139,11 +183,16 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
             for w in collapse_warnings(state):
                 echo(f"  warning: {w}")
             echo(f"[4/4] S-MCM scores, {recipe} recipe, seed {seed}")
-            result = run_score(with_negatives(prepare_run(run_dir, cache_path=cache)), k=s.k, alpha=s.alpha, device=device,
-                               knn=KNN, plot=plots, progress=progress)
-            log(format_score(result))
-            runs[SOURCE[recipe]][seed] = result
+            runs[SOURCE[recipe]][seed] = score_run(run_dir, knn=KNN, plot=plots)
+    return runs, scale
 
+
+def _baseline_runs(s: DemoSettings, seeds, scale, *, out, cache, device, progress, echo, log, score_run) -> dict:
+    """Train and score each comparison method for every seed -> ``{method: {seed: results}}``."""
+    from ..cache import train_split_name
+    from ..train.loop import train
+
+    runs = {}
     for method in s.baselines:
         for seed in seeds:
             echo(f"[4/4] {s.shots}-shot {NAMES[method]}, seed {seed}: training and scoring")
@@ -151,25 +200,8 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
             train(baseline_config(method, s, cache=cache, split=train_split_name(s.shots, seed, s.views),
                                   out=run_dir, seed=seed, device=device, logit_scale=scale),
                   overwrite=True, progress=progress, log=log)
-            result = run_score(with_negatives(prepare_run(run_dir, cache_path=cache)), k=s.k, alpha=s.alpha, device=device,
-                               plot=False, progress=progress)
-            log(format_score(result))
-            runs.setdefault(method, {})[seed] = result
-
-    summary = summarise(zero, runs, settings=dataclasses.replace(s, logit_scale=scale),
-                        seconds=time.perf_counter() - t0)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "summary.md").write_text(markdown_table(summary) + "\n")
-    echo("")
-    echo(format_summary(summary))
-    if plots:
-        dirs = [out / "zero-shot" / "plots"] + [out / f"{RUN_PREFIX[r]}-k{s.shots}-s{seed}" / "plots"
-                                                 for r in s.recipes for seed in seeds]
-        echo(f"\nPlots (score histograms, ROC curves): {', '.join(str(p) for p in dirs)}")
-    echo(f"Tables: {out / 'summary.md'}, {out / 'summary.json'}; every stage's report: {logfile}")
-    echo(f"Total {summary['seconds']:.0f} s")
-    return summary
-
+            runs.setdefault(method, {})[seed] = score_run(run_dir, plot=False)
+    return runs
 
 def baseline_config(method: str, s: DemoSettings, *, cache, split: str, out, seed: int, device: str,
                     logit_scale: float | None = None):

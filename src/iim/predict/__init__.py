@@ -6,7 +6,8 @@
 
     detector  Detector and Predictions
     inputs    which files IMAGES... (files, folders, globs) select
-    cli       ``iim predict``
+
+Its command, ``iim predict``, is :mod:`iim.cli.predict`.
 """
 from .detector import Detector, Predictions
 

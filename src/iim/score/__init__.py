@@ -13,7 +13,8 @@
     pipeline    streams a cache split by split for a run (or zero-shot) and collects scores and metrics
     report      tables, results.json / results.csv / scores_{split}.npz
     plots       score histograms and ROC curves
-    cli         ``iim score`` and ``iim sweep``
+
+The commands (``iim score``, ``iim sweep``, ``iim report``) are in :mod:`iim.cli`.
 """
 from .scores import SCORE_KEYS, Similarities, evaluate, id_predictions, ood_scores, similarities
 from .sweep import sweep_scores

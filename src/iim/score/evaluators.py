@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from ..ops import cosine, topk_mean, topk_prefix_means
+from ..ops import class_probs, cosine, topk_mean, topk_prefix_means
 
 
 def similarity_logits(feats, protos, T: float = 1.0) -> torch.Tensor:  # Eq. 2, s(v, t)
@@ -47,8 +47,7 @@ def patch_class_probs(id_logits: torch.Tensor, neg_logits: torch.Tensor | None =
     per-patch exp-sums ``Z`` taken in log space, so the ID normaliser is computed once. With
     ``double_exp_T`` (the official recipe, SPEC §9) ``p`` is the softmax of :func:`double_exp_logits`.
     """
-    lse_id = id_logits.logsumexp(-1, keepdim=True)
-    p_star = (id_logits - lse_id).exp()
+    p_star, lse_id = class_probs(id_logits)
     if neg_logits is None:
         return p_star, None
     if double_exp_T is not None:

@@ -13,11 +13,10 @@ import numpy as np
 
 from .. import metrics as M
 from ..atomic import atomic_write, atomic_write_text
+from ..registry import EVALUATORS
 from .sources import ALL_SOURCE_KEYS, GLOBAL_KEYS, source_label
 
-LABELS = {"mcm": "MCM", "gl_mcm": "GL-MCM", "r_mcm": "R-MCM", "r_mcm_star": "R-MCM*", "s_mcm": "S-MCM",
-          "s_mcm_star": "S-MCM*", "i2t": "i2t", "i2t_star": "i2t*", "t2i": "t2i", "knn": "KNN",
-          "neglabel": "NegLabel", "csp": "CSP", "adaneg": "AdaNeg",          # iim score --negatives
+LABELS = {**{k: e.label for k, e in EVALUATORS.items()},             # iim.registry: each named once
           **{k: source_label(k) for k in ALL_SOURCE_KEYS}}
 TABLE_METHODS = ("mcm", "gl_mcm", "r_mcm_star", "r_mcm", "s_mcm_star", "s_mcm", "knn", *GLOBAL_KEYS,
                  *ALL_SOURCE_KEYS)

@@ -22,20 +22,17 @@ import numpy as np
 from ..cache.fingerprint import compare
 from ..cache.names import parse_train_split, without_seed
 from ..errors import IIMError
+from ..registry import METHODS, ZERO_SHOT, method as method_entry
 from ..train.config import RESULT_KEYS as TRAIN_KEYS
 from .options import RESULT_KEYS as SCORE_KEYS
 from .report import AVERAGE, LABELS, TABLE_METHODS
 
 RESULTS = "results.json"
-METHOD_ORDER = ("coop", "locoop", "localprompt", "iim")
-METHOD_LABELS = {"coop": "CoOp", "locoop": "LoCoOp", "localprompt": "Local-Prompt", "iim": "IIM"}
-# the evaluators each method's paper reports (SPEC §8; IIM: the paper's S-MCM, also R-MCM)
+METHOD_ORDER = tuple(METHODS)
+# the evaluators each method's paper reports (iim.registry; SPEC §8; IIM: the paper's S-MCM, also R-MCM)
 # (scored with --negatives, also the 0-shot peers NegLabel / CSP / AdaNeg, 0-shot S-MCM with mined negatives,
 # and IIM's S-MCM with mined negatives in place of / beside its learned ones)
-PAPER_ROWS = {"zero_shot": ("mcm", "gl_mcm", "r_mcm_star", "s_mcm_star", "neglabel", "csp", "adaneg",
-                            "s_mcm_hand_mined"),
-              "coop": ("mcm", "gl_mcm"), "locoop": ("mcm", "gl_mcm"), "localprompt": ("r_mcm",),
-              "iim": ("r_mcm", "s_mcm", "s_mcm_learned_mined", "s_mcm_learned_learned_mined")}
+PAPER_ROWS = {ZERO_SHOT.name: ZERO_SHOT.evaluators, **{n: m.evaluators for n, m in METHODS.items()}}
 REQUIRED = ("ood_sets", "settings", "metrics", "id")   # what results.json must hold to be averaged
 MUST_MATCH = SCORE_KEYS              # scoring settings the averaged results must share
 
@@ -192,7 +189,7 @@ def group_results(results: list[dict]) -> list[tuple[str, str, list[dict]]]:
         groups.setdefault(_group_key(r), []).append(r)
     out = []
     for (shots, _, method), rs in sorted(groups.items()):
-        label = "0-shot" if method == "zero_shot" else f"{shots}-shot {METHOD_LABELS.get(method, method)}"
+        label = ZERO_SHOT.label if method == ZERO_SHOT.name else f"{shots}-shot {method_entry(method).label}"
         out.append((label, method, rs))
     return out
 

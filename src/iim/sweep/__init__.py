@@ -1,4 +1,4 @@
-"""Sweeps over training options (``iim sweep --cache C --grid NAME=VALUES ... --out DIR``): every grid
+"""Sweeps over training options (``iim grid --cache C --grid NAME=VALUES ... --out DIR``): every grid
 point an ordinary run folder, trained, scored, and collected into one CSV and a report.
 
     from iim.sweep import run_grid, parse_specs

@@ -20,7 +20,9 @@ import numpy as np
 from .. import metrics as M
 from ..cache import open_cache
 from ..paper import SOURCE, paper_rows
+from ..registry import EVALUATOR_COLUMN, METHOD_COLUMN
 from ..score import report
+from ..registry import TEST_K
 from ..score.plots import panels, save_formats
 from ..score.sweep import ALPHA_METHODS, K_METHODS
 from .grid import sweepable
@@ -28,8 +30,8 @@ from .run import Point, Scoring, read_state
 
 HEADLINE = ("s_mcm", "s_mcm_star")
 EVALUATORS = ("mcm", "gl_mcm", "r_mcm_star", "r_mcm", "s_mcm_star", "s_mcm", "knn")
-ROW_KEYS = ("test_k", "alpha", "evaluator", "ood_set")
-CSV_NAMES = {"method": "train_method"}     # the training option, told apart from the evaluator column
+ROW_KEYS = ("test_k", "alpha", EVALUATOR_COLUMN, "ood_set")
+CSV_NAMES = {"method": METHOD_COLUMN}     # the training option, told apart from the evaluator column
 
 
 def option_columns() -> list[str]:
@@ -123,7 +125,7 @@ def _fmt(v) -> str:
 def _test_k(scoring: Scoring) -> str:
     if scoring.k is not None:
         return str(scoring.k)
-    return "each point's train k when --k lists it (else 50 or the first)"
+    return f"each point's training top-k when --k lists it (else {TEST_K}, else the first --k)"
 
 
 def _headline(rows_of_point) -> str:
@@ -200,72 +202,94 @@ def _markdown(points, states, rows, grid, varying, scoring, figures, paper=()) -
 # ---- figures -------------------------------------------------------------------------------------
 def _figures(folder: Path, rows, varying, scoring) -> list[str]:
     """Fig. 4 style (average FPR95 / AUROC against each swept option, and against the test alpha),
-    Fig. 5 (train k x test k heat
-    map when both vary), Fig. 6 (evaluators side by side). Returns the figure names."""
+    Fig. 5 (train k x test k heat map when both vary), Fig. 6 (evaluators side by side). Returns the
+    figure names."""
     if not rows:
         return []
     at = [r for r in _at_setting(rows, scoring) if r["ood_set"] == report.AVERAGE]
     methods = [m for m in EVALUATORS if any(r["evaluator"] == m for r in at)]
     names = []
     for opt in varying:                                     # Fig. 4
-        values = list(dict.fromkeys(r[opt] for r in at))
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        values = sorted(values) if numeric else values
-        x = values if numeric else list(range(len(values)))
-        fig, axes = panels(2)
-        for ax, metric in zip(axes, ("fpr95", "auroc")):
-            for m in methods:
-                ys = [[r[metric] for r in at if r["evaluator"] == m and r[opt] == v] for v in values]
-                keep = [i for i, y in enumerate(ys) if y]
-                ax.errorbar([x[i] for i in keep], [np.mean(ys[i]) for i in keep],
-                            yerr=[np.std(ys[i]) for i in keep], marker="o", capsize=3, label=report.LABELS[m])
-            ax.set_xlabel(opt)
-            ax.set_ylabel(f"average {metric.upper()} (%)")
-            if not numeric:
-                ax.set_xticks(x, [_fmt(v) for v in values])
-        axes[0].legend(fontsize=7)
-        save_formats(fig, folder / f"vs_{opt}")
+        _fig_vs_option(folder, at, methods, opt)
         names.append(f"vs_{opt}")
     if len(scoring.alphas) > 1:                             # Fig. 4's alpha panel (test time)
-        by_alpha = [r for r in rows if r["ood_set"] == report.AVERAGE and r["test_k"] == scoring.k_for(r["k"])
-                    and r["alpha"] != ""]
-        fig, axes = panels(2)
-        for ax, metric in zip(axes, ("fpr95", "auroc")):
-            for m in HEADLINE:
-                ys = [[r[metric] for r in by_alpha if r["evaluator"] == m and r["alpha"] == a] for a in scoring.alphas]
-                if any(ys):
-                    ax.errorbar(scoring.alphas, [np.mean(y) if y else np.nan for y in ys],
-                                yerr=[np.std(y) if y else np.nan for y in ys], marker="o", capsize=3,
-                                label=report.LABELS[m])
-            ax.set_xlabel("alpha")
-            ax.set_ylabel(f"average {metric.upper()} (%)")
-        axes[0].legend(fontsize=7)
-        save_formats(fig, folder / "vs_alpha")
+        _fig_vs_alpha(folder, rows, scoring)
         names.append("vs_alpha")
     if "k" in varying and len(scoring.ks) > 1:              # Fig. 5
-        sweep = [r for r in rows if r["ood_set"] == report.AVERAGE and r["alpha"] in ("", scoring.alpha)
-                 and r["test_k"] != ""]
-        head = {}                                           # per point: S-MCM, or S-MCM* without negatives
-        for r in sweep:
-            if r["evaluator"] in HEADLINE and head.get(r["point"]) != HEADLINE[0]:
-                head[r["point"]] = r["evaluator"]
-        sweep = [r for r in sweep if head.get(r["point"]) == r["evaluator"]]
-        label = " / ".join(report.LABELS[m] for m in HEADLINE if m in head.values())
-        train_ks = sorted({r["k"] for r in sweep})
-        grid = np.array([[np.mean([r["fpr95"] for r in sweep if r["k"] == tk and r["test_k"] == k] or [np.nan])
-                          for k in scoring.ks] for tk in train_ks])
-        fig, (ax,) = panels(1, 5.0)
-        im = ax.imshow(grid, cmap="viridis_r", aspect="auto")
-        ax.set_xticks(range(len(scoring.ks)), [str(k) for k in scoring.ks])
-        ax.set_yticks(range(len(train_ks)), [str(k) for k in train_ks])
-        ax.set_xlabel("test k")
-        ax.set_ylabel("train k")
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
-        fig.colorbar(im, ax=ax, label=f"average FPR95 of {label} (%)")
-        save_formats(fig, folder / "train_k_vs_test_k")
+        _fig_train_k_vs_test_k(folder, rows, scoring)
         names.append("train_k_vs_test_k")
+    _fig_evaluators(folder, at, methods, varying)           # Fig. 6
+    names.append("evaluators")
+    return names
+
+
+def _fig_vs_option(folder: Path, at, methods, opt) -> None:
+    """Fig. 4: average FPR95 / AUROC of each evaluator against the swept option ``opt`` (mean ± std)."""
+    values = list(dict.fromkeys(r[opt] for r in at))
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    values = sorted(values) if numeric else values
+    x = values if numeric else list(range(len(values)))
+    fig, axes = panels(2)
+    for ax, metric in zip(axes, ("fpr95", "auroc")):
+        for m in methods:
+            ys = [[r[metric] for r in at if r["evaluator"] == m and r[opt] == v] for v in values]
+            keep = [i for i, y in enumerate(ys) if y]
+            ax.errorbar([x[i] for i in keep], [np.mean(ys[i]) for i in keep],
+                        yerr=[np.std(ys[i]) for i in keep], marker="o", capsize=3, label=report.LABELS[m])
+        ax.set_xlabel(opt)
+        ax.set_ylabel(f"average {metric.upper()} (%)")
+        if not numeric:
+            ax.set_xticks(x, [_fmt(v) for v in values])
+    axes[0].legend(fontsize=7)
+    save_formats(fig, folder / f"vs_{opt}")
+
+
+def _fig_vs_alpha(folder: Path, rows, scoring) -> None:
+    """Fig. 4's alpha panel: the headline evaluators against the test alpha, at each point's test k."""
+    by_alpha = [r for r in rows if r["ood_set"] == report.AVERAGE and r["test_k"] == scoring.k_for(r["k"])
+                and r["alpha"] != ""]
+    fig, axes = panels(2)
+    for ax, metric in zip(axes, ("fpr95", "auroc")):
+        for m in HEADLINE:
+            ys = [[r[metric] for r in by_alpha if r["evaluator"] == m and r["alpha"] == a] for a in scoring.alphas]
+            if any(ys):
+                ax.errorbar(scoring.alphas, [np.mean(y) if y else np.nan for y in ys],
+                            yerr=[np.std(y) if y else np.nan for y in ys], marker="o", capsize=3,
+                            label=report.LABELS[m])
+        ax.set_xlabel("alpha")
+        ax.set_ylabel(f"average {metric.upper()} (%)")
+    axes[0].legend(fontsize=7)
+    save_formats(fig, folder / "vs_alpha")
+
+
+def _fig_train_k_vs_test_k(folder: Path, rows, scoring) -> None:
+    """Fig. 5: average FPR95 of each point's headline evaluator, train k x test k."""
+    sweep = [r for r in rows if r["ood_set"] == report.AVERAGE and r["alpha"] in ("", scoring.alpha)
+             and r["test_k"] != ""]
+    head = {}                                           # per point: S-MCM, or S-MCM* without negatives
+    for r in sweep:
+        if r["evaluator"] in HEADLINE and head.get(r["point"]) != HEADLINE[0]:
+            head[r["point"]] = r["evaluator"]
+    sweep = [r for r in sweep if head.get(r["point"]) == r["evaluator"]]
+    label = " / ".join(report.LABELS[m] for m in HEADLINE if m in head.values())
+    train_ks = sorted({r["k"] for r in sweep})
+    grid = np.array([[np.mean([r["fpr95"] for r in sweep if r["k"] == tk and r["test_k"] == k] or [np.nan])
+                      for k in scoring.ks] for tk in train_ks])
+    fig, (ax,) = panels(1, 5.0)
+    im = ax.imshow(grid, cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(scoring.ks)), [str(k) for k in scoring.ks])
+    ax.set_yticks(range(len(train_ks)), [str(k) for k in train_ks])
+    ax.set_xlabel("test k")
+    ax.set_ylabel("train k")
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+    fig.colorbar(im, ax=ax, label=f"average FPR95 of {label} (%)")
+    save_formats(fig, folder / "train_k_vs_test_k")
+
+
+def _fig_evaluators(folder: Path, at, methods, varying) -> None:
+    """Fig. 6: every evaluator side by side at each setting of the swept options."""
     settings = list(dict.fromkeys(_setting(r, varying) for r in at))       # Fig. 6
     fig, axes = panels(2, max(4.0, 0.6 * len(settings) * len(methods) / 3))
     width = 0.8 / max(1, len(methods))
@@ -280,5 +304,3 @@ def _figures(folder: Path, rows, varying, scoring) -> list[str]:
         ax.set_ylabel(f"average {metric.upper()} (%)")
     axes[0].legend(fontsize=7)
     save_formats(fig, folder / "evaluators")
-    names.append("evaluators")
-    return names

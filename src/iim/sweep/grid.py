@@ -1,4 +1,4 @@
-"""The training grid of ``iim sweep``: ``--grid NAME=VALUES`` specs read against the option table
+"""The training grid of ``iim grid``: ``--grid NAME=VALUES`` specs read against the option table
 (:class:`~iim.train.config.TrainConfig`), expanded into points, each point named after its options.
 
     specs = parse_specs(["n_neg=0,10,20", "lambda_neg=0:5:2.5"], seeds=[1, 2])

@@ -1,5 +1,5 @@
-"""A training grid over several processes: ``iim sweep --jobs N`` (N worker processes started by the
-sweep, one per GPU when there are several) or ``torchrun --nproc_per_node N -m iim sweep ...`` (every
+"""A training grid over several processes: ``iim grid --jobs N`` (N worker processes started by the
+sweep, one per GPU when there are several) or ``torchrun --nproc_per_node N -m iim grid ...`` (every
 rank, on one node or several). The groups of :func:`~iim.sweep.run.group_points` are the unit of work:
 :func:`assign` deals them out to the workers, each worker trains and scores its groups
 (:func:`~iim.sweep.run.run_group`) into the ordinary point folders, and one process (the parent, or

@@ -27,6 +27,7 @@ from ..cache.fingerprint import content_digest
 from ..cache.location import record
 from ..cache.names import parse_train_split, train_split_name
 from ..errors import IIMError
+from ..score.options import Scoring  # noqa: F401  (iim.sweep.Scoring: how every point is scored)
 from ..score.pipeline import ood_split_names, prepare_run
 from ..score.run import run_score, run_sweep
 from ..score.scores import check_k
@@ -50,35 +51,6 @@ class Point:
     @property
     def dir(self) -> Path:
         return Path(self.config.out)
-
-
-@dataclass
-class Scoring:
-    """How every point is scored: results.json at (k, alpha), sweep.csv over ks x alphas if several.
-    ``k`` None: each point's own train k when ``ks`` lists it, else 50 when listed, else ``ks[0]``."""
-    ks: list = field(default_factory=lambda: [50])
-    alphas: list = field(default_factory=lambda: [1.0])
-    k: int | None = None
-    alpha: float = 1.0
-    T: float = 1.0
-    ood: tuple = ()
-    chunk: int | None = None
-    device: str = "auto"
-    recipe: str | None = None       # None: each point's own recipe (as iim score)
-
-    @property
-    def sweeps(self) -> bool:
-        return len(self.ks) * len(self.alphas) > 1
-
-    def k_for(self, train_k: int) -> int:
-        """The test k of a point's results.json."""
-        if self.k is not None:
-            return self.k
-        return next(k for k in (train_k, 50, self.ks[0]) if k in self.ks)
-
-    def key(self) -> dict:
-        return dict(ks=list(self.ks), alphas=list(self.alphas), k=self.k, alpha=self.alpha, T=self.T,
-                    ood=sorted(self.ood), recipe=self.recipe)
 
 
 def resolve_split(cache, shots, seed, views):

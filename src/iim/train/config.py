@@ -54,7 +54,7 @@ def _by_method(name: str) -> str:
 @dataclass
 class TrainConfig:
     """Every training option (defaults: SPEC §3 / the paper)."""
-    # set by `iim train` from --cache, --shots/--seed/--views and --out (iim.cli_options)
+    # set by `iim train` from --cache, --shots/--seed/--views and --out (iim.cli.options)
     cache: str = option(help="Feature cache written by 'iim extract'.", result=False, cli=False)
     split: str = option(help="Train split train_k{K}_s{S}[_v{V}].", cli=False)
     out: str = option(help="Run folder.", result=False, cli=False)

@@ -21,8 +21,7 @@ import math
 
 import torch
 
-from ..ops import cosine, topk_mean
-from ..score import evaluators as ev
+from ..ops import class_probs, cosine, topk_mean
 
 COLLAPSE_COSINE = 0.99
 KEYS = ("proto_cos_mean", "proto_cos_max", "local_acc", "chance", "local_at_chance", "collapsed",
@@ -43,7 +42,7 @@ def prototype_cosines(protos: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def local_predictions(local_feats: torch.Tensor, protos: torch.Tensor, k: int) -> torch.Tensor:
     """argmax_c of the mean of the top-k over patches of p*[h, c] (SPEC §4's local term, T = 1) -> [B]."""
-    p_star, _ = ev.patch_class_probs(ev.similarity_logits(local_feats, protos.to(local_feats.device)))
+    p_star, _ = class_probs(cosine(local_feats, protos.to(local_feats.device)))   # Eq. 3, as iim.score computes it
     return topk_mean(p_star, min(k, local_feats.shape[1]), dim=-2).argmax(-1)
 
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import open_clip
 import torch
 
 from ..cache.names import parse_train_split
 from ..log import info as log_info
+from ..models import model_config
 from ..text import encode_packed
 from .config import RECIPES, TrainConfig, resolve_method
 from .loop import Resources, prepare, prompt_losses, run_folder, train_epochs
@@ -103,7 +103,7 @@ def run_bytes(cfg: TrainConfig, cache) -> int:
     """:func:`point_bytes` of run ``cfg`` on ``cache`` (the text tower's size from its model config; the
     prompts' token count estimated from the class names: no model is loaded)."""
     c = resolve_method(cfg)
-    text = (open_clip.get_model_config(cache.manifest.get("model") or "ViT-B-16") or {}).get("text_cfg", {})
+    text = (model_config(cache.manifest.get("model") or "ViT-B-16") or {}).get("text_cfg", {})
     split = cache.split(c.split)
     names = cache.classnames
     suffix = sum(2 * len(str(n).split()) + 2 for n in names)           # name tokens, ".", EOT

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..cache import manifest_key, open_cache
 from ..cache.location import record
 from ..atomic import atomic_write_text, check_writable

@@ -17,6 +17,7 @@ import dataclasses
 import torch
 from tqdm.auto import tqdm
 
+from .. import registry
 from ..errors import IIMError
 from . import baselines as bl
 from .config import TrainConfig, resolve_method
@@ -25,12 +26,12 @@ LEARNED_GLOBAL = ("coop", "locoop")      # scored with MCM / GL-MCM on their lea
 NEEDS_GLOBAL = ("coop", "locoop", "localprompt")
 STREAM_REFUSED = ("--method localprompt uses every cached view of each image per batch: it cannot stream the "
                   "train split; use --features-in device or host")
-SCORE_K = {"localprompt": 10}            # iim score's default k for a run of the method (its eval script)
 
 
 def score_k(run_config: dict | None, default: int) -> int:
-    """The top-k ``iim score`` uses for a run when --k is not given: the method's own, else ``default``."""
-    return SCORE_K.get((run_config or {}).get("method", "iim"), default)
+    """The top-k ``iim score`` uses for a run when --k is not given: the method's own (:mod:`iim.registry`;
+    Local-Prompt: its evaluation script's 10), else ``default``."""
+    return registry.score_k((run_config or {}).get("method"), default)
 
 
 def resolve(cfg: TrainConfig, split) -> TrainConfig:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import click
 
-from ..cli_options import progress_option
+from .options import progress_option
 from ..errors import IIMError
-from .location import as_path, guarantees, tree_size
-from .store import MANIFEST, open_cache
-from .verify import check_cache
+from ..cache.location import as_path, guarantees, tree_size
+from ..cache.store import MANIFEST, open_cache
+from ..cache.verify import check_cache
 
 
 def _human(n: float) -> str:
@@ -123,7 +123,7 @@ def verify(path, quick, progress):
 @progress_option
 def export(fmt, allow_incomplete, path, out, progress):
     """Write the cache at PATH to one HDF5 file OUT (a group per split, the manifest as a root attribute)."""
-    from .hdf5 import export_hdf5
+    from ..cache.hdf5 import export_hdf5
     out = export_hdf5(path, out, allow_incomplete=allow_incomplete, progress=progress)
     click.echo(f"wrote {out} ({_human(Path(out).stat().st_size)})")
 
@@ -134,6 +134,6 @@ def export(fmt, allow_incomplete, path, out, progress):
 @progress_option
 def import_(src, path, progress):
     """Write the HDF5 file SRC (from 'iim cache export') into the cache at PATH (a new or matching cache)."""
-    from .hdf5 import import_hdf5
+    from ..cache.hdf5 import import_hdf5
     c = import_hdf5(src, path, progress=progress)
     click.echo(f"{c.root}: imported {len(c.splits())} complete split(s)")

@@ -8,11 +8,11 @@ from tqdm.auto import tqdm
 
 from ..cache import open_cache
 from ..cache.names import parse_train_split, train_split_name
-from ..cli_options import cache_option, device_option, out_option, progress_option, seed_option
+from .options import cache_option, device_option, out_option, progress_option, seed_option
 from ..errors import IIMError
 from ..options import click_options
-from .config import TrainConfig
-from .loop import train as run_training
+from ..train.config import TrainConfig
+from ..train.loop import train as run_training
 
 
 def resolve_split(cache, shots: int | None, seed: int | None, views: int | None = None):

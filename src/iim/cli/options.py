@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from .options import SEED, Grid
+from ..options import SEED, Grid
 
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
 FOLDER = click.Path(file_okay=False, path_type=Path)
@@ -27,7 +27,7 @@ class Location(click.Path):
     name = "location"
 
     def convert(self, value, param, ctx):
-        from .cache.location import as_path, is_url
+        from ..cache.location import as_path, is_url
         if is_url(value):
             as_path(value)              # an unknown protocol, a missing backend: one line, before any work
             return value
@@ -64,3 +64,27 @@ def seed_option(help: str, *, many: bool = False, default=None, aliases=(), name
     return click.option("--seed", *aliases, name, type=Grid(integer=True, element=SEED) if many else SEED,
                         default=default, show_default=default is not None,
                         metavar="S[,S...]" if many else "S", help=help)
+
+
+def source_options(f):
+    """What ``iim score`` and ``iim sweep`` score: ``--run`` / ``--runs-dir`` / ``--cache`` / ``--zero-shot``,
+    and where and how (``--out``, ``--ood``, ``--device``, ``--progress``); the scoring options themselves
+    come from :class:`iim.score.options.ScoreOptions`."""
+    opts = [
+        click.option("--run", type=FOLDER, help="Run folder (runs/NAME). Default: the newest run under --runs-dir."),
+        click.option("--runs-dir", type=FOLDER, default=Path("runs"), show_default=True,
+                     help="Where to look for the newest run when --run is not given."),
+        cache_option("Feature cache. Default: the cache recorded in the run's checkpoint."),
+        click.option("--zero-shot", is_flag=True,
+                     help="0-shot rows: global prototypes as local prototypes, no negatives, no run "
+                          "(needs --cache and --out)."),
+        out_option("Output folder. Default: the run folder."),
+        click.option("--ood", multiple=True,
+                     help="Score only this OOD set (repeatable; 'inaturalist' or 'ood_inaturalist'). "
+                          "Default: every OOD split in the cache."),
+        device_option,
+        progress_option,
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f

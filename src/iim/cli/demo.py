@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..cli_options import cache_option, device_option, out_option, progress_option, seed_option
+from .options import cache_option, device_option, out_option, progress_option, seed_option
 
 
 @click.command("demo", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -33,7 +33,7 @@ def demo(seeds, out, cache, world, epochs, device, progress):
     iim demo                 # one seed (make demo)
     iim demo --seeds 1,2,3   # the README's numbers: mean over seeds 1, 2, 3
     """
-    from .run import DemoSettings, run_demo
+    from ..demo.run import DemoSettings, run_demo
 
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import cache_option, device_option, out_option
+from .options import cache_option, device_option, out_option
 
 
 @click.command("negatives")
@@ -28,7 +28,7 @@ def negatives(cache, vocab, out, keep, quantile, pretrained, overwrite, device):
     iim score --zero-shot --cache cache/demo --negatives neg/demo --out results/demo-0shot-neg
     """
     from ..errors import IIMError
-    from .run import mine_negatives
+    from ..negatives.run import mine_negatives
 
     if out is None:
         raise IIMError("iim negatives needs --out DIR (the NEG folder to write)")

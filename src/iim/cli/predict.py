@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
-from ..cli_options import FOLDER, cache_option, device_option, out_option, progress_option
+from .options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..options import click_options
+from ..registry import PREDICT_EVALUATORS, label
 from ..score import report
 from ..score.options import ScoreOptions
-from .detector import Detector, Predictions
-from .inputs import select_images
+from ..predict.detector import Detector, Predictions
+from ..predict.inputs import select_images
 
 FIELDS = ["path", "decision", "score", "class", "probability", "class_2", "probability_2", "class_3",
           "probability_3", "reason"]
@@ -28,14 +29,41 @@ def _one(values, flag):
     return values[0]
 
 
+class EvaluatorName(click.ParamType):
+    """An evaluator by its label (``S-MCM``, ``s-mcm``, ``s_mcm``, ``S-MCM*``), kept as written; others refused."""
+    name = "evaluator"
+
+    def convert(self, value, param, ctx):
+        from ..predict.detector import method_key
+        try:
+            method_key(value)
+        except IIMError:
+            self.fail(f"unknown evaluator {value!r}; choose from {', '.join(map(label, PREDICT_EVALUATORS))} "
+                      f"(KNN needs a memory bank, NegLabel / CSP / AdaNeg mined negatives: use iim score)",
+                      param, ctx)
+        return value
+
+
+def _evaluator(evaluator, old_method):
+    """``--evaluator``, or the old spelling ``--method`` (which in ``iim train`` names the training method)."""
+    if old_method is None:
+        return evaluator
+    if evaluator is not None and evaluator != old_method:
+        raise IIMError(f"--evaluator {evaluator} and --method {old_method} disagree; give --evaluator only")
+    click.echo("Warning: iim predict --method is deprecated; it is --evaluator now (--method names the "
+               "training method in iim train)", err=True)
+    return old_method
+
+
 @click.command("predict")
 @click.argument("images", nargs=-1, metavar="IMAGES...")
 @click.option("--run", type=FOLDER, help="Trained run folder (runs/NAME).")
 @click.option("--zero-shot", is_flag=True, help="No run: the cache's frozen 'a photo of a {c}.' prototypes "
                                                 "(needs --cache and --out).")
 @cache_option("Feature cache: zero-shot's, or a run's when it moved (default: the one the run recorded).")
-@click.option("--method", help="Evaluator: S-MCM (runs), MCM (zero-shot), or GL-MCM, R-MCM, R-MCM*, S-MCM*, "
-                               "i2t, i2t*, t2i.")
+@click.option("--evaluator", type=EvaluatorName(), help=f"Evaluator: S-MCM (runs), MCM (zero-shot), or "
+              f"{', '.join(label(k) for k in PREDICT_EVALUATORS if k not in ('s_mcm', 'mcm'))}.")
+@click.option("--method", "old_method", type=EvaluatorName(), hidden=True, help="Deprecated spelling of --evaluator.")
 @click_options(ScoreOptions, skip=("chunk", "knn_k", "knn_all_views", "recipe"),   # recipe: the run's
                defaults={"k": None, "alpha": None, "T": None})
 @click.option("--threshold", type=float, help="In-distribution when score >= this.")
@@ -49,13 +77,13 @@ def _one(values, flag):
 @out_option("Folder for predictions.csv and predictions.json. Default: the run folder.")
 @device_option
 @progress_option
-def predict(images, run, zero_shot, cache, method, k, alpha, T, threshold, tpr, pretrained, batch_size,
-            workers, out, device, progress):
+def predict(images, run, zero_shot, cache, evaluator, old_method, k, alpha, T, threshold, tpr, pretrained,
+            batch_size, workers, out, device, progress):
     """Flag new images: score each with a run's detector, decide in / out, name its class.
 
     \b
     iim predict --run runs/NAME photos/ extra.jpg 'more/**/*.png'
-    iim predict --run runs/NAME --threshold 1.2 --method S-MCM --k 50 photos/
+    iim predict --run runs/NAME --threshold 1.2 --evaluator S-MCM --k 50 photos/
     iim predict --zero-shot --cache cache/NAME --out results/zs photos/
 
     Folders are searched recursively for image files; unreadable files are listed as skipped, the rest
@@ -64,6 +92,7 @@ def predict(images, run, zero_shot, cache, method, k, alpha, T, threshold, tpr, 
     predictions.csv and predictions.json into the run folder (--out).
     """
     t0 = time.perf_counter()
+    method = _evaluator(evaluator, old_method)
     k, alpha = _one(k, "--k"), _one(alpha, "--alpha")
     if zero_shot:
         if run is not None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 import click
 
-from ..cli_options import device_option, out_option, progress_option, seed_option
+from .options import device_option, out_option, progress_option, seed_option
 from ..errors import IIMError
 from ..options import Grid
 
@@ -60,7 +60,7 @@ def extract(benchmark, data_root, out, model, pretrained, splits, shots, seeds, 
     iim extract --benchmark my.toml --pretrained /ckpt/vit_b16.bin --shots 1,2,4,8,16
     """
     from ..cache.store import CHUNK_BYTES
-    from .run import extract as run_extract
+    from ..extract.run import extract as run_extract
 
     shot_list, seed_list = shots or [], seeds
     split_list = None if splits is None else [s.strip() for s in splits.split(",") if s.strip()]
