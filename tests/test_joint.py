@@ -134,7 +134,7 @@ def test_a_killed_joint_run_resumes_to_the_same_result(cache, tmp_path, monkeypa
         if path.parent.name == "p3" and kw["history"][-1]["epoch"] == 3:
             raise Killed
         return real(path, **kw)
-    monkeypatch.setattr(loop, "save", save)
+    monkeypatch.setattr(loop.epochs, "save", save)
     with pytest.raises(Killed):
         train_jointly(cfgs, progress=False, log=lambda s: None)
     monkeypatch.undo()
@@ -149,7 +149,7 @@ def test_a_killed_joint_run_resumes_to_the_same_result(cache, tmp_path, monkeypa
 def test_auto_pack_is_bounded_by_memory(cache, tmp_path, monkeypatch):
     per = joint.point_bytes(n_tokens=10_000, width=512, layers=12, batch=32, hw=196, dim=512, prompts=1300)
     assert joint.auto_pack(per, torch.device("cpu"), fraction=1e-30) == 1
-    assert joint.auto_pack(per, torch.device("cpu")) == max(1, int(loop._available_ram() * 0.25 // per))
+    assert joint.auto_pack(per, torch.device("cpu")) == max(1, int(loop.feed.available_ram() * 0.25 // per))
     small, large = (joint.run_bytes(c, cache) for c in configs(cache, tmp_path, [dict(seed=1, n_neg=0), dict(seed=1, n_neg=50)]))
     assert 0 < small < large
     # the sweep's groups: as many points as the memory allows, or --pack N
@@ -160,7 +160,7 @@ def test_auto_pack_is_bounded_by_memory(cache, tmp_path, monkeypatch):
     assert [len(g) for g in group_points(points)] == [8]
     assert [len(g) for g in group_points(points, max_pack=3)] == [3, 3, 2]
     assert [len(g) for g in group_points(points, max_pack=1)] == [1] * 8
-    monkeypatch.setattr(loop, "_available_ram", lambda: 5 * large)      # 1.25 of the largest point
+    monkeypatch.setattr(loop.feed, "available_ram", lambda: 5 * large)      # 1.25 of the largest point
     assert [len(g) for g in group_points(points)] == [1] * 8
     # --compile / --attention flex points train alone
     cfg = configs(cache, tmp_path, [dict(seed=1, n_neg=0)])[0]

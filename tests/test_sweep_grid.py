@@ -186,7 +186,7 @@ def test_a_failing_point_is_recorded_and_the_others_continue(cache, tmp_path, ca
         out = real(cfg, *args)
         return out * float("nan") if cfg.n_neg == 4 else out
 
-    monkeypatch.setattr(loop, "prompt_losses", losses)
+    monkeypatch.setattr(loop.steps, "prompt_losses", losses)
     monkeypatch.setattr(joint, "prompt_losses", losses)
     out = tmp_path / "sw"
     code, stdout, err = run_cli(capsys, "sweep", "--cache", cache.root, "--grid", "n_neg=0,4", "--seed", "1",

@@ -176,7 +176,7 @@ def test_epoch_draw_is_a_pure_function_of_seed_and_epoch():
 # ---- faults -------------------------------------------------------------------------------------
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = loop.iim_losses
+    real = loop.steps.iim_losses
 
     def poisoned(*args, **kw):
         out = real(*args, **kw)
@@ -185,7 +185,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp
             out["pos"] = out["pos"] * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "iim_losses", poisoned)
+    monkeypatch.setattr(loop.steps, "iim_losses", poisoned)
     with pytest.raises(IIMError, match=r"non-finite loss at epoch 2, step 2.*epoch 1"):
         train(config(cache_dir, tmp_path / "r", epochs=3), progress=False, log=quiet)
     kept = load_checkpoint(tmp_path / "r")
@@ -295,14 +295,14 @@ def test_a_failing_compile_is_a_one_line_error(cache_dir, tmp_path, monkeypatch)
                 raise error
             return run
         return broken_compile
-    monkeypatch.setattr(loop.torch, "compile", compile_raising(
+    monkeypatch.setattr(torch, "compile", compile_raising(
         InductorError("backend 'inductor' failed: no C compiler\n(long traceback)")))
     with pytest.raises(IIMError, match=r"torch.compile failed \(InductorError: backend 'inductor' failed: "
                                        r"no C compiler\); train without --compile"):
         train(config(cache_dir, tmp_path / "r", compile="default"), progress=False, log=quiet)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
     # any other error of the first step is not blamed on the compiler
-    monkeypatch.setattr(loop.torch, "compile", compile_raising(MemoryError("out of memory")))
+    monkeypatch.setattr(torch, "compile", compile_raising(MemoryError("out of memory")))
     with pytest.raises(MemoryError, match="out of memory"):
         train(config(cache_dir, tmp_path / "r2", compile="default"), progress=False, log=quiet)
 
@@ -398,10 +398,10 @@ def test_trainable_projection_is_used_for_local_and_negative_prompts_only(cache_
     def save_then_stop(*args, **kw):
         real_save(*args, **kw)
         raise KeyboardInterrupt
-    monkeypatch.setattr(loop, "save", save_then_stop)
+    monkeypatch.setattr(loop.epochs, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train(config(cache_dir, tmp_path / "split", epochs=2, train_projection=True), progress=False, log=quiet)
-    monkeypatch.setattr(loop, "save", real_save)
+    monkeypatch.setattr(loop.epochs, "save", real_save)
     resumed = train(config(cache_dir, tmp_path / "split", epochs=2, train_projection=True), resume=True,
                     progress=False, log=quiet)
     assert torch.equal(resumed["contexts"]["projection"], proj)

@@ -3,8 +3,9 @@
     from iim.train import iim_losses, diversity_loss
     losses = iim_losses(local_feats, labels, id_proto, neg_proto, k=50)   # {"pos": ..., "neg": ...}
 
-The training loop (:func:`iim.train.loop.train`) and the ``iim train`` command live in ``loop.py`` and
-``cli.py``; the run folder's ``checkpoint.pt`` is written by ``checkpoint.py``.
+The training loop (:func:`iim.train.loop.train`) is the package ``loop/`` (one job per file, listed in
+its docstring) and the ``iim train`` command is ``cli.py``; the run folder's ``checkpoint.pt`` is written
+by ``checkpoint.py``.
 """
 from .losses import diversity_loss, iim_losses, total_loss
 
