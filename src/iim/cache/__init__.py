@@ -15,10 +15,16 @@ Reading:
     test = cache.split("test")                   # refuses a missing or incomplete split
     for chunk in test.iter_chunks(rows=512):     # bounded memory
         chunk.global_feats, chunk.local_feats, chunk.labels
+
+Modules: store.py (the folder, its manifest, open_cache / create_cache), split.py (reading a split),
+writer.py (writing one, resumable, per rank), damage.py (missing chunks, damaged files: one line),
+names.py, fingerprint.py, location.py (a folder or an fsspec URL), hdf5.py, verify.py.
 """
 from .names import ood_split_name, parse_train_split, train_split_name
 from .fingerprint import compare, fingerprint as manifest_key
-from .store import Cache, Chunk, Split, SplitWriter, create_cache, open_cache
+from .split import Chunk, Split
+from .store import Cache, create_cache, open_cache
+from .writer import SplitWriter
 
 __all__ = ["Cache", "Chunk", "Split", "SplitWriter", "create_cache", "open_cache", "manifest_key", "compare",
            "train_split_name", "parse_train_split", "ood_split_name"]
