@@ -31,7 +31,7 @@ from .feed import WHERE, TrainFeatures
 from .folder import RUN_LOCK, SCORE_OUTPUTS, discard_run, open_run_folder, run_folder
 from .one_run import train
 from .prepare import Run, full_config, prepare, resolve_logit_scale, validate
-from .resources import Resources, load_text_model
+from .resources import Resources
 from .saving import restore, save
 from .schedule import epoch_batches, epoch_draw, lr_at_epoch
 from .steps import prompt_losses, sgd_steps, step_function, step_losses, train_step
@@ -40,6 +40,6 @@ __all__ = ["COMPILE_MODES", "FEATURES_IN", "RECIPES", "TrainConfig", "resolve_re
            "build_encoder", "check_ctx_init", "ctx_init_tokens", "init_context_embeddings", "learned_prototypes",
            "prototypes_of", "trainable_projection", "trained_parameters", "run_epoch", "train_epochs", "WHERE",
            "TrainFeatures", "RUN_LOCK", "SCORE_OUTPUTS", "discard_run", "open_run_folder", "run_folder", "train",
-           "Run", "full_config", "prepare", "resolve_logit_scale", "validate", "Resources", "load_text_model",
-           "restore", "save", "epoch_batches", "epoch_draw", "lr_at_epoch", "prompt_losses", "sgd_steps",
-           "step_function", "step_losses", "train_step"]
+           "Run", "full_config", "prepare", "resolve_logit_scale", "validate", "Resources", "restore", "save",
+           "epoch_batches", "epoch_draw", "lr_at_epoch", "prompt_losses", "sgd_steps", "step_function",
+           "step_losses", "train_step"]

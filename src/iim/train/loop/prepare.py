@@ -105,7 +105,7 @@ def prepare(cfg: TrainConfig, shared: Resources, *, resume: bool = False, overwr
                        f"backward); leave --attention at auto on this device")
 
     def text_model():
-        return shared.model(cache, device, cfg.pretrained)
+        return shared.model(cache, device, cfg.pretrained, note=log)
     cfg = dataclasses.replace(resolve_recipe(cfg), logit_scale=resolve_logit_scale(cfg, cache.manifest, text_model))
     config, fingerprint = full_config(cfg, cache), manifest_key(cache.manifest)
     out = Path(cfg.out)

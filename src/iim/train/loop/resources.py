@@ -7,31 +7,9 @@ from pathlib import Path
 import torch
 
 from ...cache import open_cache
-from ...errors import IIMError
-from ...models import create_model, is_local_checkpoint, weights_id
+from ...cache_model import load_cache_model
 from ...text import global_prototypes
 from .feed import TrainFeatures
-
-
-def load_text_model(manifest: dict, device, pretrained: str | None = None):
-    """The cache's CLIP model (for its text tower), with its weights verified against the manifest."""
-    name = manifest.get("model")
-    recorded = manifest.get("weights")
-    source = pretrained or manifest.get("pretrained") or recorded
-    if not name or not source:
-        raise IIMError("the cache manifest does not name its model and weights; re-extract with iim extract")
-    if str(recorded).startswith("sha256:"):
-        if not is_local_checkpoint(source):
-            raise IIMError(f"the cache was extracted with the checkpoint file {source}, which is not there; "
-                           f"pass --pretrained /path/to/that/file")
-        if weights_id(source) != recorded:
-            raise IIMError(f"{source} is not the checkpoint the cache was extracted with (sha256 differs "
-                           f"from {recorded[:19]}...); pass the right file with --pretrained")
-    elif pretrained and weights_id(pretrained) != recorded:
-        raise IIMError(f"--pretrained {pretrained} differs from the weights the cache was extracted with "
-                       f"({recorded!r})")
-    model, _ = create_model(name, source, device=device)
-    return model
 
 
 class Resources:
@@ -50,9 +28,10 @@ class Resources:
     def cache(self, path):
         return self._once(("cache", str(Path(path).resolve())), lambda: open_cache(path))
 
-    def model(self, cache, device, pretrained):
+    def model(self, cache, device, pretrained, *, note=None):
+        """The cache's model (:func:`iim.cache_model.load_cache_model`: its weights checked)."""
         return self._once(("model", str(cache.root), str(device), pretrained),
-                          lambda: load_text_model(cache.manifest, device, pretrained))
+                          lambda: load_cache_model(cache, device, pretrained, note=note)[0])
 
     def global_prototypes(self, cache, model) -> torch.Tensor:
         return self._once(("global", str(cache.root), id(model)), lambda: (
