@@ -13,12 +13,10 @@ prototypes must equal the cache's stored ones (the text tower ships with the ima
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .errors import IIMError
-from .models import create_model, image_size, is_local_checkpoint, weights_id
+from .models import create_model, image_size, is_local_checkpoint, names_a_file, weights_id
 from .text import global_prototypes
 
 PROTOTYPE_TOLERANCE = 1e-3    # rtol = atol of the text-prototype comparison (float16 storage, other devices)
@@ -29,17 +27,18 @@ def load_cache_model(cache, device, pretrained: str | None = None, *, note=None)
     the weights the manifest records or ``pretrained`` (a tag or a file: the same weights from
     elsewhere). Weights that are not the recorded ones, a recorded file that is gone, or another image
     size are one-line errors. ``note(line)`` hears when a file was accepted for a tag."""
-    man, root = cache.manifest, cache.root
+    man, root, pretrained = cache.manifest, cache.root, pretrained or None
     name, want = man.get("model"), man.get("weights")
     recorded = man.get("pretrained") or want
     source = pretrained or recorded
     if not name or not want:
         raise IIMError(f"cache {root}: the manifest does not name its model and weights; re-extract it with "
                        f"iim extract")
-    if pretrained is None and _names_a_file(recorded, want) and not is_local_checkpoint(recorded):
+    recorded_file = str(want).startswith("sha256:") or names_a_file(recorded)
+    if pretrained is None and recorded_file and not is_local_checkpoint(recorded):
         raise IIMError(f"the checkpoint file {recorded} that cache {root} was extracted with is not there any "
                        f"more; pass that file with --pretrained FILE (it must have {_short(want)})")
-    if pretrained is not None and _names_a_file(pretrained) and not is_local_checkpoint(pretrained):
+    if pretrained is not None and names_a_file(pretrained) and not is_local_checkpoint(pretrained):
         raise IIMError(f"checkpoint file not found: {pretrained}")
     got = weights_id(source)
     file_for_tag = got != want and is_local_checkpoint(source) and _is_tag(want)
@@ -67,13 +66,6 @@ def check_text_prototypes(model, cache, source: str, want: str) -> None:
                                                         atol=PROTOTYPE_TOLERANCE):
         raise IIMError(f"weights {source} are not the {want!r} weights cache {cache.root} was extracted with "
                        f"(its text prototypes differ); pass those weights")
-
-
-def _names_a_file(pretrained: str, weights: str | None = None) -> bool:
-    """Whether ``pretrained`` is a checkpoint file's name rather than a tag (a path, a file suffix, or
-    recorded with a file's ``sha256:`` id)."""
-    return (str(weights).startswith("sha256:") or "/" in str(pretrained)
-            or bool(Path(str(pretrained)).suffix))
 
 
 def _is_tag(weights: str) -> bool:
