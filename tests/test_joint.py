@@ -9,6 +9,7 @@ import torch
 import iim.train.joint as joint
 import iim.train.loop as loop
 from helpers import make_random_cache
+from iim.cache.names import train_split_name
 from iim.errors import IIMError
 from iim.text import PromptEncoder, encode_packed
 from iim.train.checkpoint import load_checkpoint
@@ -35,7 +36,7 @@ def cache(tmp_path_factory):
 
 def configs(cache, root, points=POINTS, **kw):
     base = dict(device="cpu", epochs=2, n_ctx=4, batch_size=4)
-    return [TrainConfig(cache=str(cache.root), split=f"train_k2_s{p['seed']}", out=str(root / f"p{i}"),
+    return [TrainConfig(cache=str(cache.root), split=train_split_name(2, p["seed"]), out=str(root / f"p{i}"),
                         **{**base, **p, **kw}) for i, p in enumerate(points)]
 
 
@@ -75,7 +76,7 @@ def test_joint_training_equals_separate_runs(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(loop.TrainFeatures, "__init__", lambda self, split, *a, **kw: (
         loads.append(split.name), real_init(self, split, *a, **kw))[1])
     joint_states = train_jointly(configs(cache, tmp_path / "joint"), progress=False, log=lambda s: None)
-    assert sorted(loads) == ["train_k2_s1", "train_k2_s2", "train_k2_s3"]     # each split's features once
+    assert sorted(loads) == ["train_shots2_seed1", "train_shots2_seed2", "train_shots2_seed3"]     # each split's features once
     monkeypatch.undo()
     assert all(isinstance(s, dict) and s["complete"] for s in joint_states), joint_states
     for cfg, js in zip(configs(cache, tmp_path / "alone"), joint_states):

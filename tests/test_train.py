@@ -26,7 +26,7 @@ def tiny_manifest(**overrides) -> dict:
 
 def make_train_cache(path, *, shots=8, seeds=(1,), views=2, hw=64, dim=32, data_seed=0, manifest=None,
                      finish=True, views_in_name=False):
-    """A cache with train splits ``train_k{shots}_s{seed}`` (``_v{views}`` appended if ``views_in_name``)
+    """A cache with train splits ``train_split_name(shots, seed)`` (``_views{views}`` appended if ``views_in_name``)
     whose patches are learnable: a third of each view's patches are the image's class direction plus
     noise, the rest one of 3 background directions."""
     cache = create_cache(path, manifest or tiny_manifest())
@@ -61,7 +61,7 @@ def cache_dir(tmp_path_factory):
 
 
 def config(cache_dir, out, **kw) -> TrainConfig:
-    opts = dict(cache=str(cache_dir), split="train_k8_s1", out=str(out), k=8, n_neg=6, n_ctx=4, epochs=3,
+    opts = dict(cache=str(cache_dir), split="train_shots8_seed1", out=str(out), k=8, n_neg=6, n_ctx=4, epochs=3,
                 batch_size=8, lr=1e-3, logit_scale=100.0)     # None: the model's own (tested below)
     return TrainConfig(**{**opts, **kw})
 
@@ -196,7 +196,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp
 def test_incomplete_split_is_refused(tmp_path):
     make_train_cache(tmp_path / "c", finish=False, shots=2)
     with pytest.raises(IIMError, match="incomplete"):
-        train(config(tmp_path / "c", tmp_path / "r", split="train_k2_s1"), progress=False, log=quiet)
+        train(config(tmp_path / "c", tmp_path / "r", split="train_shots2_seed1"), progress=False, log=quiet)
 
 
 def test_k_too_large_for_the_patches_is_refused(cache_dir, tmp_path):
@@ -246,7 +246,7 @@ def test_weights_file_must_match_the_cache(tmp_path):
     weights.write_bytes(b"not the weights")
     make_train_cache(tmp_path / "c", shots=2,
                      manifest=tiny_manifest(pretrained=str(tmp_path / "gone.bin"), weights="sha256:" + "0" * 64))
-    cfg = config(tmp_path / "c", tmp_path / "r", split="train_k2_s1")
+    cfg = config(tmp_path / "c", tmp_path / "r", split="train_shots2_seed1")
     with pytest.raises(IIMError, match="is not there any more; pass that file with --pretrained FILE"):
         train(cfg, progress=False, log=quiet)
     cfg.pretrained = str(weights)
@@ -260,7 +260,7 @@ def test_global_prototypes_come_from_the_cache_when_stored(tmp_path):
     cache = make_train_cache(tmp_path / "c", shots=2)
     stored = torch.randn(4, 32)
     cache.write_global_prototypes(stored.numpy())
-    ckpt = train(config(tmp_path / "c", tmp_path / "r", split="train_k2_s1", epochs=1), progress=False,
+    ckpt = train(config(tmp_path / "c", tmp_path / "r", split="train_shots2_seed1", epochs=1), progress=False,
                  log=quiet)
     assert torch.equal(ckpt["prototypes"]["global"], stored)
 

@@ -2,7 +2,7 @@
 
     <cache>/manifest.json        model, weights, image size, feature version, benchmark, classnames, ...
     <cache>/zarr.json            the root Zarr (v3) group
-    <cache>/<split>/             one Zarr group per split: train_k{K}_s{S}, test, ood_{name}
+    <cache>/<split>/             one Zarr group per split: train_shots{K}_seed{S}[_views{V}], test, ood_{name}
         global  float16 [N, V, D]       CLIP image embedding, unnormalised
         local   float16 [N, V, HW, D]   MaskCLIP value-path patch features, unnormalised
         label   int64   [N]             class index, -1 for OOD

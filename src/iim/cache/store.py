@@ -13,7 +13,7 @@ from ..errors import IIMError
 from .damage import metadata_guard, missing_chunks, read_array
 from .fingerprint import compare
 from .location import as_path, replace_tree, write_text, zarr_store
-from .names import is_ood, parse_train_split
+from .names import is_ood, parse_train_split, stored_name
 from .split import Split
 from .writer import SplitWriter, state_array
 
@@ -64,16 +64,25 @@ class Cache:
     def ood_splits(self) -> list[str]:
         return [n for n in self.splits() if is_ood(n)]
 
+    def stored_name(self, name: str) -> str:
+        """The name the cache holds split ``name`` under: ``name``, or the other spelling of the same
+        train split (:func:`iim.cache.names.stored_name`: caches written before shots were spelled out)."""
+        return stored_name(name, self.split_names())
+
     def has_split(self, name: str) -> bool:
-        return name in self.split_names()
+        names = self.split_names()
+        return stored_name(name, names) in names
 
     @metadata_guard
     def is_complete(self, name: str) -> bool:
+        name = self.stored_name(name)
         return self.has_split(name) and bool(self._zroot[name].attrs.get("complete", False))
 
     @metadata_guard
     def split(self, name: str) -> Split:
-        """Open a complete split for reading; a missing or incomplete split is a clear error."""
+        """Open a complete split for reading (under either spelling of a train split's name); a missing
+        or incomplete split is a clear error."""
+        name = self.stored_name(name)
         if not self.has_split(name):
             have = ", ".join(self.splits()) or "none"
             raise IIMError(f"cache {self.root} has no split {name!r} (complete splits: {have})")
@@ -85,6 +94,7 @@ class Cache:
     @metadata_guard
     def split_status(self, name: str) -> dict:
         """Attributes and storage shapes of any split, complete or not (for ``iim cache info``)."""
+        name = self.stored_name(name)
         if not self.has_split(name):
             raise IIMError(f"cache {self.root} has no split {name!r}")
         grp = self._zroot[name]
@@ -99,7 +109,9 @@ class Cache:
         """Create a split (or reopen an interrupted one with the same rows) for writing.
         ``chunk_rows`` (rows per storage chunk) defaults to about :data:`CHUNK_BYTES` of ``local``.
         Under torchrun, rank 0 calls this first (it creates the arrays), the other ranks after a barrier;
-        each writer then writes the chunks of its ``rank`` of ``world``."""
+        each writer then writes the chunks of its ``rank`` of ``world``. A train split the cache holds
+        under its older name is reopened under that name, never written twice."""
+        name = self.stored_name(name)
         labels = np.asarray(labels, dtype=np.int64)
         paths = [str(p) for p in paths]
         if len(labels) != n or len(paths) != n:

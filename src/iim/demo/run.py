@@ -70,7 +70,7 @@ ROWS = (("MCM (0-shot)", "zero", "mcm"), ("GL-MCM (0-shot)", "zero", "gl_mcm"),
         ("IIM official + S-MCM (4-shot)", "official", "s_mcm"))
 SOURCE = {"paper": "iim", "official": "official"}      # recipe -> rows (a comparison method: its name)
 NAMES = {"iim": "IIM", "official": "IIM official", "coop": "CoOp", "locoop": "LoCoOp", "localprompt": "Local-Prompt"}
-RUN_PREFIX = {"paper": "iim", "official": "official"}  # recipe -> run folder <prefix>-k{K}-s{S}
+RUN_PREFIX = {"paper": "iim", "official": "official"}  # recipe -> run folder <prefix>-shots{K}-seed{S}-views{V}
 KNN = {"k": 1, "all_views": False}   # the scorer's KNN baseline: 1-NN on the support images' global features
 
 
@@ -78,7 +78,7 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
              settings: DemoSettings = DemoSettings(), plots: bool = True, progress: bool = True,
              echo=print) -> dict:
     """Run the whole demo for the few-shot ``seeds``; return (and write ``<out>/summary.json``) the table."""
-    from ..cache import train_split_name
+    from ..cache.names import run_name, train_split_name
     from ..extract.run import extract
     from ..score.run import format_score, run_score
     from ..score.pipeline import prepare_run, prepare_zero_shot
@@ -130,7 +130,7 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
             tau = "the model's own" if scale is None else f"{scale:.4g}"
             echo(f"[3/4] {s.shots}-shot IIM training, {recipe} recipe, seed {seed} ({s.epochs} epochs, k={s.k}, "
                  f"{s.n_neg} negative prompts, logit scale {tau})")
-            run_dir = out / f"{RUN_PREFIX[recipe]}-k{s.shots}-s{seed}"
+            run_dir = out / run_name(RUN_PREFIX[recipe], s.shots, seed, s.views)
             cfg = TrainConfig(cache=str(cache), split=train_split_name(s.shots, seed, s.views), out=str(run_dir),
                               seed=seed, recipe=recipe, k=s.k, n_neg=s.n_neg, epochs=s.epochs,
                               batch_size=s.batch_size, lr=s.lr, logit_scale=scale, device=device)
@@ -147,7 +147,7 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     for method in s.baselines:
         for seed in seeds:
             echo(f"[4/4] {s.shots}-shot {NAMES[method]}, seed {seed}: training and scoring")
-            run_dir = out / f"{method}-k{s.shots}-s{seed}"
+            run_dir = out / run_name(method, s.shots, seed, s.views)
             train(baseline_config(method, s, cache=cache, split=train_split_name(s.shots, seed, s.views),
                                   out=run_dir, seed=seed, device=device, logit_scale=scale),
                   overwrite=True, progress=progress, log=log)
@@ -163,7 +163,7 @@ def run_demo(seeds=(1,), *, out="runs/demo", cache="cache/demo", world=None, dev
     echo("")
     echo(format_summary(summary))
     if plots:
-        dirs = [out / "zero-shot" / "plots"] + [out / f"{RUN_PREFIX[r]}-k{s.shots}-s{seed}" / "plots"
+        dirs = [out / "zero-shot" / "plots"] + [out / run_name(RUN_PREFIX[r], s.shots, seed, s.views) / "plots"
                                                  for r in s.recipes for seed in seeds]
         echo(f"\nPlots (score histograms, ROC curves): {', '.join(str(p) for p in dirs)}")
     echo(f"Tables: {out / 'summary.md'}, {out / 'summary.json'}; every stage's report: {logfile}")

@@ -29,7 +29,7 @@ from ..cache.location import as_path
 from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, open_cache
 from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ORIENTATION, ImageRows
-from ..data.splits import SplitPlan, files_digest, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
+from ..data.splits import SplitPlan, files_digest, plan_ood, plan_test, plan_train, split_crop_scale, stored_plans, train_pools  # noqa: E501
 from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
@@ -313,6 +313,7 @@ def _extract(benchmark, out, *, data_root, model, pretrained, splits, shots, see
 
     cache = create_cache(out, key) if (out / MANIFEST).is_file() else None   # refuses a mismatch early
     if cache is not None:
+        plans = stored_plans(plans, cache)
         check_one_crop_scale(cache, plans)
         for plan in plans:
             _check_same_files(cache, plan, log)

@@ -203,8 +203,8 @@ def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
     LoCoOp: MCM, GL-MCM; Local-Prompt: R-MCM; IIM: R-MCM, S-MCM; 0-shot: MCM, GL-MCM, R-MCM*, S-MCM*).
 
     \b
-    iim report runs/in1k-k16-s1-iim runs/in1k-k16-s2-iim runs/in1k-k16-s3-iim --out results/in1k-k16
-    iim report results/zeroshot runs/in1k-k4-s*-* runs/in1k-k16-s*-* --out results/table1
+    iim report runs/in1k-shots16-seed{1,2,3}-iim --out results/in1k-shots16      # the shell lists the 3 seeds
+    iim report results/zeroshot runs/in1k-shots4-seed*-* runs/in1k-shots16-seed*-* --out results/table1
     """
     from .summary import group_results, load_results, markdown_table, reported, reported_line, summarise
 

@@ -3,7 +3,7 @@ metrics, results.json / results.csv / scores_*.npz / plots) and :func:`run_sweep
 one pass, sweep.csv). They return plain data and write files; they print nothing (``iim score`` prints
 :func:`format_score` / :func:`format_sweep` of what they return).
 
-    job = prepare_run("runs/in1k-k16-s1-iim")
+    job = prepare_run("runs/in1k-shots16-seed1-iim")
     results = run_score(job, k=50, alpha=1.0)        # results["metrics"]["s_mcm"]["average"]["fpr95"]
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ shared-prefix :class:`~iim.text.PromptEncoder`, computes Eq. 5-11 and takes an S
 only (:mod:`.steps`). The same epoch loop (:func:`train_epochs`, :mod:`.epochs`) trains several runs
 together (:mod:`iim.train.joint`).
 
-    cfg = TrainConfig(cache="cache/in1k", split="train_k16_s1", out="runs/in1k-k16-s1-iim")
+    cfg = TrainConfig(cache="cache/in1k", split="train_shots16_seed1", out="runs/in1k-shots16-seed1-iim")
     ckpt = train(cfg)                 # checkpoint.pt written atomically after every epoch
     ckpt = train(cfg, resume=True)    # continue an interrupted run from its last checkpoint
 
