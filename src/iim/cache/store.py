@@ -67,7 +67,7 @@ class Cache:
     def stored_name(self, name: str) -> str:
         """The name the cache holds split ``name`` under: ``name``, or the other spelling of the same
         train split (:func:`iim.cache.names.stored_name`: caches written before shots were spelled out)."""
-        return stored_name(name, self.split_names())
+        return name if parse_train_split(name) is None else stored_name(name, self.split_names())
 
     def has_split(self, name: str) -> bool:
         names = self.split_names()
