@@ -105,9 +105,9 @@ def train_pools(bench: Benchmark) -> list[list[str]]:
 
 def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1, pools=None,
                crop_scale: float | None = None) -> SplitPlan:
-    """K-shot support set ``train_shots{K}_seed{S}`` (``_views{V}`` appended for V > 1 augmented views, cropped
-    with scale ``(crop_scale, 1)``, default the benchmark's); ``pools`` (from :func:`train_pools`) saves
-    listing the train folder again."""
+    """K-shot support set ``train_shots{K}_seed{S}`` (``_views{V}`` appended for V > 1 augmented views,
+    cropped with scale ``(crop_scale, 1)``, default the benchmark's); ``pools`` (from
+    :func:`train_pools`) saves listing the train folder again."""
     if bench.train is None:
         raise IIMError(f"benchmark {bench.name} has no train folder, so no few-shot split")
     if shots < 1 or views < 1:

@@ -109,4 +109,4 @@ def point_name(point: dict, *, tag=split_tag) -> str:
     parts = [tag(point["shots"], point["seed"], point.get("views", 1))]
     parts += [f"{n}{_fmt(point[n])}" for n in sweepable()
               if n in point and n not in ("shots", "seed", "views") and point[n] != defaults.get(n)]
-    return "-".join(p for p in parts if p)
+    return "-".join(parts)
