@@ -70,23 +70,23 @@ negatives: splits
 	$(BIN)/iim negatives --cache $(CACHE) --vocab $(VOCAB) --out $(NEGS) --overwrite
 
 # Table 1/2 rows: 0-shot MCM / GL-MCM / R-MCM* / S-MCM* (results/), IIM (S-MCM) and IIM* (no negatives,
-# S-MCM*), mean ± std over SEEDS (sweeps/<dataset>-reproduce-k<shots>/report.md); the 0-shot peers NegLabel,
+# S-MCM*), mean ± std over SEEDS (sweeps/<dataset>-reproduce-shots<shots>/report.md); the 0-shot peers NegLabel,
 # CSP, AdaNeg and S-MCM with mined negatives beside their papers' reported numbers (results/<dataset>-0shot-neg)
 reproduce: negatives
 	$(BIN)/iim score --zero-shot --cache $(CACHE) --out results/$(DATASET)-0shot --k $(TRAIN_K) --no-plots
 	$(BIN)/iim score --zero-shot --cache $(CACHE) $(NEG_SCORE) --out results/$(DATASET)-0shot-neg --k $(TRAIN_K) --no-plots
 	$(BIN)/iim report results/$(DATASET)-0shot-neg --out results/$(DATASET)-0shot-neg
-	$(GRID) --grid n_neg=0,$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out sweeps/$(DATASET)-reproduce-k$(SHOTS) $(ARGS)
+	$(GRID) --grid n_neg=0,$(NEG) --grid k=$(TRAIN_K) --k $(TRAIN_K) --out sweeps/$(DATASET)-reproduce-shots$(SHOTS) $(ARGS)
 
 # Fig. 3: pairwise cosines and t-SNE of the learned ID prototypes, ImageNet-500-Easy against -Hard (iim
 # prototypes). Default runs: seed 1's IIM point of 'make reproduce DATASET=imagenet500-easy' / '-hard'.
-EASY    ?= $(firstword $(wildcard sweeps/imagenet500-easy-reproduce-k$(SHOTS)/points/shots$(SHOTS)-seed1*-n_neg$(NEG)*))
-HARD    ?= $(firstword $(wildcard sweeps/imagenet500-hard-reproduce-k$(SHOTS)/points/shots$(SHOTS)-seed1*-n_neg$(NEG)*))
+EASY    ?= $(firstword $(wildcard sweeps/imagenet500-easy-reproduce-shots$(SHOTS)/points/shots$(SHOTS)-seed1*-n_neg$(NEG)*))
+HARD    ?= $(firstword $(wildcard sweeps/imagenet500-hard-reproduce-shots$(SHOTS)/points/shots$(SHOTS)-seed1*-n_neg$(NEG)*))
 fig3: install
 	@test -n "$(EASY)" -a -n "$(HARD)" || { echo "make fig3: no runs; give EASY=RUN HARD=RUN or run 'make reproduce \
 	DATASET=imagenet500-easy' and 'make reproduce DATASET=imagenet500-hard' first (SHOTS=$(SHOTS))" >&2; exit 2; }
 	$(BIN)/iim prototypes $(EASY) $(HARD) --label ImageNet-500-Easy --label ImageNet-500-Hard \
-	  --out results/fig3-k$(SHOTS) $(ARGS)
+	  --out results/fig3-shots$(SHOTS) $(ARGS)
 
 # Table 3 (each loss term, hard-negative mining), Fig. 4 (C_n, lambda_neg, lambda_div, alpha), Fig. 5
 # (train k x test k): one grid folder each (iim grid) under sweeps/<dataset>-*; which side of IIM helps: R-MCM / S-MCM

@@ -8,7 +8,7 @@ the ms per step of 1, 4, 8, 16, 24 packed points.
 
 Grid (default): n_neg {0, 10, 20} x lambda_neg {0, 5} x lambda_div {0, 0.5} x seeds {1, 2} with the demo's
 settings (k 8, batch 8, 50 epochs, iim.demo.run.DemoSettings), scored at test k 8. The demo cache is
-``make splits DATASET=demo`` (or ``iim demo --seeds 1,2``): train splits train_k4_s1_v4 and _s2_v4.
+``make splits DATASET=demo`` (or ``iim demo --seeds 1,2``): train splits train_shots4_seed1_views4 and _seed2_views4.
 Both sides do the same work (train, then score every point) with the same code; the script checks that
 each point's prototypes agree (joint training ends where a separate run ends) and prints both wall times
 and their ratio, also against the separate trainings alone.
@@ -100,7 +100,7 @@ def packed_configs(args, tmp: Path, n: int) -> list[TrainConfig]:
     """``n`` configurations of one shape: the grid's full-method point (its last n_neg, lambda_neg and
     lambda_div: C_n 20, 5, 0.5) for 2 epochs, on each split seed and then with other training seeds."""
     if args.synthetic:
-        return [TrainConfig(cache=str(tmp / "cache"), split="train_k1_s1", out=str(tmp / "runs" / str(i)), seed=i + 1,
+        return [TrainConfig(cache=str(tmp / "cache"), split="train_shots1_seed1", out=str(tmp / "runs" / str(i)), seed=i + 1,
                             k=50, n_neg=args.n_neg, lambda_neg=(5.0, 0.0)[i % 2], batch_size=32, epochs=2,
                             device=args.device, bf16=args.device.startswith("cuda")) for i in range(n)]
     seeds = [int(s) for s in args.seeds.split(",")]

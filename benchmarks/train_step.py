@@ -51,7 +51,7 @@ def timed(step, *, iters: int, warmup: int, device) -> float:
 
 
 def synthetic_cache(root, *, model: str, size: int, classnames, n_images: int, hw: int, dim: int,
-                    split: str = "train_k1_s1") -> Path:
+                    split: str = "train_shots1_seed1") -> Path:
     """A cache holding one train split of ``n_images`` random features (2 views) for ``model``'s shapes."""
     manifest = {"model": model, "pretrained": "none", "weights": "none", "image_size": size,
                 "feature_version": FEATURE_VERSION, "benchmark": "bench", "classnames": list(classnames)}
@@ -75,7 +75,7 @@ def loop_ms_per_step(args, classnames, n_neg, size, hw, dim, n_images: int, devi
         synthetic_cache(Path(tmp) / "cache", model=args.model, size=size, classnames=classnames,
                         n_images=n_images, hw=hw, dim=dim)
         for i, (label, overrides) in enumerate(runs.items()):
-            cfg = TrainConfig(cache=str(Path(tmp) / "cache"), split="train_k1_s1", out=str(Path(tmp) / str(i)),
+            cfg = TrainConfig(cache=str(Path(tmp) / "cache"), split="train_shots1_seed1", out=str(Path(tmp) / str(i)),
                               k=args.k, n_neg=n_neg, n_ctx=args.n_ctx, epochs=2, batch_size=args.batch,
                               device=str(device), bf16=args.bf16, **overrides)
             try:

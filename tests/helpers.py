@@ -26,7 +26,7 @@ def make_random_cache(path, *, classes: int = 4, hw: int = 64, dim: int = 32, n_
                       ood: dict | None = None, shots: int = 2, seed: int = 0, views: int = 1,
                       signal: float = 0.8, manifest: dict | None = None):
     """A complete cache with random features: splits ``test``, ``ood_<name>`` (default two sets of 30),
-    ``train_k{shots}_s1``, and global prototypes.
+    ``train_split_name(shots, 1)``, and global prototypes.
 
     ID images (train and test) carry a ``signal``-sized copy of their class's prototype in the global
     feature and in a third of their patches, so that a detector has something to find; OOD images are

@@ -164,8 +164,8 @@ def test_demo_pipeline_end_to_end_on_a_small_world(tmp_path):
     methods = [r["method"] for r in summary["rows"]]
     assert methods[0] == "MCM (0-shot)" and methods[-1] == "IIM official + S-MCM (4-shot)"
     assert "IIM + S-MCM (4-shot)" in methods
-    assert (tmp_path / "runs" / "official-k4-s1" / "results.json").is_file()
-    official = json.loads((tmp_path / "runs" / "official-k4-s1" / "results.json").read_text())
+    assert (tmp_path / "runs" / "official-shots4-seed1-views2" / "results.json").is_file()
+    official = json.loads((tmp_path / "runs" / "official-shots4-seed1-views2" / "results.json").read_text())
     assert official["settings"]["recipe"] == "official" and official["run_config"]["train_projection"]
     assert set(summary["diagnostics"]) == {"iim", "official", "coop", "locoop", "localprompt"}
     assert summary["diagnostics"]["iim"][1]["chance"] > 0
@@ -177,7 +177,7 @@ def test_demo_pipeline_end_to_end_on_a_small_world(tmp_path):
     assert "IIM + S-MCM (4-shot)" in text
     for label in ("CoOp + GL-MCM (4-shot)", "LoCoOp + GL-MCM (4-shot)", "Local-Prompt + R-MCM (4-shot)"):
         assert label in methods and label in text
-    assert (tmp_path / "runs" / "localprompt-k4-s1" / "results.json").is_file()
-    assert (tmp_path / "runs" / "iim-k4-s1" / "checkpoint.pt").is_file()
-    assert (tmp_path / "runs" / "iim-k4-s1" / "results.json").is_file()
+    assert (tmp_path / "runs" / "localprompt-shots4-seed1-views2" / "results.json").is_file()
+    assert (tmp_path / "runs" / "iim-shots4-seed1-views2" / "checkpoint.pt").is_file()
+    assert (tmp_path / "runs" / "iim-shots4-seed1-views2" / "results.json").is_file()
     assert (tmp_path / "runs" / "summary.md").read_text().startswith("| Method |")

@@ -45,8 +45,8 @@ def test_cache_layout_and_manifest(cache, world):
     assert m["orientation"] == "exif" and all(s["orientation"] == "exif" for s in m["splits"].values())
     tiny = create_model("iim-test-tiny", "none")[0]
     assert m["logit_scale"] == pytest.approx(float(tiny.logit_scale.exp()))   # the model's own tau (SPEC §3)
-    assert cache.splits() == ["ood_noise", "ood_stripes", "test", "train_k2_s1"]
-    n = {"train_k2_s1": 6, "test": 12, "ood_noise": 5, "ood_stripes": 4}
+    assert cache.splits() == ["ood_noise", "ood_stripes", "test", "train_shots2_seed1"]
+    n = {"train_shots2_seed1": 6, "test": 12, "ood_noise": 5, "ood_stripes": 4}
     root = zarr.open_group(str(cache.root), mode="r")
     for name, rows in n.items():
         g = root[name]
@@ -59,9 +59,9 @@ def test_cache_layout_and_manifest(cache, world):
     assert test.labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert test.paths[:4] == ["ant/000.png", "ant/001.jpg", "ant/002.JPEG", "ant/003.png"]
     assert cache.split("ood_noise").labels.tolist() == [-1] * 5
-    train = cache.split("train_k2_s1")
+    train = cache.split("train_shots2_seed1")
     assert train.labels.tolist() == [0, 0, 1, 1, 2, 2] and train.attrs["shots"] == 2
-    assert train.attrs["files_sha256"] == m["splits"]["train_k2_s1"]["files_sha256"]
+    assert train.attrs["files_sha256"] == m["splits"]["train_shots2_seed1"]["files_sha256"]
     assert all(os.path.isfile(world["train"] / p) for p in train.paths)
 
 
@@ -85,14 +85,14 @@ def test_more_splits_reuse_test_and_ood(cache, world):
     before = cache.split("test").attrs["finished"]
     logs = []
     c = extract(str(world["toml"]), cache.root, shots=[1, 2], seeds=[1, 2], **dict(TINY, log=logs.append))
-    assert set(c.train_splits()) == {"train_k1_s1", "train_k1_s2", "train_k2_s1", "train_k2_s2"}
+    assert set(c.train_splits()) == {"train_shots1_seed1", "train_shots1_seed2", "train_shots2_seed1", "train_shots2_seed2"}
     assert c.split("test").attrs["finished"] == before
-    assert "test: complete, skipped" in logs and "train_k2_s1: complete, skipped" in logs
-    k1, k2 = c.split("train_k1_s1").paths, c.split("train_k2_s1").paths
+    assert "test: complete, skipped" in logs and "train_shots2_seed1: complete, skipped" in logs
+    k1, k2 = c.split("train_shots1_seed1").paths, c.split("train_shots2_seed1").paths
     assert set(k1) <= set(k2)                             # nested shots, one extraction each
     logs.clear()
     extract(str(world["toml"]), cache.root, shots=[1], seeds=[2], **dict(TINY, log=logs.append))
-    assert logs == [f"{cache.root}: every requested split is complete (train_k1_s2, test, ood_noise, ood_stripes)"]
+    assert logs == [f"{cache.root}: every requested split is complete (train_shots1_seed2, test, ood_noise, ood_stripes)"]
 
 
 @pytest.mark.parametrize("change, match", [
@@ -119,9 +119,9 @@ def test_augmented_views_are_reproducible(world, tmp_path):
                 batch_size=6, **TINY)
     b = extract(str(world["toml"]), tmp_path / "b", splits=["train"], shots=[2], seeds=[1], views=3,
                 batch_size=6, **dict(TINY, workers=1))
-    assert a.train_splits() == ["train_k2_s1_v3"]
-    ga, la = a.split("train_k2_s1_v3").read()
-    gb, lb = b.split("train_k2_s1_v3").read()
+    assert a.train_splits() == ["train_shots2_seed1_views3"]
+    ga, la = a.split("train_shots2_seed1_views3").read()
+    gb, lb = b.split("train_shots2_seed1_views3").read()
     assert ga.shape == (6, 3, 32) and la.shape == (6, 3, 64, 32)
     np.testing.assert_array_equal(ga, gb)
     np.testing.assert_array_equal(la, lb)
@@ -136,14 +136,14 @@ def test_crop_scale_is_recorded_used_and_never_mixed(world, tmp_path, monkeypatc
     monkeypatch.setattr(R, "train_transform", lambda model, scale: used.append(scale) or real(model, scale=scale))
     args = dict(splits=["train"], shots=[2], views=2, batch_size=6, **TINY)
     c = extract(str(world["toml"]), tmp_path / "c", seeds=[1], **args)                 # benchmark default
-    assert used == [(0.85, 1.0)] and c.split("train_k2_s1_v2").attrs["crop_scale"] == 0.85
-    assert c.manifest["splits"]["train_k2_s1_v2"]["crop_scale"] == 0.85
+    assert used == [(0.85, 1.0)] and c.split("train_shots2_seed1_views2").attrs["crop_scale"] == 0.85
+    assert c.manifest["splits"]["train_shots2_seed1_views2"]["crop_scale"] == 0.85
     extract(str(world["toml"]), tmp_path / "c", seeds=[2], crop_scale=0.85, **args)    # same value: fine
     with pytest.raises(IIMError, match=r"--crop-scale 0.85 .*never mixes crop scales.*--crop-scale 0.08"):
         extract(str(world["toml"]), tmp_path / "c", seeds=[3], crop_scale=0.08, **args)
-    assert "train_k2_s3_v2" not in c.split_names()
+    assert "train_shots2_seed3_views2" not in c.split_names()
     d = extract(str(world["toml"]), tmp_path / "d", seeds=[1], crop_scale=0.08, **args)
-    assert used[-1] == (0.08, 1.0) and d.split("train_k2_s1_v2").attrs["crop_scale"] == 0.08
+    assert used[-1] == (0.08, 1.0) and d.split("train_shots2_seed1_views2").attrs["crop_scale"] == 0.08
     for bad in (0.0, 1.5):
         with pytest.raises(IIMError, match="--crop-scale"):
             extract(str(world["toml"]), tmp_path / "e", seeds=[1], crop_scale=bad, **args)
@@ -196,7 +196,7 @@ def test_plan_splits_selection(world):
     names = lambda plans: [p.name for p in plans]   # noqa: E731
     assert names(R.plan_splits(bench)) == ["test", "ood_noise", "ood_stripes"]
     assert names(R.plan_splits(bench, shots=[4], seeds=[1, 2])) == [
-        "train_k4_s1", "train_k4_s2", "test", "ood_noise", "ood_stripes"]
+        "train_shots4_seed1", "train_shots4_seed2", "test", "ood_noise", "ood_stripes"]
     assert names(R.plan_splits(bench, ["ood_stripes", "test", "test"])) == ["ood_stripes", "test"]
     with pytest.raises(IIMError, match="the train split needs --shots"):
         R.plan_splits(bench, ["train"])

@@ -134,10 +134,10 @@ def test_default_out_and_cache_commands(world, tmp_path, capsys, monkeypatch):
 
     code, out, _ = run_cli(["cache", "info", "cache/toy"], capsys, monkeypatch)
     assert code == 0 and "iim-test-tiny" in out and "[3, 32]" in out
-    assert [line.split()[:5] for line in out.splitlines() if "train_k1_s1" in line] == [
-        ["train_k1_s1", "3", "1", "-", "complete"]]   # crop "-": one view, no crop
+    assert [line.split()[:5] for line in out.splitlines() if "train_shots1_seed1" in line] == [
+        ["train_shots1_seed1", "3", "1", "-", "complete"]]   # crop "-": one view, no crop
     code, out, _ = run_cli(["cache", "ls"], capsys, monkeypatch)
-    assert code == 0 and out.startswith("cache/toy") and "splits: ood_noise, ood_stripes, test, train_k1_s1" in out
+    assert code == 0 and out.startswith("cache/toy") and "splits: ood_noise, ood_stripes, test, train_shots1_seed1" in out
     code, out, _ = run_cli(["cache", "verify", "cache/toy"], capsys, monkeypatch)
     assert code == 0 and "OK (4 complete split(s))" in out
 

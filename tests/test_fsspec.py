@@ -156,7 +156,7 @@ def test_hdf5_round_trip_and_ls_at_memory_urls(tmp_path, monkeypatch, capsys):
     assert ra.keys() == rb.keys() and all(np.array_equal(ra[k], rb[k]) for k in ra)
     parent = a_url.rsplit("/", 1)[0]
     code, out, err = run_iim(monkeypatch, capsys, "cache", "ls", parent)
-    assert code == 0 and out.startswith(a_url) and "splits: ood_far, test, train_k2_s1" in out, err
+    assert code == 0 and out.startswith(a_url) and "splits: ood_far, test, train_shots2_seed1" in out, err
 
 
 def test_s3_without_s3fs_says_what_to_install():

@@ -9,6 +9,7 @@ import torch
 import iim.train.joint as joint
 import iim.train.loop as loop
 from helpers import make_random_cache
+from iim.cache.names import train_split_name
 from iim.errors import IIMError
 from iim.text import PromptEncoder, encode_packed
 from iim.train.checkpoint import load_checkpoint
@@ -35,7 +36,7 @@ def cache(tmp_path_factory):
 
 def configs(cache, root, points=POINTS, **kw):
     base = dict(device="cpu", epochs=2, n_ctx=4, batch_size=4)
-    return [TrainConfig(cache=str(cache.root), split=f"train_k2_s{p['seed']}", out=str(root / f"p{i}"),
+    return [TrainConfig(cache=str(cache.root), split=train_split_name(2, p["seed"]), out=str(root / f"p{i}"),
                         **{**base, **p, **kw}) for i, p in enumerate(points)]
 
 
@@ -75,7 +76,7 @@ def test_joint_training_equals_separate_runs(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(loop.TrainFeatures, "__init__", lambda self, split, *a, **kw: (
         loads.append(split.name), real_init(self, split, *a, **kw))[1])
     joint_states = train_jointly(configs(cache, tmp_path / "joint"), progress=False, log=lambda s: None)
-    assert sorted(loads) == ["train_k2_s1", "train_k2_s2", "train_k2_s3"]     # each split's features once
+    assert sorted(loads) == ["train_shots2_seed1", "train_shots2_seed2", "train_shots2_seed3"]     # each split's features once
     monkeypatch.undo()
     assert all(isinstance(s, dict) and s["complete"] for s in joint_states), joint_states
     for cfg, js in zip(configs(cache, tmp_path / "alone"), joint_states):
@@ -134,7 +135,7 @@ def test_a_killed_joint_run_resumes_to_the_same_result(cache, tmp_path, monkeypa
         if path.parent.name == "p3" and kw["history"][-1]["epoch"] == 3:
             raise Killed
         return real(path, **kw)
-    monkeypatch.setattr(loop, "save", save)
+    monkeypatch.setattr(loop.epochs, "save", save)
     with pytest.raises(Killed):
         train_jointly(cfgs, progress=False, log=lambda s: None)
     monkeypatch.undo()
@@ -149,7 +150,7 @@ def test_a_killed_joint_run_resumes_to_the_same_result(cache, tmp_path, monkeypa
 def test_auto_pack_is_bounded_by_memory(cache, tmp_path, monkeypatch):
     per = joint.point_bytes(n_tokens=10_000, width=512, layers=12, batch=32, hw=196, dim=512, prompts=1300)
     assert joint.auto_pack(per, torch.device("cpu"), fraction=1e-30) == 1
-    assert joint.auto_pack(per, torch.device("cpu")) == max(1, int(loop._available_ram() * 0.25 // per))
+    assert joint.auto_pack(per, torch.device("cpu")) == max(1, int(loop.feed.available_ram() * 0.25 // per))
     small, large = (joint.run_bytes(c, cache) for c in configs(cache, tmp_path, [dict(seed=1, n_neg=0), dict(seed=1, n_neg=50)]))
     assert 0 < small < large
     # the sweep's groups: as many points as the memory allows, or --pack N
@@ -160,7 +161,7 @@ def test_auto_pack_is_bounded_by_memory(cache, tmp_path, monkeypatch):
     assert [len(g) for g in group_points(points)] == [8]
     assert [len(g) for g in group_points(points, max_pack=3)] == [3, 3, 2]
     assert [len(g) for g in group_points(points, max_pack=1)] == [1] * 8
-    monkeypatch.setattr(loop, "_available_ram", lambda: 5 * large)      # 1.25 of the largest point
+    monkeypatch.setattr(loop.feed, "available_ram", lambda: 5 * large)      # 1.25 of the largest point
     assert [len(g) for g in group_points(points)] == [1] * 8
     # --compile / --attention flex points train alone
     cfg = configs(cache, tmp_path, [dict(seed=1, n_neg=0)])[0]

@@ -16,7 +16,7 @@ from iim.score.options import RESULT_KEYS as SCORE_KEYS, SWEEP_SKIPS, ScoreOptio
 from iim.train import checkpoint as ck
 from iim.train.config import RESULT_KEYS, TrainConfig
 
-BASE = TrainConfig(cache="cache/c", split="train_k2_s1", out="runs/r")
+BASE = TrainConfig(cache="cache/c", split="train_shots2_seed1", out="runs/r")
 
 
 def other_value(value):
@@ -31,7 +31,7 @@ def other_value(value):
 def changed(field):
     cfg = dataclasses.asdict(BASE)
     if field.name == "split":
-        return dict(cfg, split="train_k4_s1")
+        return dict(cfg, split="train_shots4_seed1")
     return dict(cfg, **{field.name: other_value(cfg[field.name])})
 
 

@@ -55,9 +55,9 @@ def test_missing_feature_chunk_is_refused_by_score_and_quick_verify(cache, tmp_p
 
 
 def test_missing_train_chunk_is_refused_by_train(cache, tmp_path, monkeypatch, capsys):
-    f = faults.delete_chunk(cache.root, "train_k2_s1", "local")
+    f = faults.delete_chunk(cache.root, "train_shots2_seed1", "local")
     code, _, err = iim(monkeypatch, capsys, "train", "--cache", cache.root, "--out", tmp_path / "r", *FAST)
-    refused(code, err, "split train_k2_s1", str(f))
+    refused(code, err, "split train_shots2_seed1", str(f))
     assert not (tmp_path / "r").exists()
 
 
@@ -181,17 +181,17 @@ def test_verify_checks_labels_against_class_folders(tmp_path, monkeypatch, capsy
     classes = ["apple", "boat", "cat", "dog"]
     c = make_random_cache(tmp_path / "c", hw=16, manifest=random_manifest(
         embed_dim=32, num_patches=16, class_dirs=[f"d_{n}" for n in classes]))
-    for name in ("test", "train_k2_s1"):                   # paths as extraction writes them
+    for name in ("test", "train_shots2_seed1"):                   # paths as extraction writes them
         labels = c.split(name).labels
         c._zroot[name]["path"][:] = np.array([f"d_{classes[y]}/{i}.png" for i, y in enumerate(labels)],
                                              dtype=object)
     code, _, err = iim(monkeypatch, capsys, "cache", "verify", c.root)
     assert code == 0, err
-    labels = c._zroot["train_k2_s1"]["label"][:]
+    labels = c._zroot["train_shots2_seed1"]["label"][:]
     labels[3] = (labels[3] + 1) % 4                         # another valid class
-    c._zroot["train_k2_s1"]["label"][:] = labels
+    c._zroot["train_shots2_seed1"]["label"][:] = labels
     code, _, err = iim(monkeypatch, capsys, "cache", "verify", "--quick", c.root)
-    assert code == 2 and "train_k2_s1: 1 label(s) disagree with their class folder, e.g. row 3" in err
+    assert code == 2 and "train_shots2_seed1: 1 label(s) disagree with their class folder, e.g. row 3" in err
 
 
 def test_score_refuses_test_labels_outside_the_classes(cache, tmp_path, monkeypatch, capsys):

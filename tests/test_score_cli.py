@@ -53,7 +53,7 @@ def test_score_end_to_end(world, capsys):
 
     # KNN: minus the squared distance to the nearest normalised support feature (brute force)
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
-    bank = unit(cache.split("train_k2_s1").read(view=0)[0].astype(np.float64))
+    bank = unit(cache.split("train_shots2_seed1").read(view=0)[0].astype(np.float64))
     query = unit(cache.split("test").read(view=0)[0].astype(np.float64))
     knn = -((query[:, None] - bank[None]) ** 2).sum(-1).min(1)
     np.testing.assert_allclose(saved["test"]["knn"], knn, atol=1e-4)
@@ -123,7 +123,7 @@ def test_sweep_command_and_zero_shot(world, capsys, tmp_path):
     code, out, err = run_cli(capsys, "score", "--zero-shot", "--cache", cache.root, "--out", tmp_path / "zs",
                              "--no-plots")
     assert code == 0, err
-    assert "Scoring zero-shot" in out and "KNN baseline: k=1, memory bank train_k2_s1" in out
+    assert "Scoring zero-shot" in out and "KNN baseline: k=1, memory bank train_shots2_seed1" in out
     res = json.loads((tmp_path / "zs" / "results.json").read_text())
     assert set(res["metrics"]) == {"mcm", "gl_mcm", "r_mcm_star", "s_mcm_star", "i2t_star", "t2i", "knn"}
     assert res["zero_shot"] and res["run"] is None

@@ -31,7 +31,7 @@ def test_a_grid_resumed_with_another_cache_is_refused_not_reused(two_caches, tmp
     before = (out / "results.csv").read_text()
     code, stdout, err = run_cli(capsys, "grid", "--cache", c2.root, *FAST, "--out", out)
     assert code == 2 and err.count("\n") == 1 and "trained on another cache" in err, (stdout, err)
-    assert "other features in split train_k2_s1" in err and "done earlier" not in stdout
+    assert "other features in split train_shots2_seed1" in err and "done earlier" not in stdout
     assert (out / "results.csv").read_text() == before
     assert json.loads((out / "sweep.json").read_text())["cache"] == str(c1.root)
 

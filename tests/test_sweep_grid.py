@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import make_random_cache
+from iim.cache.names import train_split_name
 from iim.errors import IIMError
 from iim.sweep import expand, parse_specs, point_name
 from iim.train.checkpoint import load_checkpoint
@@ -24,11 +25,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")   # conftest.py
 
 
 def add_train_split(cache, seed: int, shots: int = 2):
-    """A second support set (train_k{shots}_s{seed}): the first one's features plus noise."""
-    src = cache.split(f"train_k{shots}_s1")
+    """A second support set (train_split_name(shots, seed)): the first one's features plus noise."""
+    src = cache.split(train_split_name(shots, 1))
     g, loc = src.read()
     rng = np.random.default_rng(seed)
-    w = cache.writer(f"train_k{shots}_s{seed}", n=src.n, views=src.views, hw=src.hw, dim=src.dim,
+    w = cache.writer(train_split_name(shots, seed), n=src.n, views=src.views, hw=src.hw, dim=src.dim,
                      labels=src.labels, paths=[f"s{seed}/{i}.png" for i in range(src.n)])
     w.append(g + 0.05 * rng.standard_normal(g.shape).astype(np.float16),
              loc + 0.05 * rng.standard_normal(loc.shape).astype(np.float16))
@@ -88,8 +89,8 @@ def test_refusals_are_one_line_errors_before_any_training(cache, tmp_path, capsy
     out = tmp_path / "sw"
     for args, message in [
         (["--grid", "n_neg=0,x"], "cannot read --grid n_neg"),
-        (["--seed", "1,5", "--grid", "k=8"], "has no train split train_k2_s5 (train splits: train_k2_s1, "
-         f"train_k2_s2); add it first with 'iim extract --benchmark random --shots 2 --seed 5 --out {cache.root}'"),
+        (["--seed", "1,5", "--grid", "k=8"], "has no train split train_shots2_seed5 (train splits: train_shots2_seed1, "
+         f"train_shots2_seed2); add it first with 'iim extract --benchmark random --shots 2 --seed 5 --out {cache.root}'"),
         (["--grid", "shots=2,8", "--seed", "1", "--grid", "k=8"], "iim extract --benchmark random --shots 8 --seed 1"),
         (["--grid", "k=8,40", "--seed", "1"], "--k 40 needs 2k <= 64 patches"),          # as iim train refuses it
         (["--grid", "k=8", "--seed", "1", "--k", "1000"], "k=1000 is out of range"),   # test k, before training
@@ -176,7 +177,7 @@ def test_two_by_two_grid_end_to_end(cache, swept, capsys):
     # every point is an ordinary run folder with the options it stands for
     for name in names:
         ck = load_checkpoint(out / "points" / name)
-        assert ck["complete"] and ck["epoch"] == 2 and ck["config"]["split"] == "train_k2_s1"
+        assert ck["complete"] and ck["epoch"] == 2 and ck["config"]["split"] == "train_shots2_seed1"
         want = (int(name.split("-k")[1][0]), int(name.split("n_neg")[1][0]))
         assert (ck["config"]["k"], ck["config"]["n_neg"]) == want
         assert {"results.json", "sweep.csv", "scores_test.npz", "config.json", "point.json"} <= \
@@ -239,7 +240,7 @@ def test_a_failing_point_is_recorded_and_the_others_continue(cache, tmp_path, ca
         out = real(cfg, *args)
         return out * float("nan") if cfg.n_neg == 4 else out
 
-    monkeypatch.setattr(loop, "prompt_losses", losses)
+    monkeypatch.setattr(loop.steps, "prompt_losses", losses)
     monkeypatch.setattr(joint, "prompt_losses", losses)
     out = tmp_path / "sw"
     code, stdout, err = run_cli(capsys, "grid", "--cache", cache.root, "--grid", "n_neg=0,4", "--seed", "1",

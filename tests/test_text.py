@@ -129,7 +129,7 @@ def test_bf16_autocast_stays_close(tiny_model, attention):
 def test_plain_boolean_mask_path(tiny_model, monkeypatch):
     """Without torch's lower-right causal bias (torch < 2.3) the explicit boolean mask gives the same."""
     import iim.text
-    monkeypatch.setattr(iim.text, "causal_lower_right", None)
+    monkeypatch.setattr(iim.text.attention, "causal_lower_right", None)
     model, _ = tiny_model
     torch.manual_seed(0)
     enc = PromptEncoder(model, NAMES, n_neg=2)
@@ -173,7 +173,7 @@ def test_flex_layout_gives_exact_gradients(tiny_model, monkeypatch, class_specif
     def dense(q, k, v, block_mask):
         assert block_mask is enc.block_mask()
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    monkeypatch.setattr(iim.text, "_flex_attention", lambda device: dense)
+    monkeypatch.setattr(iim.text.block_sparse, "flex_attention_for", lambda device: dense)
     assert_matches_reference(model, enc, atol=1e-4)
 
 

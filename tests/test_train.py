@@ -26,7 +26,7 @@ def tiny_manifest(**overrides) -> dict:
 
 def make_train_cache(path, *, shots=8, seeds=(1,), views=2, hw=64, dim=32, data_seed=0, manifest=None,
                      finish=True, views_in_name=False):
-    """A cache with train splits ``train_k{shots}_s{seed}`` (``_v{views}`` appended if ``views_in_name``)
+    """A cache with train splits ``train_split_name(shots, seed)`` (``_views{views}`` appended if ``views_in_name``)
     whose patches are learnable: a third of each view's patches are the image's class direction plus
     noise, the rest one of 3 background directions."""
     cache = create_cache(path, manifest or tiny_manifest())
@@ -61,7 +61,7 @@ def cache_dir(tmp_path_factory):
 
 
 def config(cache_dir, out, **kw) -> TrainConfig:
-    opts = dict(cache=str(cache_dir), split="train_k8_s1", out=str(out), k=8, n_neg=6, n_ctx=4, epochs=3,
+    opts = dict(cache=str(cache_dir), split="train_shots8_seed1", out=str(out), k=8, n_neg=6, n_ctx=4, epochs=3,
                 batch_size=8, lr=1e-3, logit_scale=100.0)     # None: the model's own (tested below)
     return TrainConfig(**{**opts, **kw})
 
@@ -176,7 +176,7 @@ def test_epoch_draw_is_a_pure_function_of_seed_and_epoch():
 # ---- faults -------------------------------------------------------------------------------------
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = loop.iim_losses
+    real = loop.steps.iim_losses
 
     def poisoned(*args, **kw):
         out = real(*args, **kw)
@@ -185,7 +185,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp
             out["pos"] = out["pos"] * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "iim_losses", poisoned)
+    monkeypatch.setattr(loop.steps, "iim_losses", poisoned)
     with pytest.raises(IIMError, match=r"non-finite loss at epoch 2, step 2.*epoch 1"):
         train(config(cache_dir, tmp_path / "r", epochs=3), progress=False, log=quiet)
     kept = load_checkpoint(tmp_path / "r")
@@ -196,7 +196,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cache_dir, tmp
 def test_incomplete_split_is_refused(tmp_path):
     make_train_cache(tmp_path / "c", finish=False, shots=2)
     with pytest.raises(IIMError, match="incomplete"):
-        train(config(tmp_path / "c", tmp_path / "r", split="train_k2_s1"), progress=False, log=quiet)
+        train(config(tmp_path / "c", tmp_path / "r", split="train_shots2_seed1"), progress=False, log=quiet)
 
 
 def test_k_too_large_for_the_patches_is_refused(cache_dir, tmp_path):
@@ -246,19 +246,21 @@ def test_weights_file_must_match_the_cache(tmp_path):
     weights.write_bytes(b"not the weights")
     make_train_cache(tmp_path / "c", shots=2,
                      manifest=tiny_manifest(pretrained=str(tmp_path / "gone.bin"), weights="sha256:" + "0" * 64))
-    cfg = config(tmp_path / "c", tmp_path / "r", split="train_k2_s1")
-    with pytest.raises(IIMError, match="not there; pass --pretrained"):
+    cfg = config(tmp_path / "c", tmp_path / "r", split="train_shots2_seed1")
+    with pytest.raises(IIMError, match="is not there any more; pass that file with --pretrained FILE"):
         train(cfg, progress=False, log=quiet)
     cfg.pretrained = str(weights)
-    with pytest.raises(IIMError, match="sha256 differs"):
+    with pytest.raises(IIMError, match=r"\(sha256:[0-9a-f]{12}\.\.\.\) are not the weights cache .* was extracted "
+                                       r"with \(sha256:000000000000\.\.\.\)"):
         train(cfg, progress=False, log=quiet)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
 def test_global_prototypes_come_from_the_cache_when_stored(tmp_path):
     cache = make_train_cache(tmp_path / "c", shots=2)
     stored = torch.randn(4, 32)
     cache.write_global_prototypes(stored.numpy())
-    ckpt = train(config(tmp_path / "c", tmp_path / "r", split="train_k2_s1", epochs=1), progress=False,
+    ckpt = train(config(tmp_path / "c", tmp_path / "r", split="train_shots2_seed1", epochs=1), progress=False,
                  log=quiet)
     assert torch.equal(ckpt["prototypes"]["global"], stored)
 
@@ -295,14 +297,14 @@ def test_a_failing_compile_is_a_one_line_error(cache_dir, tmp_path, monkeypatch)
                 raise error
             return run
         return broken_compile
-    monkeypatch.setattr(loop.torch, "compile", compile_raising(
+    monkeypatch.setattr(torch, "compile", compile_raising(
         InductorError("backend 'inductor' failed: no C compiler\n(long traceback)")))
     with pytest.raises(IIMError, match=r"torch.compile failed \(InductorError: backend 'inductor' failed: "
                                        r"no C compiler\); train without --compile"):
         train(config(cache_dir, tmp_path / "r", compile="default"), progress=False, log=quiet)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
     # any other error of the first step is not blamed on the compiler
-    monkeypatch.setattr(loop.torch, "compile", compile_raising(MemoryError("out of memory")))
+    monkeypatch.setattr(torch, "compile", compile_raising(MemoryError("out of memory")))
     with pytest.raises(MemoryError, match="out of memory"):
         train(config(cache_dir, tmp_path / "r2", compile="default"), progress=False, log=quiet)
 
@@ -398,10 +400,10 @@ def test_trainable_projection_is_used_for_local_and_negative_prompts_only(cache_
     def save_then_stop(*args, **kw):
         real_save(*args, **kw)
         raise KeyboardInterrupt
-    monkeypatch.setattr(loop, "save", save_then_stop)
+    monkeypatch.setattr(loop.epochs, "save", save_then_stop)
     with pytest.raises(KeyboardInterrupt):
         train(config(cache_dir, tmp_path / "split", epochs=2, train_projection=True), progress=False, log=quiet)
-    monkeypatch.setattr(loop, "save", real_save)
+    monkeypatch.setattr(loop.epochs, "save", real_save)
     resumed = train(config(cache_dir, tmp_path / "split", epochs=2, train_projection=True), resume=True,
                     progress=False, log=quiet)
     assert torch.equal(resumed["contexts"]["projection"], proj)

@@ -35,23 +35,23 @@ def test_short_form_uses_the_only_train_split_and_default_run_folder(tmp_path, m
     monkeypatch.chdir(tmp_path)
     code, err = iim(monkeypatch, capsys, "train", "--cache", "cache", "--epochs", "1", *FAST)
     assert code == 0, err
-    ckpt = load_checkpoint(tmp_path / "runs" / "synthetic-k2-s1-iim")
-    assert ckpt["complete"] and ckpt["config"]["split"] == "train_k2_s1" and ckpt["config"]["seed"] == 1
+    ckpt = load_checkpoint(tmp_path / "runs" / "synthetic-shots2-seed1-iim")
+    assert ckpt["complete"] and ckpt["config"]["split"] == "train_shots2_seed1" and ckpt["config"]["seed"] == 1
 
 
 def test_split_choice(tmp_path, monkeypatch, capsys):
     make_train_cache(tmp_path / "cache", shots=2, seeds=(1, 2))
     code, err = iim(monkeypatch, capsys, "train", "--cache", tmp_path / "cache", *FAST)
-    assert code == 2 and err.startswith("Error: ") and "train_k2_s1, train_k2_s2" in err
+    assert code == 2 and err.startswith("Error: ") and "train_shots2_seed1, train_shots2_seed2" in err
     assert "--shots K --seed S" in err and len(err.strip().splitlines()) == 1
     code, err = iim(monkeypatch, capsys, "train", "--cache", tmp_path / "cache", "--shots", "4", *FAST)
-    assert code == 2 and "no train split for --shots 4" in err and "train_k2_s1" in err
+    assert code == 2 and "no train split for --shots 4" in err and "train_shots2_seed1" in err
     out = tmp_path / "run"
     code, err = iim(monkeypatch, capsys, "train", "--cache", tmp_path / "cache", "--seed", "2", "--epochs",
                     "1", "--out", out, *FAST)
     assert code == 0, err
     cfg = load_checkpoint(out)["config"]
-    assert cfg["split"] == "train_k2_s2" and cfg["seed"] == 2
+    assert cfg["split"] == "train_shots2_seed2" and cfg["seed"] == 2
 
 
 def test_views_pick_between_splits_of_the_same_shots_and_seed(tmp_path, monkeypatch, capsys):
@@ -59,10 +59,10 @@ def test_views_pick_between_splits_of_the_same_shots_and_seed(tmp_path, monkeypa
     make_train_cache(tmp_path / "cache", shots=2, views=3, views_in_name=True)
     monkeypatch.chdir(tmp_path)
     code, err = iim(monkeypatch, capsys, "train", "--cache", "cache", "--shots", "2", "--seed", "1", *FAST)
-    assert code == 2 and "train_k2_s1, train_k2_s1_v3" in err and "--views V" in err
+    assert code == 2 and "train_shots2_seed1, train_shots2_seed1_views3" in err and "--views V" in err
     code, err = iim(monkeypatch, capsys, "train", "--cache", "cache", "--views", "3", "--epochs", "1", *FAST)
     assert code == 0, err
-    assert load_checkpoint(tmp_path / "runs" / "synthetic-k2-s1-v3-iim")["config"]["split"] == "train_k2_s1_v3"
+    assert load_checkpoint(tmp_path / "runs" / "synthetic-shots2-seed1-views3-iim")["config"]["split"] == "train_shots2_seed1_views3"
 
 
 def test_cli_refusals_are_one_line_errors(tmp_path, monkeypatch, capsys):
@@ -73,7 +73,7 @@ def test_cli_refusals_are_one_line_errors(tmp_path, monkeypatch, capsys):
         (["--cache", tmp_path / "nowhere"], "no cache at"),
         (["--cache", tmp_path / "cache", "--k", "40"], "2k <= 64"),
         (["--cache", tmp_path / "cache", "--resume", "--overwrite"], "exclude each other"),
-        (["--cache", tmp_path / "cache", "--shots", "2", "--seed", "3"], "no split 'train_k2_s3'"),
+        (["--cache", tmp_path / "cache", "--shots", "2", "--seed", "3"], "no split 'train_shots2_seed3'"),
     ]
     for args, message in cases:
         code, err = iim(monkeypatch, capsys, "train", *args, "--out", tmp_path / "r", "--no-progress")

@@ -22,7 +22,7 @@ def cache(tmp_path_factory):
 
 def config(cache, out, method, **kw):
     small = dict(k=4, n_neg=5) if method == "localprompt" else {}
-    return TrainConfig(cache=str(cache.root), split="train_k4_s1", out=str(out), method=method, n_ctx=4,
+    return TrainConfig(cache=str(cache.root), split="train_shots4_seed1", out=str(out), method=method, n_ctx=4,
                        epochs=3, batch_size=8, **{**small, **kw})
 
 
@@ -86,7 +86,7 @@ def test_locoop_differs_from_coop_only_through_its_entropy_term(cache, tmp_path)
 
 def test_localprompt_refuses_a_one_view_cache_and_streaming(cache, tmp_path):
     one = make_random_cache(tmp_path / "one", shots=2, views=1, hw=16)
-    cfg = TrainConfig(cache=str(one.root), split="train_k2_s1", out=str(tmp_path / "r"), method="localprompt")
+    cfg = TrainConfig(cache=str(one.root), split="train_shots2_seed1", out=str(tmp_path / "r"), method="localprompt")
     with pytest.raises(IIMError, match="--views 16"):
         train(cfg, progress=False, log=quiet)
     with pytest.raises(IIMError, match="cannot stream"):

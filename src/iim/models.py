@@ -55,6 +55,11 @@ def packaged_weights(name: str, pretrained: str) -> Path | None:
     return entry[1] if entry is not None and entry[0] == name else None
 
 
+def names_a_file(pretrained: str) -> bool:
+    """Whether ``pretrained`` is a checkpoint file's name (a path or a file suffix), not a tag."""
+    return "/" in str(pretrained) or bool(Path(str(pretrained)).suffix)
+
+
 def weights_id(pretrained: str) -> str:
     """What identifies the weights in a manifest: the tag, or ``sha256:<hex>`` of a checkpoint file
     (``demo@sha256:<hex>`` for a packaged tag, so re-trained packaged weights never match old caches)."""
@@ -95,7 +100,7 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
                 raise IIMError(f"the packaged weights {packaged} are missing; reinstall iim")
             pretrained = str(packaged)
         path = Path(pretrained).expanduser()
-        if ("/" in pretrained or path.suffix) and not path.is_file():
+        if names_a_file(pretrained) and not path.is_file():
             raise IIMError(f"checkpoint file not found: {pretrained}")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(

@@ -2,7 +2,7 @@
 
     <cache>/manifest.json        model, weights, image size, feature version, benchmark, classnames, ...
     <cache>/zarr.json            the root Zarr (v3) group
-    <cache>/<split>/             one Zarr group per split: train_k{K}_s{S}, test, ood_{name}
+    <cache>/<split>/             one Zarr group per split: train_shots{K}_seed{S}[_views{V}], test, ood_{name}
         global  float16 [N, V, D]       CLIP image embedding, unnormalised
         local   float16 [N, V, HW, D]   MaskCLIP value-path patch features, unnormalised
         label   int64   [N]             class index, -1 for OOD
@@ -15,10 +15,16 @@ Reading:
     test = cache.split("test")                   # refuses a missing or incomplete split
     for chunk in test.iter_chunks(rows=512):     # bounded memory
         chunk.global_feats, chunk.local_feats, chunk.labels
+
+Modules: store.py (the folder, its manifest, open_cache / create_cache), split.py (reading a split),
+writer.py (writing one, resumable, per rank), damage.py (missing chunks, damaged files: one line),
+names.py, fingerprint.py, location.py (a folder or an fsspec URL), hdf5.py, verify.py.
 """
 from .names import ood_split_name, parse_train_split, train_split_name
 from .fingerprint import compare, fingerprint as manifest_key
-from .store import Cache, Chunk, Split, SplitWriter, create_cache, open_cache
+from .split import Chunk, Split
+from .store import Cache, create_cache, open_cache
+from .writer import SplitWriter
 
 __all__ = ["Cache", "Chunk", "Split", "SplitWriter", "create_cache", "open_cache", "manifest_key", "compare",
            "train_split_name", "parse_train_split", "ood_split_name"]

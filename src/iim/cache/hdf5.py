@@ -15,7 +15,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import IIMError
-from .store import create_cache, open_cache, read_array
+from .damage import read_array
+from .store import create_cache, open_cache
 
 
 def _h5py():

@@ -31,7 +31,7 @@ def prototypes_cmd(runs, out, labels, seed, perplexity):
     """Fig. 3: pairwise cosine histogram and t-SNE of each run's learned ID prototypes, side by side.
 
     \b
-    iim prototypes runs/easy-k16-s1 runs/hard-k16-s1 --out results/fig3
+    iim prototypes runs/easy-shots16-seed1 runs/hard-shots16-seed1 --out results/fig3
     """
     if labels and len(labels) != len(runs):
         raise IIMError(f"--label given {len(labels)} times for {len(runs)} runs; give one per run or none")

@@ -41,8 +41,8 @@ REPORT_HELP = f"""Mean and std over several scored runs (e.g. seeds 1, 2, 3), as
     scored with --negatives, also those with mined negatives).
 
     \b
-    iim report runs/in1k-k16-s1-iim runs/in1k-k16-s2-iim runs/in1k-k16-s3-iim --out results/in1k-k16
-    iim report results/zeroshot runs/in1k-k4-s*-* runs/in1k-k16-s*-* --out results/table1
+    iim report runs/in1k-shots16-seed{1,2,3}-iim --out results/in1k-shots16      # the shell lists the 3 seeds
+    iim report results/zeroshot runs/in1k-shots4-seed*-* runs/in1k-shots16-seed*-* --out results/table1
     """
 
 

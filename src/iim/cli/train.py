@@ -7,7 +7,7 @@ import click
 from tqdm.auto import tqdm
 
 from ..cache import open_cache
-from ..cache.names import parse_train_split, train_split_name
+from ..cache.names import parse_train_split, run_name, train_split_name
 from .options import cache_option, device_option, out_option, progress_option, seed_option
 from ..errors import IIMError
 from ..options import click_options
@@ -16,7 +16,7 @@ from ..train.loop import train as run_training
 
 
 def resolve_split(cache, shots: int | None, seed: int | None, views: int | None = None):
-    """Pick the train split ``train_k{K}_s{S}`` (``_v{V}`` for V > 1 views) -> ``(name, K, S, V)``.
+    """Pick the train split ``train_shots{K}_seed{S}`` (``_views{V}`` for V > 1) -> ``(name, K, S, V)``.
     Options left out are filled in when exactly one complete train split matches the others; several
     matches are listed."""
     found = [t for n in cache.split_names() if (t := parse_train_split(n))]
@@ -47,8 +47,8 @@ def resolve_split(cache, shots: int | None, seed: int | None, views: int | None 
               help="Shots K of the train split (default: the only one).")
 @seed_option("Split seed S, also the training seed (default: the only train split's seed).")
 @click.option("--views", type=click.IntRange(min=1), default=None,
-              help="Views V of the train split, when the cache holds several (split name suffix _v{V}).")
-@out_option("Run folder [default: runs/<benchmark>-k{K}-s{S}-<method>; -v{V} added for V > 1 views].")
+              help="Views V of the train split, when the cache holds several (split name suffix _views{V}).")
+@out_option("Run folder [default: runs/<benchmark>-shots{K}-seed{S}-<method>; -views{V} added for V > 1].")
 @click_options(TrainConfig)
 @device_option
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -72,7 +72,7 @@ def train(cache_dir, shots, seed, views, out, device, resume, overwrite, progres
     split, shots, seed, views = resolve_split(cache, shots, seed, views)
     if out is None:
         bench = cache.manifest.get("benchmark") or cache.root.name
-        out = Path("runs") / f"{bench}-k{shots}-s{seed}{f'-v{views}' if views > 1 else ''}-{options['method']}"
+        out = Path("runs") / run_name(bench, shots, seed, views, options["method"])
     cfg = TrainConfig(cache=str(cache_dir), split=split, out=str(out), seed=seed, device=device, **options)
     run_training(cfg, resume=resume, overwrite=overwrite, progress=progress,
                  log=tqdm.write)   # the command's epoch lines on stdout, above the progress bar

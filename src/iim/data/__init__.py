@@ -1,7 +1,7 @@
 """Benchmarks (registry + user TOML files), few-shot splits and image folders for stage one.
 
     bench = load_benchmark("imagenet100", data_root="/data")   # or load_benchmark("my.toml")
-    plan = plan_train(bench, shots=16, seed=1)                 # rows of split train_k16_s1
+    plan = plan_train(bench, shots=16, seed=1)                 # rows of split train_shots16_seed1
 """
 from .benchmarks import (Benchmark, Folder, known_benchmarks, load_benchmark, load_toml_benchmark,
                          register_benchmark, resolve_data_root)

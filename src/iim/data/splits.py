@@ -9,6 +9,7 @@ of a seed are among its 2K-shot files.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..cache.names import ood_split_name, train_split_name
+from ..cache.names import ood_split_name, stored_name, train_split_name
 from ..errors import IIMError
 from .benchmarks import Benchmark
 from .folders import ORIENTATION, list_images
@@ -104,9 +105,9 @@ def train_pools(bench: Benchmark) -> list[list[str]]:
 
 def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1, pools=None,
                crop_scale: float | None = None) -> SplitPlan:
-    """K-shot support set ``train_k{K}_s{S}`` (``_v{V}`` appended for V > 1 augmented views, cropped
-    with scale ``(crop_scale, 1)``, default the benchmark's); ``pools`` (from :func:`train_pools`) saves
-    listing the train folder again."""
+    """K-shot support set ``train_shots{K}_seed{S}`` (``_views{V}`` appended for V > 1 augmented views,
+    cropped with scale ``(crop_scale, 1)``, default the benchmark's); ``pools`` (from
+    :func:`train_pools`) saves listing the train folder again."""
     if bench.train is None:
         raise IIMError(f"benchmark {bench.name} has no train folder, so no few-shot split")
     if shots < 1 or views < 1:
@@ -124,6 +125,14 @@ def plan_train(bench: Benchmark, shots: int, seed: int, *, views: int = 1, pools
                  f"RandomResizedCrop(scale=({s_min:g}, 1), bicubic) + horizontal flip, per-view seed")
     return SplitPlan(train_split_name(shots, seed, views=views), "train", root, files, labels, views,
                      seed, attrs)
+
+
+def stored_plans(plans: list[SplitPlan], cache) -> list[SplitPlan]:
+    """``plans`` renamed to the names ``cache`` already holds them under, as groups or manifest entries:
+    a train split of an older cache keeps its ``train_k{K}_s{S}`` name, so it is resumed or skipped,
+    never extracted a second time."""
+    held = [*cache.split_names(), *(cache.manifest.get("splits") or {})]
+    return [dataclasses.replace(p, name=stored_name(p.name, held)) for p in plans]
 
 
 def check_crop_scale(s_min) -> float:

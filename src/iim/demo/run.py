@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache.names import run_name
 from ..errors import IIMError
 from ..registry import METHODS, ZERO_SHOT, label as evaluator_label
 from ..score.summary import summarise as summarise_runs
@@ -80,7 +81,7 @@ def _rows(shots: int) -> tuple:
 SOURCE = {"paper": "iim", "official": "official"}      # recipe -> rows (a comparison method: its name)
 NAMES = {**{n: m.label for n, m in METHODS.items()}, "official": f"{METHODS['iim'].label} official"}
 ROWS = _rows(DemoSettings.shots)
-RUN_PREFIX = {"paper": "iim", "official": "official"}  # recipe -> run folder <prefix>-k{K}-s{S}
+RUN_PREFIX = {"paper": "iim", "official": "official"}  # recipe -> run folder <prefix>-shots{K}-seed{S}-views{V}
 KNN = {"k": 1, "all_views": False}   # the scorer's KNN baseline: 1-NN on the support images' global features
 
 
@@ -154,7 +155,7 @@ def _write_summary(summary: dict, out: Path, s: DemoSettings, seeds, *, plots, e
     echo("")
     echo(format_summary(summary))
     if plots:
-        dirs = [out / "zero-shot" / "plots"] + [out / f"{RUN_PREFIX[r]}-k{s.shots}-s{seed}" / "plots"
+        dirs = [out / "zero-shot" / "plots"] + [out / run_name(RUN_PREFIX[r], s.shots, seed, s.views) / "plots"
                                                  for r in s.recipes for seed in seeds]
         echo(f"\nPlots (score histograms, ROC curves): {', '.join(str(p) for p in dirs)}")
     echo(f"Tables: {out / 'summary.md'}, {out / 'summary.json'}; every stage's report: {logfile}")
@@ -174,7 +175,7 @@ def _iim_runs(s: DemoSettings, seeds, *, out, cache, device, progress, echo, log
             tau = "the model's own" if scale is None else f"{scale:.4g}"
             echo(f"[3/4] {s.shots}-shot IIM training, {recipe} recipe, seed {seed} ({s.epochs} epochs, k={s.k}, "
                  f"{s.n_neg} negative prompts, logit scale {tau})")
-            run_dir = out / f"{RUN_PREFIX[recipe]}-k{s.shots}-s{seed}"
+            run_dir = out / run_name(RUN_PREFIX[recipe], s.shots, seed, s.views)
             cfg = TrainConfig(cache=str(cache), split=train_split_name(s.shots, seed, s.views), out=str(run_dir),
                               seed=seed, recipe=recipe, k=s.k, n_neg=s.n_neg, epochs=s.epochs,
                               batch_size=s.batch_size, lr=s.lr, logit_scale=scale, device=device)
@@ -196,7 +197,7 @@ def _baseline_runs(s: DemoSettings, seeds, scale, *, out, cache, device, progres
     for method in s.baselines:
         for seed in seeds:
             echo(f"[4/4] {s.shots}-shot {NAMES[method]}, seed {seed}: training and scoring")
-            run_dir = out / f"{method}-k{s.shots}-s{seed}"
+            run_dir = out / run_name(method, s.shots, seed, s.views)
             train(baseline_config(method, s, cache=cache, split=train_split_name(s.shots, seed, s.views),
                                   out=run_dir, seed=seed, device=device, logit_scale=scale),
                   overwrite=True, progress=progress, log=log)

@@ -29,7 +29,7 @@ from ..cache.location import as_path
 from ..cache.store import CHUNK_BYTES, MANIFEST, Cache, SplitWriter, create_cache, open_cache
 from ..data.benchmarks import Benchmark, load_benchmark
 from ..data.folders import ORIENTATION, ImageRows
-from ..data.splits import SplitPlan, files_digest, plan_ood, plan_test, plan_train, split_crop_scale, train_pools
+from ..data.splits import SplitPlan, files_digest, plan_ood, plan_test, plan_train, split_crop_scale, stored_plans, train_pools  # noqa: E501
 from ..errors import IIMError
 from ..log import info as log_info, warning as log_warning
 from ..features import FEATURE_VERSION, check_supported, encode_image
@@ -160,6 +160,37 @@ def encode_batch(model, images: torch.Tensor, *, device: torch.device, amp_dtype
     return g.to(torch.float16).unflatten(0, (b, views)), l.to(torch.float16).unflatten(0, (b, views))
 
 
+def open_split_writer(cache: Cache, plan: SplitPlan, *, rows_per_batch: int, amp_dtype=None,
+                      chunk_bytes: int = CHUNK_BYTES, env=None) -> SplitWriter:
+    """The writer of ``plan``'s split, storage chunks of whole batches of ``rows_per_batch`` images:
+    rank 0 creates the split (or reopens an interrupted one), then, under torchrun (``env``), the other
+    ranks open it after a barrier; each writes the chunks it owns."""
+    rank, world = (env.rank, env.world) if env else (0, 1)
+    hw, dim = int(cache.manifest["num_patches"]), int(cache.manifest["embed_dim"])
+    attrs = dict(plan.attrs, amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off")
+    make = lambda: cache.writer(plan.name, n=plan.n, views=plan.views, hw=hw, dim=dim, labels=plan.labels,  # noqa
+                                paths=plan.files, attrs=attrs, rank=rank, world=world,
+                                chunk_rows=chunk_rows_for(plan.views * hw * dim * 2, rows_per_batch, chunk_bytes))
+    writer = make() if rank == 0 else None               # rank 0 creates the arrays, then the others open them
+    if env:
+        barrier()
+        writer = writer or make()
+    return writer
+
+
+def unreadable_rows(plan: SplitPlan, rows, errors, *, skip_bad: bool) -> list[int]:
+    """The positions in a batch of the images that could not be read (``errors[i]`` set): skipped (their
+    rows zero-filled) with ``--skip-bad``, except in a few-shot split; otherwise the first is an error."""
+    bad = [i for i, e in enumerate(errors) if e]
+    if bad and (not skip_bad or plan.kind == "train"):
+        i = bad[0]
+        hint = ("a few-shot split must hold K images of every class, so --skip-bad does not apply: "
+                "fix or remove it (sampling then picks another)" if plan.kind == "train" else
+                "fix or remove it, or pass --skip-bad to skip unreadable images")
+        raise IIMError(f"cannot read image {plan.root / plan.files[rows[i]]} ({errors[i]}); {hint}")
+    return bad
+
+
 def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: torch.device,
                   amp_dtype=None, batch_size: int = 128, workers: int = 4, skip_bad: bool = False,
                   chunk_bytes: int = CHUNK_BYTES, progress: bool = True, log=log_info, env=None) -> None:
@@ -167,21 +198,13 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
     (``env``: :func:`iim.dist.torchrun_env`) every rank calls this: rank 0 creates the split, each rank
     writes the chunks it owns, and rank 0 marks the split complete once all ranks are done."""
     rank, world = (env.rank, env.world) if env else (0, 1)
-    hw, dim = int(cache.manifest["num_patches"]), int(cache.manifest["embed_dim"])
     views = plan.views
     rows_per_batch = max(1, batch_size // views)      # --batch-size counts image views per forward
-    attrs = dict(plan.attrs, amp=str(amp_dtype).replace("torch.", "") if amp_dtype else "off")
-    make = lambda: cache.writer(plan.name, n=plan.n, views=views, hw=hw, dim=dim, labels=plan.labels,  # noqa
-                                paths=plan.files, attrs=attrs, rank=rank, world=world,
-                                chunk_rows=chunk_rows_for(views * hw * dim * 2, rows_per_batch, chunk_bytes))
-    writer = make() if rank == 0 else None               # rank 0 creates the arrays, then the others open them
-    if env:
-        barrier()
-        writer = writer or make()
-    start = writer.start
+    writer = open_split_writer(cache, plan, rows_per_batch=rows_per_batch, amp_dtype=amp_dtype,
+                               chunk_bytes=chunk_bytes, env=env)
     todo = sum(hi - lo for lo, hi in writer.spans)
-    if start and world == 1:
-        log(f"{plan.name}: resuming at row {start} of {plan.n}")
+    if writer.start and world == 1:
+        log(f"{plan.name}: resuming at row {writer.start} of {plan.n}")
     elif world > 1 and len(writer.todo) < len(range(rank, writer.n_chunks, world)):
         log(f"{plan.name}: resuming; rank {rank} has {todo} rows left")
     cuda = device.type == "cuda"
@@ -197,13 +220,7 @@ def extract_split(cache: Cache, plan: SplitPlan, model, preprocess, *, device: t
     t0 = time.perf_counter()
     try:
         for rows, images, errors in batches_iter:
-            bad = [i for i, e in enumerate(errors) if e]
-            if bad and (not skip_bad or plan.kind == "train"):
-                i = bad[0]
-                hint = ("a few-shot split must hold K images of every class, so --skip-bad does not apply: "
-                        "fix or remove it (sampling then picks another)" if plan.kind == "train" else
-                        "fix or remove it, or pass --skip-bad to skip unreadable images")
-                raise IIMError(f"cannot read image {plan.root / plan.files[rows[i]]} ({errors[i]}); {hint}")
+            bad = unreadable_rows(plan, rows, errors, skip_bad=skip_bad)
             b = images.shape[0]
             g, l = encode_batch(model, images, device=device, amp_dtype=amp_dtype)
             if bad:
@@ -296,6 +313,7 @@ def _extract(benchmark, out, *, data_root, model, pretrained, splits, shots, see
 
     cache = create_cache(out, key) if (out / MANIFEST).is_file() else None   # refuses a mismatch early
     if cache is not None:
+        plans = stored_plans(plans, cache)
         check_one_crop_scale(cache, plans)
         for plan in plans:
             _check_same_files(cache, plan, log)
@@ -310,13 +328,7 @@ def _extract(benchmark, out, *, data_root, model, pretrained, splits, shots, see
         raise IIMError(f"unknown --amp {amp!r} (use auto, fp16, bf16 or off)")
     if dev.type != "cuda":
         amp = "off"                          # CPU runs float32; record what actually ran
-    net, preprocess = create_model(model, pretrained, device=dev)
-    check_supported(net)
-    if image_size(net) != key["image_size"]:
-        raise IIMError(f"{model}: image size {image_size(net)} differs from its config ({key['image_size']})")
-    grid = image_size(net) // net.visual.patch_size[0]
-    shape_fields = dict(embed_dim=int(net.visual.output_dim), num_patches=int(grid * grid),
-                        logit_scale=model_logit_scale(net))   # the model's own tau (SPEC §3)
+    net, preprocess, shape_fields = _image_model(model, pretrained, dev, key["image_size"])
 
     if env:
         barrier()                            # every rank has read the cache's state: rank 0 may write now
@@ -333,23 +345,42 @@ def _extract(benchmark, out, *, data_root, model, pretrained, splits, shots, see
             cache.write_global_prototypes(global_prototypes(net, bench.classnames).numpy())
         if env:
             barrier()                                    # the cache and its manifest exist
-        for plan in plans:
-            complete = cache.is_complete(plan.name)
-            if env:
-                _broadcast_flag(complete)               # the other ranks skip it too
-            if complete:
-                if not _recorded_complete(cache, plan):      # finished by a run killed before recording it
-                    _record(cache, plan, complete=True)
-                log(f"{plan.name}: complete, skipped")
-                continue
-            _record(cache, plan, complete=False)
-            extract_split(cache, plan, net, preprocess, device=dev, amp_dtype=AMP_DTYPES[amp],
-                          batch_size=batch_size, workers=workers, skip_bad=skip_bad,
-                          chunk_bytes=chunk_bytes, progress=progress, log=log, env=env)
-            _record(cache, plan, complete=True)
+        _extract_splits(cache, plans, net, preprocess, device=dev, amp_dtype=AMP_DTYPES[amp],
+                        batch_size=batch_size, workers=workers, skip_bad=skip_bad, chunk_bytes=chunk_bytes,
+                        progress=progress, log=log, env=env)
     if env:
         barrier()                                        # the other ranks return once every split is complete
     return cache
+
+
+def _image_model(model: str, pretrained: str, device, config_size: int):
+    """The image encoder, checked (MaskCLIP-able, image size as in its config) ->
+    ``(net, preprocess, the manifest's shape fields)``."""
+    net, preprocess = create_model(model, pretrained, device=device)
+    check_supported(net)
+    if image_size(net) != config_size:
+        raise IIMError(f"{model}: image size {image_size(net)} differs from its config ({config_size})")
+    grid = image_size(net) // net.visual.patch_size[0]
+    shape_fields = dict(embed_dim=int(net.visual.output_dim), num_patches=int(grid * grid),
+                        logit_scale=model_logit_scale(net))   # the model's own tau (SPEC §3)
+    return net, preprocess, shape_fields
+
+
+def _extract_splits(cache: Cache, plans: list[SplitPlan], net, preprocess, *, log, env=None, **kw) -> None:
+    """Rank 0, holding the cache lock: every split of ``plans`` not yet complete, each recorded in the
+    manifest before and after (``kw``: :func:`extract_split`'s options)."""
+    for plan in plans:
+        complete = cache.is_complete(plan.name)
+        if env:
+            _broadcast_flag(complete)               # the other ranks skip it too
+        if complete:
+            if not _recorded_complete(cache, plan):      # finished by a run killed before recording it
+                _record(cache, plan, complete=True)
+            log(f"{plan.name}: complete, skipped")
+            continue
+        _record(cache, plan, complete=False)
+        extract_split(cache, plan, net, preprocess, log=log, env=env, **kw)
+        _record(cache, plan, complete=True)
 
 
 def _exit_on_sigterm() -> None:

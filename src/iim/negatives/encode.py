@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..text import _project, check_text_tower, encoder_layer, tokenize
+from ..text import check_text_tower, encoder_layer, tokenize
+from ..text.tower import project
 
 NOUN_PROMPT = "a photo of a {}."       # SPEC §10 (the ID prompt of SPEC §2)
 ADJ_PROMPT = "This is a {} photo"      # SPEC §10
@@ -41,7 +42,7 @@ def encode_texts(model, texts, *, batch_size: int = 2048) -> torch.Tensor:
     tokens = tokenize(model, list(texts))
     lengths = tokens.argmax(-1) + 1                                   # up to and including EOT
     order = torch.sort(lengths, stable=True).indices                 # little padding within a batch
-    dim = _project(model, model.positional_embedding[:1]).shape[-1]
+    dim = project(model, model.positional_embedding[:1]).shape[-1]
     out = torch.empty(len(texts), dim)
     for i in range(0, len(texts), batch_size):
         idx = order[i:i + batch_size]
@@ -88,4 +89,4 @@ def _encode_batch(model, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.T
         last = i == len(blocks) - 1
         x = encoder_layer(block, x, lambda qkv, last=last, h=block.attn.num_heads: attend(qkv, h, last),
                           eot_rows if last else None)
-    return _project(model, model.ln_final(x))
+    return project(model, model.ln_final(x))

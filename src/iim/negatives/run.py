@@ -43,7 +43,7 @@ def mine_negatives(cache, vocab, out, *, keep: float = 0.15, quantile: float = 0
     """Mine the negatives of ``cache``'s ID classes from ``vocab`` (a folder or ``"wordnet"``) into the
     folder ``out``; returns the manifest written (plus ``seconds``). Bad input is refused before the
     model is loaded, and nothing is written unless everything succeeded."""
-    from ..train.loop import load_text_model       # the cache's model, its weights verified
+    from ..cache_model import load_cache_model       # the cache's model, its weights verified
 
     t0 = time.perf_counter()
     check_keep(keep)
@@ -56,7 +56,7 @@ def mine_negatives(cache, vocab, out, *, keep: float = 0.15, quantile: float = 0
     dev = resolve_device(device)
     log(f"Vocabulary {words.source}: {len(words.nouns)} nouns, {len(words.adjectives)} adjectives; "
         f"model {cache.manifest.get('model')} on {dev}")
-    model = load_text_model(cache.manifest, dev, pretrained)
+    model = load_cache_model(cache, dev, pretrained, note=log)[0]
     id_prompts = cache.global_prototypes() if cache.has_global_prototypes() else \
         global_prototypes(model, cache.classnames)
     noun_feats = encode_texts(model, [noun_prompt(w) for w in words.nouns])

@@ -103,8 +103,8 @@ def attach_negatives(job, folder, *, groups: int = 100, seed: int = 0, pretraine
     tau = job.cache.manifest.get("logit_scale")
     if tau is None:                         # caches extracted before the logit scale was recorded
         from ..models import model_logit_scale
-        from ..train.loop import load_text_model
-        tau = model_logit_scale(load_text_model(job.cache.manifest, "cpu", pretrained))
+        from ..cache_model import load_cache_model
+        tau = model_logit_scale(load_cache_model(job.cache, "cpu", pretrained, note=job.notes.append)[0])
     extra = NegativeScores(neg, logit_scale=tau, groups=groups, seed=seed)
     job.extras.append(extra)
     sizes = ", ".join(f"{n} {len(e)}" for n, e in neg.embeddings.items())

@@ -237,41 +237,11 @@ class Detector:
     @cached_property
     def encoder(self):
         """``(model, preprocess)``: the cache's image encoder, its weights checked against the manifest."""
+        from ..cache_model import load_cache_model
         from ..features import check_supported
-        from ..models import create_model, image_size, is_local_checkpoint, weights_id
-        from ..text import global_prototypes
 
-        man, root = self.cache.manifest, self.cache.root
-        recorded, want = man.get("pretrained"), man.get("weights")
-        source = self.pretrained or recorded
-        if source is None:
-            raise IIMError(f"cache {root} records no weights (manifest 'pretrained'); pass --pretrained")
-        if self.pretrained is None and ("/" in recorded or Path(recorded).suffix) \
-                and not Path(recorded).expanduser().is_file():
-            raise IIMError(f"the weights cache {root} was extracted with ({recorded}) are not there any more; "
-                           f"pass that checkpoint file with --pretrained FILE (it must have {want})")
-        net, preprocess = create_model(man["model"], source, device=self.device)
+        net, preprocess = load_cache_model(self.cache, self.device, self.pretrained, note=self.notes.append)
         check_supported(net)
-        if image_size(net) != man.get("image_size"):
-            raise IIMError(f"{man['model']}: image size {image_size(net)} differs from cache {root}'s "
-                           f"({man.get('image_size')})")
-        got = weights_id(source)
-        if got != want:
-            tag = not str(want).startswith("sha256:") and "@sha256:" not in str(want)
-            if self.pretrained and is_local_checkpoint(self.pretrained) and tag:
-                # a file against a tag: no hash to compare; the text tower tells (it ships with the image tower)
-                mine = global_prototypes(net, self.classes).to(torch.float32)
-                if not torch.allclose(mine, self.cache.global_prototypes(), rtol=1e-3, atol=1e-3):
-                    raise IIMError(f"--pretrained {self.pretrained} is not the {want!r} weights cache {root} "
-                                   f"was extracted with (its text prototypes differ); pass those weights")
-                self.notes.append(f"Weights {self.pretrained}: accepted for tag {want!r} (same text prototypes "
-                                  f"as the cache)")
-            else:
-                fix = ("pass the checkpoint the cache was extracted with" if self.pretrained else
-                       "the packaged or local weights changed since the extraction: re-extract the cache "
-                       "(and retrain), or pass the old weights with --pretrained FILE")
-                raise IIMError(f"weights {source} ({got}) are not the weights cache {root} was extracted with "
-                               f"({want}); {fix}")
         return net, preprocess
 
     def load_encoder(self) -> "Detector":

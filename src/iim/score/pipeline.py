@@ -161,7 +161,7 @@ def _knn_split(cache, name, *, explicit: bool, job: Job) -> str | None:
         job.notes.append("KNN skipped: the run records no train split; name one with --knn-split")
         return None
     if cache.is_complete(name):
-        return name
+        return cache.stored_name(name)     # the name on disk (a run may record the other spelling)
     if explicit:
         cache.split(name)     # raises the cache's one-line error (missing or incomplete)
     job.notes.append(f"KNN skipped: train split {name!r} is not in cache {cache.root}")

@@ -3,7 +3,7 @@ metrics, results.json / results.csv / scores_*.npz / plots) and :func:`run_sweep
 one pass, sweep.csv). They return plain data and write files; they print nothing (``iim score`` prints
 :func:`format_score` / :func:`format_sweep` of what they return).
 
-    job = prepare_run("runs/in1k-k16-s1-iim")
+    job = prepare_run("runs/in1k-shots16-seed1-iim")
     results = run_score(job, k=50, alpha=1.0)        # results["metrics"]["s_mcm"]["average"]["fpr95"]
 """
 from __future__ import annotations
@@ -58,13 +58,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     test, ood_names = _splits(job, ood)
     n_classes = len(job.id_proto)
     check_k(k, test.hw, n_classes)
-    scorer, bank_note = None, None
-    if knn is not None and job.knn_split:
-        bank = memory_bank(job.cache.split(job.knn_split), all_views=knn["all_views"])
-        scorer = KNNScorer(bank, knn["k"])
-        bank_note = (f"KNN baseline: k={knn['k']}, memory bank {job.knn_split} "
-                     f"({len(bank)} features{', all views' if knn['all_views'] else ', view 0'}"
-                     f"{', faiss-gpu' if scorer.on_gpu else ''})")
+    scorer, bank_note = _knn_scorer(job, knn)
     stream = dict(k=k, alpha=alpha, T=T, rows=chunk, device=dev, knn=scorer, progress=progress, recipe=recipe)
     id_scores, preds = stream_split(test, job, predict=True, **stream)
     labels = test.labels
@@ -99,11 +93,31 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "diagnostics": job.checkpoint.get("diagnostics"),   # the run's last epoch, ID data only
         "negatives": next((x.record() for x in job.extras), None),
     }
+    id_arrays = {**id_scores, "index": np.arange(test.n), "label": labels, "pred": preds}
+    files = _write_results(job, results, id_arrays, ood_scores, ood_names, plot=plot)
+    return dict(results, seconds=time.perf_counter() - t0, files=files, knn_bank=bank_note)
+
+
+def _knn_scorer(job: Job, knn: dict | None) -> tuple:
+    """The KNN baseline's scorer over the run's memory bank and its note, or ``(None, None)``."""
+    if knn is None or not job.knn_split:
+        return None, None
+    bank = memory_bank(job.cache.split(job.knn_split), all_views=knn["all_views"])
+    scorer = KNNScorer(bank, knn["k"])
+    note = (f"KNN baseline: k={knn['k']}, memory bank {job.knn_split} "
+            f"({len(bank)} features{', all views' if knn['all_views'] else ', view 0'}"
+            f"{', faiss-gpu' if scorer.on_gpu else ''})")
+    return scorer, note
+
+
+def _write_results(job: Job, results: dict, id_arrays: dict, ood_scores: dict, ood_names, *, plot: bool) -> list:
+    """results.json, results.csv, scores_*.npz (the test split's with its index, labels and predictions),
+    the negatives' order files and the plots, in the job's folder -> what was written (as patterns)."""
     out = job.out_dir
     report.write_json(out / "results.json", results)
-    report.write_csv(out / "results.csv", report.metric_rows(metrics), ["method", "ood_set", "metric", "value"])
-    report.write_npz(out / "scores_test.npz", {**id_scores, "index": np.arange(test.n), "label": labels,
-                                               "pred": preds})
+    report.write_csv(out / "results.csv", report.metric_rows(results["metrics"]),
+                     ["method", "ood_set", "metric", "value"])
+    report.write_npz(out / "scores_test.npz", id_arrays)
     for n in ood_names:
         report.write_npz(out / f"scores_{n}.npz", ood_scores[ood_set_name(n)])
     files = ["results.json", "results.csv", "scores_*.npz"]
@@ -112,13 +126,13 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         report.write_npz(out / name, extra.arrays())
         files.append(name)
     if plot:
-        head = next(m for m in HEADLINE if m in id_scores)
+        head = next(m for m in HEADLINE if m in id_arrays)
         for m in (head, "mcm"):
             per_set = {name: s[m] for name, s in ood_scores.items()}
-            plots.histograms(out / "plots" / f"hist_{m}.png", report.LABELS[m], id_scores[m], per_set)
-            plots.roc_curves(out / "plots" / f"roc_{m}.png", report.LABELS[m], id_scores[m], per_set)
+            plots.histograms(out / "plots" / f"hist_{m}.png", report.LABELS[m], id_arrays[m], per_set)
+            plots.roc_curves(out / "plots" / f"roc_{m}.png", report.LABELS[m], id_arrays[m], per_set)
         files.append("plots/")
-    return dict(results, seconds=time.perf_counter() - t0, files=files, knn_bank=bank_note)
+    return files
 
 
 def format_score(results: dict) -> str:

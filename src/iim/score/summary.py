@@ -1,6 +1,6 @@
 """Mean and std over runs — the paper reports seeds 1, 2, 3 — of scored results (SPEC §5).
 
-    results = [load_results(r) for r in ("runs/in1k-k16-s1-iim", "runs/in1k-k16-s2-iim", ...)]
+    results = [load_results(r) for r in ("runs/in1k-shots16-seed1-iim", "runs/in1k-shots16-seed2-iim", ...)]
     summary = summarise(results)     # {"mean": {method: {set: {metric: %}}}, "std": ..., "values": ...}
 
 Runs of several methods or shots are put side by side (:func:`group_results`, :func:`side_by_side`):

@@ -3,7 +3,7 @@
 
     specs = parse_specs(["n_neg=0,10,20", "lambda_neg=0:5:2.5"], seeds=[1, 2])
     points = expand(specs)        # [{"n_neg": 0, "lambda_neg": 0.0, "seed": 1}, ...] (6 x 2)
-    point_name(points[0])         # "seed1-n_neg0-lambda_neg0"
+    point_name(dict(points[0], shots=16))   # "shots16-seed1-n_neg0-lambda_neg0"
 
 Sweepable: every option that changes the result (``result=True``) plus ``shots`` and ``views``, which
 pick the train split with ``seed``. Each value is checked by the option's own click type, as
@@ -17,6 +17,7 @@ import itertools
 
 import click
 
+from ..cache.names import split_tag
 from ..errors import IIMError
 from ..options import SEED, declared, flag_name, parse_grid
 from ..train.config import TrainConfig
@@ -99,13 +100,13 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def point_name(point: dict) -> str:
-    """A stable folder name: shots, seed, views, then every option that differs from its default,
-    in the option table's order (so overlapping grids name a shared point alike)."""
+def point_name(point: dict, *, tag=split_tag) -> str:
+    """A stable folder name: the split's :func:`~iim.cache.names.split_tag` (``shots4-seed1``), then
+    every option that differs from its default, in the option table's order (so overlapping grids name
+    a shared point alike). ``tag``: :func:`~iim.cache.names.old_grid_tag` names the folder an older
+    version gave the point."""
     defaults = {f.name: f.default for f in declared(TrainConfig)}
-    order = list(sweepable())
-    parts = [f"{n}{_fmt(point[n])}" for n in ("shots", "seed", "views") if point.get(n) not in (None, 1)
-             or (n == "seed" and n in point)]
-    parts += [f"{n}{_fmt(point[n])}" for n in order
+    parts = [tag(point["shots"], point["seed"], point.get("views", 1))]
+    parts += [f"{n}{_fmt(point[n])}" for n in sweepable()
               if n in point and n not in ("shots", "seed", "views") and point[n] != defaults.get(n)]
-    return "-".join(parts) or "default"
+    return "-".join(parts)

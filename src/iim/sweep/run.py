@@ -25,7 +25,7 @@ from ..atomic import atomic_write_text
 from ..cache import manifest_key, open_cache
 from ..cache.fingerprint import content_digest
 from ..cache.location import record
-from ..cache.names import parse_train_split, train_split_name
+from ..cache.names import old_grid_tag, parse_train_split, train_split_name
 from ..errors import IIMError
 from ..score.options import Scoring  # noqa: F401  (iim.sweep.Scoring: how every point is scored)
 from ..score.pipeline import ood_split_names, prepare_run
@@ -76,6 +76,13 @@ def resolve_split(cache, shots, seed, views):
                    f"with '{cmd}'")
 
 
+def _folder_name(points_dir: Path, opts: dict) -> str:
+    """The point's folder name; the one an older version gave it when only that folder exists (so a
+    rerun continues it)."""
+    name, old = point_name(opts), point_name(opts, tag=old_grid_tag)
+    return old if old != name and (points_dir / old).is_dir() and not (points_dir / name).exists() else name
+
+
 def plan(cache_dir, grid: dict, out, *, device: str = "auto", scoring: Scoring | None = None) -> list[Point]:
     """The grid's points, every one checked (split present, options accepted as ``iim train`` accepts
     them, test k possible) before anything is trained."""
@@ -85,7 +92,7 @@ def plan(cache_dir, grid: dict, out, *, device: str = "auto", scoring: Scoring |
     points = []
     for opts, split in zip(combos, splits):       # every split first: a missing one is named first
         opts = dict(opts, shots=split.shots, seed=split.seed, views=split.views)
-        name = point_name(opts)
+        name = _folder_name(Path(out) / POINTS, opts)
         train_opts = {n: v for n, v in opts.items() if n not in SPLIT_KEYS and n != "seed"}
         cfg = TrainConfig(cache=str(cache_dir), split=split.name, out=str(Path(out) / POINTS / name),
                           seed=split.seed, device=device, **train_opts)

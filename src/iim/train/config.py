@@ -56,7 +56,7 @@ class TrainConfig:
     """Every training option (defaults: SPEC §3 / the paper)."""
     # set by `iim train` from --cache, --shots/--seed/--views and --out (iim.cli.options)
     cache: str = option(help="Feature cache written by 'iim extract'.", result=False, cli=False)
-    split: str = option(help="Train split train_k{K}_s{S}[_v{V}].", cli=False)
+    split: str = option(help="Train split train_shots{K}_seed{S}[_views{V}].", cli=False)
     out: str = option(help="Run folder.", result=False, cli=False)
     seed: int = option(1, "Split seed S, also the training seed.", type=SEED, cli=False)
     # the method: IIM (SPEC §3) or a comparison method (SPEC §8); None = the method's default

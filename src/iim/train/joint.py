@@ -127,10 +127,10 @@ def point_bytes(*, n_tokens: int, width: int, layers: int, batch: int, hw: int, 
 def auto_pack(per_point: int, device: torch.device, *, fraction: float | None = None) -> int:
     """How many runs of ``per_point`` bytes pack into one process: a fraction of the free GPU memory
     (``torch.cuda.mem_get_info``; half) or of the available RAM (a quarter), at least 1."""
-    from .loop import _available_ram
+    from .loop.feed import available_ram
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
         budget = free * (0.5 if fraction is None else fraction)
     else:
-        budget = _available_ram() * (0.25 if fraction is None else fraction)
+        budget = available_ram() * (0.25 if fraction is None else fraction)
     return max(1, int(budget // max(per_point, 1)))
