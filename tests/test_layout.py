@@ -6,7 +6,6 @@ and nested functions included, decorators not).
 import ast
 from pathlib import Path
 
-import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MAX_FILE_LINES = 450
@@ -14,12 +13,6 @@ MAX_FUNCTION_LINES = 70
 
 # Functions of files another branch rewrites (the command layer, the registries): they are cut to size
 # there. Whoever merges the branches empties this list; a listed function already short enough fails.
-KNOWN_EXCEPTIONS_UNTIL_MERGE = {
-    ("iim/demo/run.py", "run_demo"),
-    ("iim/sweep/collect.py", "_figures"),
-}
-
-
 def oversized(source: str, *, max_file: int = MAX_FILE_LINES, max_function: int = MAX_FUNCTION_LINES) -> list:
     """``("file", lines)`` if ``source`` is over ``max_file`` lines, then ``(function name, lines)`` of
     every function over ``max_function``."""
@@ -53,11 +46,6 @@ def test_the_measure_finds_long_files_and_functions():
 
 def test_no_file_or_function_over_the_limits():
     found = tree_sizes()
-    over = {key: n for key, n in found.items() if key not in KNOWN_EXCEPTIONS_UNTIL_MERGE}
+    over = dict(found)
     assert not over, "over the limits (file 450 lines, function 70): " + ", ".join(
         f"{path}: {name} {n} lines" for (path, name), n in sorted(over.items()))
-
-
-@pytest.mark.parametrize("key", sorted(KNOWN_EXCEPTIONS_UNTIL_MERGE))
-def test_each_known_exception_is_still_needed(key):
-    assert key in tree_sizes(), f"{key[0]}: {key[1]} is within the limits now; remove it from the list"
