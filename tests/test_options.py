@@ -68,6 +68,7 @@ def test_every_training_option_reaches_the_cli_the_resume_check_and_the_report(f
 def test_every_scoring_option_reaches_score_sweep_and_the_report(field):
     assert field.name in params("score")
     assert (field.name in params("sweep")) == (field.name not in SWEEP_SKIPS)
+    assert (field.name in params("grid")) == (field.name not in SWEEP_SKIPS)
     assert (field.name in summary.MUST_MATCH) == field.metadata["result"] == (field.name in SCORE_KEYS)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..demo.run import DemoSettings
 from .options import cache_option, device_option, out_option, progress_option, seed_option
 
 
@@ -17,7 +18,8 @@ from .options import cache_option, device_option, out_option, progress_option, s
 @cache_option("Feature cache of the demo benchmark.", default=Path("cache/demo"))
 @click.option("--world", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the generated images  [default: cache/demo-data or $IIM_DEMO_DATA]")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="IIM epochs  [default: 50]")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help=f"IIM epochs  [default: {DemoSettings.epochs}]")
 @device_option
 @progress_option
 def demo(seeds, out, cache, world, epochs, device, progress):
@@ -33,7 +35,7 @@ def demo(seeds, out, cache, world, epochs, device, progress):
     iim demo                 # one seed (make demo)
     iim demo --seeds 1,2,3   # the README's numbers: mean over seeds 1, 2, 3
     """
-    from ..demo.run import DemoSettings, run_demo
+    from ..demo.run import run_demo
 
     if not progress:
         os.environ["TQDM_DISABLE"] = "1"

@@ -9,6 +9,7 @@ import click
 
 from .options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
+from ..metrics import RECALL
 from ..options import click_options
 from ..registry import PREDICT_EVALUATORS, label
 from ..score import report
@@ -68,7 +69,7 @@ def _evaluator(evaluator, old_method):
                defaults={"k": None, "alpha": None, "T": None})
 @click.option("--threshold", type=float, help="In-distribution when score >= this.")
 @click.option("--tpr", type=float, help="Threshold keeping this fraction of the cache's ID test images  "
-                                        "[default: 0.95]")
+                                        f"[default: {RECALL:g}]")
 @click.option("--pretrained", metavar="FILE", help="The cache's weights as a local checkpoint, when its "
                                                    "recorded tag or file cannot be loaded (checked).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
