@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import make_random_cache
-from iim.sweep.parallel import assign, check_jobs
+from iim.sweep.parallel import assign, check_jobs, worker_threads
 from iim.dist import torchrun_env
 from iim.errors import IIMError
 from iim.train.checkpoint import load_checkpoint
@@ -134,6 +134,40 @@ def test_jobs_two_workers_give_the_one_process_folders(world, capsys):
     assert code == 0, err
     assert "4/4 points done, 0 failed" in stdout and sum(line.startswith("[") for line in stdout.splitlines()) == 4
     same_as_one_process(root, out)
+
+
+def test_worker_threads_are_the_sweeps_own_on_a_cpu_and_shared_out_on_gpus():
+    assert worker_threads("cpu", 2, 2) == 2 and worker_threads("auto", 8, 3) == 8
+    assert worker_threads("cuda:1", 8, 3) == 2 and worker_threads("cuda", 1, 4) == 1
+
+
+def _contexts(out):
+    return {(d.name, k): v for d in sorted((out / "points").iterdir())
+            for k, v in load_checkpoint(d)["contexts"].items()}
+
+
+def test_jobs_two_at_two_threads_equal_one_process_at_two_threads(tmp_path, capsys):
+    """Issue 26 item 3: the workers got half the parent's threads, and CPU kernels split their sums by
+    thread, so every point's contexts differed from one process (by ~1e-8 here). A cache large enough
+    for torch to split the work: the one-thread run differs, which shows the comparison can fail."""
+    cache = make_random_cache(tmp_path / "cache", classes=8, hw=196, shots=8, n_test=16, ood={"far": 16})
+    args = ["--cache", cache.root, "--grid", "shots=8", "--grid", "n_neg=0,4", "--seed", "1", "--grid", "epochs=1",
+            "--grid", "n_ctx=4", "--grid", "batch_size=32", "--grid", "k=4", "--k", "5", "--pack", "1", "--no-progress"]
+    n = torch.get_num_threads()
+    try:
+        runs = {}
+        for threads, jobs in ((1, "1"), (2, "1"), (2, "2")):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"t{threads}-j{jobs}"
+            code, _, err = run_cli(capsys, "sweep", *args, "--jobs", jobs, "--out", out)
+            assert code == 0, err
+            runs[threads, jobs] = _contexts(out)
+    finally:
+        torch.set_num_threads(n)
+    one, two = runs[2, "1"], runs[2, "2"]
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert any(not torch.equal(one[k], runs[1, "1"][k]) for k in one)      # the thread count does matter
+    assert (tmp_path / "t2-j1" / "results.csv").read_text() == (tmp_path / "t2-j2" / "results.csv").read_text()
 
 
 @pytest.mark.parametrize("extra, message", [
