@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..cli_options import cache_option, device_option, out_option, progress_option, seed_option
+from ..options import EPOCHS
 
 
 @click.command("demo", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -17,7 +18,7 @@ from ..cli_options import cache_option, device_option, out_option, progress_opti
 @cache_option("Feature cache of the demo benchmark.", default=Path("cache/demo"))
 @click.option("--world", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the generated images  [default: cache/demo-data or $IIM_DEMO_DATA]")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="IIM epochs  [default: 50]")
+@click.option("--epochs", type=EPOCHS, default=None, help="IIM epochs  [default: 50]")
 @device_option
 @progress_option
 def demo(seeds, out, cache, world, epochs, device, progress):

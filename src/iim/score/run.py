@@ -27,7 +27,9 @@ from .sweep import best_settings, sweep_rows
 HEADLINE = ("s_mcm", "s_mcm_star")      # the first present is plotted and summarised with MCM
 
 
-def _splits(job: Job, ood):
+def _splits(job: Job, ood, k):
+    """The test split and the OOD split names, after checking them and ``k`` and that the output
+    folder is writable (created only once every check has passed)."""
     test = job.cache.split("test")
     if test.n == 0:
         raise IIMError(f"split 'test' in {job.cache.root} is empty (0 images)")
@@ -38,6 +40,7 @@ def _splits(job: Job, ood):
                        f"0..{n_cls - 1} ({len(bad)} such rows); the cache is damaged (iim cache verify "
                        f"{job.cache.root})")
     names = ood_split_names(job.cache, ood)
+    check_k(k, test.hw, len(job.id_proto))
     check_writable(job.out_dir)
     return test, names
 
@@ -55,9 +58,8 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     t0 = time.perf_counter()
     recipe = recipe or job.recipe
     dev = resolve_device(device)
-    test, ood_names = _splits(job, ood)
+    test, ood_names = _splits(job, ood, k)
     n_classes = len(job.id_proto)
-    check_k(k, test.hw, n_classes)
     scorer, bank_note = None, None
     if knn is not None and job.knn_split:
         bank = memory_bank(job.cache.split(job.knn_split), all_views=knn["all_views"])
@@ -142,8 +144,7 @@ def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto",
         raise IIMError("--negatives scores at one k and alpha (iim score --k K --alpha A), not in a sweep")
     recipe = recipe or job.recipe
     dev = resolve_device(device)
-    test, ood_names = _splits(job, ood)
-    check_k(ks, test.hw, len(job.id_proto))
+    test, ood_names = _splits(job, ood, ks)
     stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev, progress=progress, recipe=recipe)
     id_scores = stream_split(test, job, **stream)[0]
     ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}
