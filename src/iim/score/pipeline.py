@@ -104,6 +104,9 @@ def prepare_run(run=None, *, runs_dir="runs", cache_path=None, out=None, knn_spl
     if not cache_path:
         raise IIMError(f"run {run_dir} records no cache; pass --cache")
     if cache_path == cfg.get("cache") and not as_path(cache_path).exists():
+        if "***" in str(cache_path):               # redacted when recorded (iim.cache.location.redact)
+            raise IIMError(f"the cache {cache_path} recorded in {run_dir} was recorded without its credentials; "
+                           f"give its URL again with --cache URL")
         raise IIMError(f"the cache {cache_path} recorded in {run_dir} is not there (moved?); point to it "
                        f"with --cache DIR")
     cache = open_cache(cache_path)
