@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import metrics as M
 from ..atomic import check_writable
+from ..cache import manifest_key
 from ..cache.names import ood_set_name
 from ..errors import IIMError
 from ..models import resolve_device
@@ -22,6 +23,7 @@ from . import plots, report
 from .knn import KNNScorer, memory_bank
 from .pipeline import Job, expected_ood_splits, ood_split_names, stream_split
 from .scores import check_k
+from .seal import seal
 from .sweep import best_settings, sweep_rows
 
 HEADLINE = ("s_mcm", "s_mcm_star")      # the first present is plotted and summarised with MCM
@@ -81,6 +83,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "run": None if job.zero_shot else str(job.run_dir),
         "cache": str(job.cache.root),
+        "cache_fingerprint": manifest_key(job.cache.manifest),     # what iim report compares between runs
         "zero_shot": job.zero_shot,
         "epoch": job.checkpoint.get("epoch"), "complete": job.checkpoint.get("complete"),
         "settings": {"k": k, "alpha": alpha, "T": T, "recipe": recipe, "accuracy_k": min(k, test.hw), "device": str(dev),
@@ -102,7 +105,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "negatives": next((x.record() for x in job.extras), None),
     }
     out = job.out_dir
-    report.write_json(out / "results.json", results)
+    report.write_json(out / "results.json", seal(results))      # "sha256": iim report refuses an edited file
     report.write_csv(out / "results.csv", report.metric_rows(metrics), ["method", "ood_set", "metric", "value"])
     report.write_npz(out / "scores_test.npz", {**id_scores, "index": np.arange(test.n), "label": labels,
                                                "pred": preds})
