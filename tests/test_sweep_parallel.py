@@ -262,3 +262,35 @@ def test_kill_9_of_a_jobs_sweep_stops_its_workers_and_the_rerun_equals_one_proce
     code, stdout, err = run_cli(capsys, "sweep", *args, "--jobs", "2", "--out", out)
     assert code == 0 and "4/4 points done, 0 failed" in stdout, err
     same_as_one_process(root, out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_kill_9_of_one_worker_mid_training_fails_its_points_and_the_rerun_equals_one_process(world, capsys):
+    """Issue 26: SIGKILL of one --jobs worker (not the sweep) while it trains: the sweep finishes the other
+    worker's points, records the killed worker's as failed, and a rerun retries them from their checkpoints
+    to the folders of an uninterrupted run."""
+    import signal
+    import time
+    root, args = world
+    out = root / "killed-worker"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
+               CUDA_VISIBLE_DEVICES="")
+    sweep = subprocess.Popen([sys.executable, "-m", "iim", "sweep", *args, "--jobs", "2", "--out", str(out)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.time() + 300, []
+    while sweep.poll() is None and time.time() < deadline and not list(out.glob("points/*/train.log")):
+        workers = _spawned_children(sweep.pid) or workers
+        time.sleep(0.01)
+    workers = _spawned_children(sweep.pid) or workers
+    assert len(workers) == 2 and sweep.poll() is None, "the sweep ended before a worker could be killed"
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, stderr = sweep.communicate(timeout=600)
+    states = [json.loads(p.read_text()) for p in out.glob("points/*/point.json")]
+    failed = [s for s in states if s["status"] == "failed"]
+    assert failed and all("exited with code -9" in s["error"] for s in failed), (stdout, stderr[-2000:])
+    assert "2 failed" in stdout or "1 failed" in stdout, stdout
+
+    code, stdout, err = run_cli(capsys, "sweep", *args, "--jobs", "2", "--out", out)
+    assert code == 0 and "4/4 points done, 0 failed" in stdout, err
+    same_as_one_process(root, out)

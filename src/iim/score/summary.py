@@ -50,12 +50,11 @@ def load_results(run_dir) -> dict:
         results = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise IIMError(f"{path} is not valid JSON ({e})") from None
-    if isinstance(results, dict):
-        check_seal(results, path)
     missing = [k for k in REQUIRED if not isinstance(results, dict) or k not in results]
     if missing or not results["metrics"]:
         raise IIMError(f"{path} lacks {', '.join(missing) or 'metrics'} (not written by 'iim score', or "
                        f"edited); score the run again: iim score --run {run_dir}")
+    check_seal(results, path)
     return dict(results, folder=str(Path(run_dir)))
 
 
