@@ -61,6 +61,9 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     recipe = recipe or job.recipe
     dev = resolve_device(device)
     test, ood_names = _splits(job, ood, k)
+    # the OOD sets left out, as the cache is now: a split another process begins while this one scores
+    # is not among them (results.json describes the cache it scored)
+    left_out = [ood_set_name(n) for n in expected_ood_splits(job.cache) if n not in ood_names]
     n_classes = len(job.id_proto)
     scorer, bank_note = None, None
     if knn is not None and job.knn_split:
@@ -97,7 +100,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
                "n_labelled": int(valid.sum())},
         "ood_sets": {ood_set_name(n): int(job.cache.split(n).n) for n in ood_names},
         "average_over": [ood_set_name(n) for n in ood_names],
-        "left_out": [ood_set_name(n) for n in expected_ood_splits(job.cache) if n not in ood_names],
+        "left_out": left_out,
         "metrics": metrics,
         "notes": job.notes + job.warnings + ([bank_note] if bank_note else []),
         "run_config": job.checkpoint.get("config"),
