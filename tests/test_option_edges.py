@@ -40,7 +40,7 @@ def world(tmp_path_factory):
 
 
 CASES = {
-    "extract": [("--shots", "0"), ("--seed", "-1"), ("--views", "0"), ("--batch-size", "0"),
+    "extract": [("--shots", "0"), ("--seed", "-1"), ("--views", "0"), ("--views", HUGE), ("--batch-size", "0"),
                 ("--batch-size", HUGE), ("--workers", "-1"), ("--crop-scale", "nan"), ("--chunk-mb", "nan"),
                 ("--chunk-mb", "inf")],
     "train": [("--k", "0"), ("--shots", "0"), ("--views", "0"), ("--seed", "-1"), ("--batch-size", HUGE),

@@ -31,6 +31,7 @@ MAX_GRID = 10_000                        # values one list or range option may n
 
 MAX_BATCH = 2**20                        # --batch-size / --chunk: more images per step is a typo
 MAX_EPOCHS = 100_000                     # --epochs: the paper trains 50; more would run for ever
+MAX_VIEWS = 1024                         # iim extract --views: each view is one forward pass per image
 
 
 class AtLeast(click.IntRange):
@@ -52,6 +53,7 @@ class AtLeast(click.IntRange):
 
 BATCH = AtLeast(1, most=MAX_BATCH)       # images (or features) per step or chunk
 EPOCHS = AtLeast(1, most=MAX_EPOCHS)
+VIEWS = AtLeast(1, most=MAX_VIEWS)
 
 
 class Finite(click.FloatRange):

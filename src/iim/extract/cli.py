@@ -4,7 +4,7 @@ import click
 
 from ..cli_options import device_option, out_option, progress_option, seed_option
 from ..errors import IIMError
-from ..options import BATCH, Finite, Grid
+from ..options import BATCH, VIEWS, Finite, Grid
 
 
 def _list_benchmarks(ctx, _param, value):
@@ -34,7 +34,7 @@ def _list_benchmarks(ctx, _param, value):
               help="Images per class of the few-shot train splits, e.g. 16 or 1,2,4,8,16.")
 @seed_option("Few-shot sampling seeds; one train split per (shots, seed).", many=True, default="1",
              name="seeds")
-@click.option("--views", default=1, show_default=True, type=int,
+@click.option("--views", default=1, show_default=True, type=VIEWS,
               help="Augmented views per train image (1 = the eval preprocess, no augmentation).")
 @click.option("--crop-scale", type=Finite(0, 1, min_open=True), default=None, metavar="S_MIN",
               help="Augmented views: RandomResizedCrop(scale=(S_MIN, 1)). Default: the benchmark's (SPEC §1: "
