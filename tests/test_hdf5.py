@@ -67,3 +67,65 @@ def test_not_hdf5_one_line(tmp_path, monkeypatch, capsys):
     lines = [line for line in err.strip().splitlines() if line]
     assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and "not an HDF5 file" in lines[0]
     assert not (tmp_path / "b").exists()
+
+
+# ---- an export damaged or changed before import (issue 26): detected, nothing written ----------------------
+@pytest.fixture
+def export(tmp_path, monkeypatch, capsys):
+    c = make_random_cache(tmp_path / "a", n_test=12, ood={"far": 7})
+    code, _, err = iim_cli(monkeypatch, capsys, "cache", "export", c.root, tmp_path / "a.h5")
+    assert code == 0, err
+    return tmp_path / "a.h5"
+
+
+def _refused(monkeypatch, capsys, path, tmp_path, match):
+    code, _, err = iim_cli(monkeypatch, capsys, "cache", "import", path, tmp_path / "b")
+    lines = [line for line in err.strip().splitlines() if line]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: ") and match in lines[0], err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.95, 0.9995])
+def test_a_truncated_export_is_refused(export, tmp_path, monkeypatch, capsys, keep):
+    import faults
+    faults.truncate(export, keep)
+    _refused(monkeypatch, capsys, export, tmp_path, "damaged or cut short")
+
+
+@pytest.mark.parametrize("part", ["test/local", "ood_far/global", "test/label", "test/path", "global_proto",
+                                  "test/attrs", "manifest", "flipped byte"])
+def test_a_changed_export_is_refused(export, tmp_path, monkeypatch, capsys, part):
+    import h5py
+    if part == "flipped byte":                      # a bit of a feature, as a bad copy would do
+        data = bytearray(export.read_bytes())
+        with h5py.File(export, "r") as f:
+            at = f["test/local"].id.get_chunk_info(0).byte_offset + 1000
+        data[at] ^= 0x40
+        export.write_bytes(bytes(data))
+        part = "test/local"
+    else:
+        with h5py.File(export, "r+") as f:
+            if part == "manifest":
+                man = json.loads(f.attrs["manifest"])
+                f.attrs["manifest"] = json.dumps({**man, "classnames": man["classnames"][::-1]})
+            elif part == "test/attrs":
+                f["test"].attrs["attrs"] = f["test"].attrs["attrs"].replace("true", "false", 1)
+            elif part == "test/path":
+                paths = f["test/path"][:]
+                paths[0] = b"elsewhere.png"
+                f["test/path"][:] = paths
+            else:
+                d = f[part]
+                row = d[1]
+                d[1] = row + 1 if part != "test/label" else (row + 1) % 4
+    _refused(monkeypatch, capsys, export, tmp_path, f"{part} differs from the export")
+
+
+def test_an_export_without_checksums_still_imports_with_a_warning(export, tmp_path, monkeypatch, capsys, caplog):
+    import h5py
+    with h5py.File(export, "r+") as f:
+        del f.attrs["sha256"]
+    code, _, err = iim_cli(monkeypatch, capsys, "cache", "import", export, tmp_path / "b")
+    assert code == 0, err
+    assert "exported without checksums" in err + caplog.text
+    assert open_cache(tmp_path / "b").splits() == open_cache(tmp_path / "a").splits()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import make_random_cache
-from iim.sweep.parallel import assign, check_jobs
+from iim.sweep.parallel import assign, check_jobs, worker_threads
 from iim.dist import torchrun_env
 from iim.errors import IIMError
 from iim.train.checkpoint import load_checkpoint
@@ -136,6 +136,40 @@ def test_jobs_two_workers_give_the_one_process_folders(world, capsys):
     same_as_one_process(root, out)
 
 
+def test_worker_threads_are_the_sweeps_own_on_a_cpu_and_shared_out_on_gpus():
+    assert worker_threads("cpu", 2, 2) == 2 and worker_threads("auto", 8, 3) == 8
+    assert worker_threads("cuda:1", 8, 3) == 2 and worker_threads("cuda", 1, 4) == 1
+
+
+def _contexts(out):
+    return {(d.name, k): v for d in sorted((out / "points").iterdir())
+            for k, v in load_checkpoint(d)["contexts"].items()}
+
+
+def test_jobs_two_at_two_threads_equal_one_process_at_two_threads(tmp_path, capsys):
+    """Issue 26 item 3: the workers got half the parent's threads, and CPU kernels split their sums by
+    thread, so every point's contexts differed from one process (by ~1e-8 here). A cache large enough
+    for torch to split the work: the one-thread run differs, which shows the comparison can fail."""
+    cache = make_random_cache(tmp_path / "cache", classes=8, hw=196, shots=8, n_test=16, ood={"far": 16})
+    args = ["--cache", cache.root, "--grid", "shots=8", "--grid", "n_neg=0,4", "--seed", "1", "--grid", "epochs=1",
+            "--grid", "n_ctx=4", "--grid", "batch_size=32", "--grid", "k=4", "--k", "5", "--pack", "1", "--no-progress"]
+    n = torch.get_num_threads()
+    try:
+        runs = {}
+        for threads, jobs in ((1, "1"), (2, "1"), (2, "2")):
+            torch.set_num_threads(threads)
+            out = tmp_path / f"t{threads}-j{jobs}"
+            code, _, err = run_cli(capsys, "sweep", *args, "--jobs", jobs, "--out", out)
+            assert code == 0, err
+            runs[threads, jobs] = _contexts(out)
+    finally:
+        torch.set_num_threads(n)
+    one, two = runs[2, "1"], runs[2, "2"]
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+    assert any(not torch.equal(one[k], runs[1, "1"][k]) for k in one)      # the thread count does matter
+    assert (tmp_path / "t2-j1" / "results.csv").read_text() == (tmp_path / "t2-j2" / "results.csv").read_text()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--jobs", "0"], "0 given; jobs must be at least 1"),
     (["--run", "somewhere", "--jobs", "2"], "--jobs belongs to a training grid, which is its own command now: iim grid"),
@@ -226,5 +260,37 @@ def test_kill_9_of_a_jobs_sweep_stops_its_workers_and_the_rerun_equals_one_proce
     assert not any(map(_running, workers)), "a worker outlived the killed sweep"
 
     code, stdout, err = run_cli(capsys, "grid", *args, "--jobs", "2", "--out", out)
+    assert code == 0 and "4/4 points done, 0 failed" in stdout, err
+    same_as_one_process(root, out)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
+def test_kill_9_of_one_worker_mid_training_fails_its_points_and_the_rerun_equals_one_process(world, capsys):
+    """Issue 26: SIGKILL of one --jobs worker (not the sweep) while it trains: the sweep finishes the other
+    worker's points, records the killed worker's as failed, and a rerun retries them from their checkpoints
+    to the folders of an uninterrupted run."""
+    import signal
+    import time
+    root, args = world
+    out = root / "killed-worker"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
+               CUDA_VISIBLE_DEVICES="")
+    sweep = subprocess.Popen([sys.executable, "-m", "iim", "sweep", *args, "--jobs", "2", "--out", str(out)],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, workers = time.time() + 300, []
+    while sweep.poll() is None and time.time() < deadline and not list(out.glob("points/*/train.log")):
+        workers = _spawned_children(sweep.pid) or workers
+        time.sleep(0.01)
+    workers = _spawned_children(sweep.pid) or workers
+    assert len(workers) == 2 and sweep.poll() is None, "the sweep ended before a worker could be killed"
+    os.kill(workers[0], signal.SIGKILL)
+    stdout, stderr = sweep.communicate(timeout=600)
+    states = [json.loads(p.read_text()) for p in out.glob("points/*/point.json")]
+    failed = [s for s in states if s["status"] == "failed"]
+    assert failed and all("exited with code -9" in s["error"] for s in failed), (stdout, stderr[-2000:])
+    assert "2 failed" in stdout or "1 failed" in stdout, stdout
+
+    code, stdout, err = run_cli(capsys, "sweep", *args, "--jobs", "2", "--out", out)
     assert code == 0 and "4/4 points done, 0 failed" in stdout, err
     same_as_one_process(root, out)

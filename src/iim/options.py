@@ -29,28 +29,44 @@ SEED = click.IntRange(0, 2**32 - 1)      # every --seed: numpy's SeedSequence an
 MAX_GRID = 10_000                        # values one list or range option may name
 
 
-class AtLeast(click.IntRange):
-    """An integer of at least ``n``; anything less says so ("--k 0: k must be at least 1")."""
+MAX_BATCH = 2**20                        # --batch-size / --chunk: more images per step is a typo
+MAX_EPOCHS = 100_000                     # --epochs: the paper trains 50; more would run for ever
+MAX_VIEWS = 1024                         # iim extract --views: each view is one forward pass per image
 
-    def __init__(self, n: int):
-        super().__init__(min=n)
+
+class AtLeast(click.IntRange):
+    """An integer of at least ``n`` (and at most ``most``, when given); anything else says so
+    ("--k 0: k must be at least 1", "--epochs 10**12: epochs must be at most 100000")."""
+
+    def __init__(self, n: int, most: int | None = None):
+        super().__init__(min=n, max=most)
 
     def convert(self, value, param, ctx):
         value = click.INT.convert(value, param, ctx)
+        name = param.name if param is not None else "the value"
         if value < self.min:
-            name = param.name if param is not None else "the value"
             self.fail(f"{value} given; {name} must be at least {self.min}", param, ctx)
+        if self.max is not None and value > self.max:
+            self.fail(f"{value} given; {name} must be at most {self.max}", param, ctx)
         return value
 
 
+BATCH = AtLeast(1, most=MAX_BATCH)       # images (or features) per step or chunk
+EPOCHS = AtLeast(1, most=MAX_EPOCHS)
+VIEWS = AtLeast(1, most=MAX_VIEWS)
+
+
 class Finite(click.FloatRange):
-    """A finite float (``inf`` and ``nan`` refused), optionally within ``click.FloatRange`` bounds."""
+    """A finite float (``inf`` and ``nan`` refused, and magnitudes beyond float32's 3.4e38, which the
+    training and scoring tensors would turn into inf), optionally within ``click.FloatRange`` bounds."""
     name = "finite float"
 
     def convert(self, value, param, ctx):
         value = super().convert(value, param, ctx)
         if not np.isfinite(value):
             self.fail(f"{value} is not a finite number", param, ctx)
+        if abs(value) > float(np.finfo(np.float32).max):
+            self.fail(f"{value} is beyond float32's range (at most 3.4e38 in size)", param, ctx)
         return value
 
 

@@ -2,11 +2,16 @@
 
 Layout of the file: root attribute ``manifest`` (JSON); dataset ``global_proto`` ``[C, D]``; one group per
 split with datasets ``global``, ``local``, ``label``, ``path`` (all physical rows, as stored in the cache)
-and the split's attributes as one JSON attribute ``attrs``.
+and the split's attributes as one JSON attribute ``attrs``. The root attribute ``sha256`` (JSON) holds the
+SHA-256 of every dataset and attribute above (:func:`digests`), computed at export from the finished
+file; import recomputes them and refuses a file whose content differs (a dataset changed, a copy cut
+short) before it writes anything. Exports older than the checksums import with a warning.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,9 +24,62 @@ from .damage import read_array
 from .store import create_cache, open_cache
 
 
+CHECKSUMS = "sha256"         # root attribute: {"manifest": hex, "global_proto": hex, "<split>/<dataset>": hex, ...}
+log = logging.getLogger("iim")
+
+
 def _h5py():
     import h5py
     return h5py
+
+
+def _array_digest(ds) -> str:
+    """SHA-256 of a dataset's dtype, shape and values in C order, read one chunk of rows at a time; the
+    strings of ``path`` as their JSON list."""
+    h = hashlib.sha256(f"{ds.dtype.str}{ds.shape}".encode())
+    if ds.dtype.kind == "O":
+        h.update(json.dumps([p.decode() if isinstance(p, bytes) else str(p) for p in ds[:]]).encode())
+        return h.hexdigest()
+    step = (ds.chunks[0] if ds.chunks else ds.shape[0] if ds.shape else 1) or 1
+    for lo in range(0, ds.shape[0] if ds.shape else 1, step):
+        h.update(np.ascontiguousarray(ds[lo:lo + step] if ds.shape else ds[()]).tobytes())
+    return h.hexdigest()
+
+
+def digests(f) -> dict[str, str]:
+    """Name -> SHA-256 of every part of an export: the manifest, ``global_proto``, and each split's
+    ``attrs`` and datasets (``<split>/<name>``). An unreadable dataset is a one-line error."""
+    h5py = _h5py()
+    out = {}
+    if "manifest" in f.attrs:
+        out["manifest"] = hashlib.sha256(str(f.attrs["manifest"]).encode()).hexdigest()
+    for name in sorted(f):
+        item = f[name]
+        try:
+            if isinstance(item, h5py.Group):
+                out[f"{name}/attrs"] = hashlib.sha256(str(item.attrs.get("attrs", "")).encode()).hexdigest()
+                for key in sorted(item):
+                    out[f"{name}/{key}"] = _array_digest(item[key])
+            else:
+                out[name] = _array_digest(item)
+        except (OSError, ValueError, KeyError) as e:
+            raise IIMError(f"{f.filename}: {name} cannot be read ({str(e).strip()[:100]}); the file is damaged, "
+                           f"export it again") from None
+    return out
+
+
+def check_digests(f) -> None:
+    """Compare the file's content with the checksums recorded at export; a difference is a one-line
+    error naming the first part that differs. An export without checksums is accepted with a warning."""
+    if CHECKSUMS not in f.attrs:
+        log.warning(f"{f.filename} was exported without checksums (older iim): its content is not verified")
+        return
+    want, got = json.loads(f.attrs[CHECKSUMS]), digests(f)
+    for key in sorted(set(want) | set(got)):
+        if want.get(key) != got.get(key):
+            what = "is missing" if key not in got else "is new" if key not in want else "differs from the export"
+            raise IIMError(f"{f.filename}: {key} {what} (checksum recorded at export); the file was changed or "
+                           f"damaged after 'iim cache export': export it again")
 
 
 def export_hdf5(cache_dir, out, *, allow_incomplete: bool = False, progress: bool = True) -> Path:
@@ -50,6 +108,8 @@ def export_hdf5(cache_dir, out, *, allow_incomplete: bool = False, progress: boo
                 f.create_dataset("global_proto", data=protos)
             for name in names:
                 _export_split(f, c._zroot[name], name, progress)
+        with h5py.File(tmp, "r+") as f:                   # the checksums of what the file holds
+            f.attrs[CHECKSUMS] = json.dumps(digests(f), sort_keys=True)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
@@ -91,9 +151,15 @@ def import_hdf5(path, cache_dir, *, progress: bool = True):
         raise IIMError(f"no file {path}")
     if not h5py.is_hdf5(path):
         raise IIMError(f"{path} is not an HDF5 file (expected one written by 'iim cache export --format hdf5')")
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:                                   # a truncated copy fails here (HDF5 checks its end)
+        raise IIMError(f"{path} cannot be opened as HDF5 ({str(e).strip()[:120]}); the file is damaged or cut "
+                       f"short: export it again") from None
+    with f:
         if "manifest" not in f.attrs:
             raise IIMError(f"{path} is not an iim feature export (no 'manifest' attribute)")
+        check_digests(f)                                   # before anything is written
         c = create_cache(cache_dir, json.loads(f.attrs["manifest"]))
         if "global_proto" in f:
             c.write_global_prototypes(f["global_proto"][:])

@@ -23,6 +23,31 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*(::[A-Za-z][A-Za-z0-9+.\-]*)*://")
 _LOCAL = ("file", "local")
 
 
+def redact(where) -> str:
+    """``where`` as iim writes or prints it: in a URL the user info (``user:secret@``) becomes ``***@``
+    and every query value (``?token=...``) ``***``, in each part of a chained URL (``a::s3://...``); a
+    plain path is returned as it is. The only form of a location in manifests, results, logs and errors."""
+    text = str(where)
+    if not is_url(text):
+        return text
+    return "::".join(_redact_part(part) for part in text.split("::"))
+
+
+def _redact_part(part: str) -> str:
+    if "://" not in part:
+        return part
+    scheme, rest = part.split("://", 1)
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    authority, rest = rest[:end], rest[end:]
+    if "@" in authority:
+        authority = "***@" + authority.rsplit("@", 1)[1]
+    rest, hash_, fragment = rest.partition("#")
+    path, query_, query = rest.partition("?")
+    if query_:
+        query = "&".join(f"{p.split('=', 1)[0]}=***" if "=" in p else p for p in query.split("&"))
+    return f"{scheme}://{authority}{path}{query_}{query}{hash_}{fragment}"
+
+
 def is_url(where) -> bool:
     """``where`` is written as a URL (``scheme://...``), not a plain path."""
     return isinstance(where, RemotePath) or (isinstance(where, str) and bool(_URL.match(where)))
@@ -40,10 +65,11 @@ class RemotePath:
         return p if isinstance(p, str) else p[0]
 
     def __str__(self) -> str:
-        return self.url
+        """The URL without its credentials (:func:`redact`); ``.url`` keeps them, to open it."""
+        return redact(self.url)
 
     def __repr__(self) -> str:
-        return f"RemotePath({self.url!r})"
+        return f"RemotePath({str(self)!r})"
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RemotePath) and other.url == self.url
@@ -96,7 +122,7 @@ class RemotePath:
         try:
             return self.fs.cat_file(self.path).decode()
         except FileNotFoundError:
-            raise FileNotFoundError(f"no file {self.url}") from None
+            raise FileNotFoundError(f"no file {self}") from None
 
     def write_text(self, text: str) -> None:
         """One whole-object write: readers see the old object or the new one on object stores."""
@@ -143,15 +169,22 @@ def as_path(where) -> Path | RemotePath:
     try:
         fs, path = fsspec.core.url_to_fs(where)
     except ValueError as e:
-        raise IIMError(f"cannot open {where}: {e} (fsspec protocols: file://, memory://, s3:// with s3fs, "
-                       f"gs:// with gcsfs, ...; or a plain folder)") from None
+        raise IIMError(f"cannot open {redact(where)}: {_scrub(e, where)} (fsspec protocols: file://, memory://, "
+                       f"s3:// with s3fs, gs:// with gcsfs, ...; or a plain folder)") from None
     except ImportError as e:
-        raise IIMError(f"cannot open {where}: {e} (pip install the fsspec backend for {protocol}://)") from None
+        raise IIMError(f"cannot open {redact(where)}: {_scrub(e, where)} (pip install the fsspec backend for "
+                       f"{protocol}://)") from None
     return RemotePath(fs, path, where)
 
 
+def _scrub(error, where) -> str:
+    """An exception's text with the URL ``where`` (as given) replaced by its redacted form."""
+    return str(error).replace(str(where), redact(where))
+
+
 def record(where) -> str:
-    """How a run records the cache it used: a local folder as an absolute path, a URL as given."""
+    """How a run records the cache it used: a local folder as an absolute path, a URL as given less its
+    credentials (:func:`redact`; a later command takes them from ``--cache`` again)."""
     p = as_path(where)
     return str(p.resolve()) if isinstance(p, Path) else str(p)
 

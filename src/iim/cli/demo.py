@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..demo.run import DemoSettings
+from ..options import EPOCHS
 from .options import cache_option, device_option, out_option, progress_option, seed_option
 
 
@@ -18,8 +19,7 @@ from .options import cache_option, device_option, out_option, progress_option, s
 @cache_option("Feature cache of the demo benchmark.", default=Path("cache/demo"))
 @click.option("--world", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the generated images  [default: cache/demo-data or $IIM_DEMO_DATA]")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help=f"IIM epochs  [default: {DemoSettings.epochs}]")
+@click.option("--epochs", type=EPOCHS, default=None, help=f"IIM epochs  [default: {DemoSettings.epochs}]")
 @device_option
 @progress_option
 def demo(seeds, out, cache, world, epochs, device, progress):

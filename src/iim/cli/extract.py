@@ -4,7 +4,7 @@ import click
 
 from .options import device_option, out_option, progress_option, seed_option
 from ..errors import IIMError
-from ..options import Grid
+from ..options import BATCH, VIEWS, Finite, Grid
 
 
 def _list_benchmarks(ctx, _param, value):
@@ -34,12 +34,12 @@ def _list_benchmarks(ctx, _param, value):
               help="Images per class of the few-shot train splits, e.g. 16 or 1,2,4,8,16.")
 @seed_option("Few-shot sampling seeds; one train split per (shots, seed).", many=True, default="1",
              name="seeds")
-@click.option("--views", default=1, show_default=True, type=int,
+@click.option("--views", default=1, show_default=True, type=VIEWS,
               help="Augmented views per train image (1 = the eval preprocess, no augmentation).")
-@click.option("--crop-scale", type=click.FloatRange(0, 1, min_open=True), default=None, metavar="S_MIN",
+@click.option("--crop-scale", type=Finite(0, 1, min_open=True), default=None, metavar="S_MIN",
               help="Augmented views: RandomResizedCrop(scale=(S_MIN, 1)). Default: the benchmark's (SPEC §1: "
                    "0.85 ImageNet-1k and its halves, 0.65 ImageNet-100, 0.85 otherwise; CoOp's is 0.08).")
-@click.option("--batch-size", default=128, show_default=True, type=int,
+@click.option("--batch-size", default=128, show_default=True, type=BATCH,
               help="Images (views) per forward pass.")
 @click.option("--workers", type=int, help="DataLoader worker processes  [default: min(8, CPUs)]")
 @device_option
@@ -48,7 +48,7 @@ def _list_benchmarks(ctx, _param, value):
 @click.option("--skip-bad", is_flag=True,
               help="Skip unreadable images (listed in the manifest) instead of stopping.")
 @progress_option
-@click.option("--chunk-mb", type=float, hidden=True, help="Storage chunk size of `local` in MiB.")
+@click.option("--chunk-mb", type=Finite(min=0, min_open=True), hidden=True, help="Storage chunk size of `local` in MiB.")
 @click.option("--list", "list_", is_flag=True, is_eager=True, expose_value=False, callback=_list_benchmarks,
               help="List the registered benchmarks and exit.")
 def extract(benchmark, data_root, out, model, pretrained, splits, shots, seeds, views, crop_scale, batch_size,

@@ -10,7 +10,7 @@ import click
 from .options import FOLDER, cache_option, device_option, out_option, progress_option
 from ..errors import IIMError
 from ..metrics import RECALL
-from ..options import click_options
+from ..options import BATCH, Finite, click_options
 from ..registry import PREDICT_EVALUATORS, label
 from ..score import report
 from ..score.options import ScoreOptions
@@ -67,12 +67,12 @@ def _evaluator(evaluator, old_method):
 @click.option("--method", "old_method", type=EvaluatorName(), hidden=True, help="Deprecated spelling of --evaluator.")
 @click_options(ScoreOptions, skip=("chunk", "knn_k", "knn_all_views", "recipe"),   # recipe: the run's
                defaults={"k": None, "alpha": None, "T": None})
-@click.option("--threshold", type=float, help="In-distribution when score >= this.")
+@click.option("--threshold", type=Finite(), help="In-distribution when score >= this.")
 @click.option("--tpr", type=float, help="Threshold keeping this fraction of the cache's ID test images  "
                                         f"[default: {RECALL:g}]")
 @click.option("--pretrained", metavar="FILE", help="The cache's weights as a local checkpoint, when its "
                                                    "recorded tag or file cannot be loaded (checked).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+@click.option("--batch-size", type=BATCH, default=128, show_default=True,
               help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes  [default: min(8, CPUs)]")
 @out_option("Folder for predictions.csv and predictions.json. Default: the run folder.")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import IIMError
+from ..options import SEED, Finite
 from ..score.fig3 import FIGURE, load_prototypes, prototype_figure
 from ..score.report import write_text
 
@@ -24,8 +25,8 @@ def _labels(runs, benchmarks, given) -> list[str]:
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/fig3"),
               show_default=True, metavar="DIR", help="Writes prototypes.png, prototypes.pdf and prototypes.json.")
 @click.option("--label", "labels", multiple=True, help="A name per run (default: its benchmark).")
-@click.option("--seed", default=0, show_default=True, type=int, help="t-SNE random_state.")
-@click.option("--perplexity", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--seed", default=0, show_default=True, type=SEED, help="t-SNE random_state.")
+@click.option("--perplexity", default=30.0, show_default=True, type=Finite(min=0, min_open=True),
               help="t-SNE perplexity (capped at (C - 1) / 3).")
 def prototypes_cmd(runs, out, labels, seed, perplexity):
     """Fig. 3: pairwise cosine histogram and t-SNE of each run's learned ID prototypes, side by side.

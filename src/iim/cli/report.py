@@ -75,6 +75,8 @@ def report_cmd(runs, out, columns, every_evaluator, allow_incomplete):
     click.echo(f"Mean over {len(runs)} runs{unfinished} (seeds {seeds}); k={st['k']} alpha={st['alpha']} "
                f"T={st['T']}; percent")
     click.echo(report.format_table(summary["mean"], columns=cols))
+    for note in summary["notes"]:
+        click.echo(f"Note: {note}")
     peers = reported(results)
     for row in peers:      # kept apart: not measured here
         click.echo(f"{reported_line(row)} (average FPR95 / AUROC, as its paper reports; not measured here)")
@@ -110,6 +112,8 @@ def _report_side_by_side(groups, out, cols, every_evaluator, allow_incomplete=Fa
                        f"because of --allow-incomplete", err=True)
     kw = dict(methods=table["rows"], columns=cols, labels=table["labels"])
     click.echo(report.format_table(table["mean"], **kw))
+    for note in table["notes"]:
+        click.echo(f"Note: {note}")
     click.echo("\nStandard deviation over each group's runs")
     click.echo(report.format_table(table["std"], **kw))
     if out:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -219,6 +220,7 @@ def load_benchmark(spec: str, data_root=None) -> Benchmark:
 # User benchmarks (TOML)
 # ---------------------------------------------------------------------------------------------------
 TOML_KEYS = {"name", "classnames", "train", "test", "ood", "description"}
+MAX_NAME = 100          # the default --out is cache/<name>: a folder name, well below the usual 255 bytes
 
 
 def _read_toml(path: Path) -> dict:
@@ -245,8 +247,11 @@ def load_toml_benchmark(path) -> Benchmark:
     if extra:
         raise IIMError(f"{path}: unknown key {extra[0]!r} (allowed: {', '.join(sorted(TOML_KEYS))})")
     name = cfg.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise IIMError(f"{path}: 'name' must be a string of letters, digits, '.', '_' or '-'")
+    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > MAX_NAME:
+        raise IIMError(f"{path}: 'name' must be a string of letters, digits, '.', '_' or '-' (at most "
+                       f"{MAX_NAME} characters, starting with a letter or digit)")
+    if not isinstance(cfg.get("description", ""), str):
+        raise IIMError(f"{path}: 'description' must be a string")
     if "train" not in cfg and "test" not in cfg:
         raise IIMError(f"{path}: give at least one of 'train' and 'test' (ImageFolder roots)")
 
@@ -287,13 +292,37 @@ def _class_dirs(path: Path, folders: dict[str, Folder]) -> list[str]:
     return dirs
 
 
+def prompt_form(name: str) -> str:
+    """What CLIP's tokenizer sees of a class name: lower case, runs of whitespace as one space, no
+    leading or trailing space (open_clip's ``whitespace_clean(...).lower()``): names equal in this form
+    give the same prompt."""
+    return " ".join(name.split()).lower()
+
+
 def _classnames(path: Path, names, class_dirs: list[str]) -> list[str]:
     out = _given_classnames(path, names, class_dirs)
-    twice = sorted({n for n in out if out.count(n) > 1})
+    for d, n in zip(class_dirs, out):
+        if not n.strip():
+            raise IIMError(f"{path}: the class name of folder {d!r} is empty; give it a name (classnames)")
+        if any(unicodedata.category(ch) == "Cc" for ch in n):
+            raise IIMError(f"{path}: the class name {n!r} of folder {d!r} holds a control character "
+                           f"(newline, tab, ...); rename it (classnames)")
+    forms = [prompt_form(n) for n in out]
+    twice = sorted({f for f in forms if forms.count(f) > 1})
     if twice:   # identical prompts: the classes could not be told apart
-        raise IIMError(f"{path}: classnames must differ; " + ", ".join(
-            f"{n!r} names folders {', '.join(d for d, m in zip(class_dirs, out) if m == n)}" for n in twice))
+        raise IIMError(f"{path}: classnames must differ; " + ", ".join(_same_prompt(out, class_dirs, forms, f)
+                                                                        for f in twice))
     return out
+
+
+def _same_prompt(names: list[str], class_dirs: list[str], forms: list[str], form: str) -> str:
+    """``'a' names folders x, y`` or ``'Cat' and 'cat' name folders x, y (...)`` for one repeated form."""
+    spelled = sorted({n for n, f in zip(names, forms) if f == form})
+    dirs = ", ".join(d for d, f in zip(class_dirs, forms) if f == form)
+    if len(spelled) == 1:
+        return f"{spelled[0]!r} names folders {dirs}"
+    return (f"{' and '.join(map(repr, spelled))} name folders {dirs} (the same prompt: the tokenizer reads "
+            f"lower case, spaces folded)")
 
 
 def _given_classnames(path: Path, names, class_dirs: list[str]) -> list[str]:

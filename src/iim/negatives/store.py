@@ -12,8 +12,6 @@ half-written; it is refused by a cache whose model, weights or classes differ fr
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 import tempfile
@@ -25,6 +23,7 @@ import torch
 
 from ..cache.fingerprint import compare
 from ..errors import IIMError
+from ..spreadsheet import csv_text
 
 FORMAT = "iim-negatives-v1"
 MANIFEST = "manifest.json"
@@ -57,12 +56,9 @@ class Negatives:
 
 
 def _candidates_csv(s: NegativeSet) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["word", "pos", "d", "chosen"])
-    for word, pos, d, c in zip(s.words, s.parts, s.d.tolist(), s.chosen.tolist()):
-        w.writerow([word, pos, f"{d:.6f}", int(c)])
-    return buf.getvalue()
+    return csv_text([["word", "pos", "d", "chosen"],
+                     *([word, pos, f"{d:.6f}", int(c)]
+                       for word, pos, d, c in zip(s.words, s.parts, s.d.tolist(), s.chosen.tolist()))])
 
 
 def write_negatives(out, manifest: dict, sets: dict, *, overwrite: bool = False) -> Path:

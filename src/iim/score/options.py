@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from ..options import AtLeast, Finite, Grid, option, result_keys
+from ..options import BATCH, AtLeast, Finite, Grid, option, result_keys
 from ..registry import METHODS, TEST_K
 
 K_GRID = "1,5,10,20,50,100,200"       # iim sweep's defaults
@@ -26,7 +26,7 @@ class ScoreOptions:
     T: float = option(1.0, "Temperature of e(v, t) = exp(cos / T).", flag="--T",
                       type=Finite(min=0, min_open=True))
     chunk: int | None = option(None, "Images per chunk (bounds memory). Default: ~1 GiB of work on CPU, "
-                               "8 GiB on GPU.", type=click.IntRange(min=1), result=False)
+                               "8 GiB on GPU.", type=BATCH, result=False)
     recipe: str | None = option(None, "paper (SPEC §4) or official (the authors' double exponential in "
                                 "R-MCM/S-MCM with negatives, SPEC §9). Default: the run's recipe (zero-shot: "
                                 "paper).", type=click.Choice(("paper", "official")))

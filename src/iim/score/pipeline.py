@@ -23,6 +23,7 @@ from ..train import checkpoint as train_checkpoint
 from ..train.checkpoint import CHECKPOINT
 from ..train.diagnostics import KEYS as DIAGNOSTIC_KEYS, collapse_warnings
 from .scores import evaluate, id_predictions, similarities
+from .seal import check_run_config
 
 CHUNK_BUDGET = {"cpu": 1 << 30, "cuda": 8 << 30}   # bytes of per-chunk intermediates (auto --chunk)
 
@@ -100,10 +101,14 @@ def prepare_run(run=None, *, runs_dir="runs", cache_path=None, out=None, knn_spl
         chose = f"Scoring run {run_dir}"
     ckpt = train_checkpoint.load_checkpoint(run_dir, need=("prototypes",))   # config and prototypes only
     cfg = ckpt["config"]
+    check_run_config(run_dir, cfg)
     cache_path = cache_path or cfg.get("cache")
     if not cache_path:
         raise IIMError(f"run {run_dir} records no cache; pass --cache")
     if cache_path == cfg.get("cache") and not as_path(cache_path).exists():
+        if "***" in str(cache_path):               # redacted when recorded (iim.cache.location.redact)
+            raise IIMError(f"the cache {cache_path} recorded in {run_dir} was recorded without its credentials; "
+                           f"give its URL again with --cache URL")
         raise IIMError(f"the cache {cache_path} recorded in {run_dir} is not there (moved?); point to it "
                        f"with --cache DIR")
     cache = open_cache(cache_path)

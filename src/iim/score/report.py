@@ -4,8 +4,6 @@ All metric values here are in PERCENT (``iim.metrics`` returns fractions).
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 from .. import metrics as M
 from ..atomic import atomic_write, atomic_write_text
 from ..registry import EVALUATORS
+from ..spreadsheet import csv_text
 from .sources import ALL_SOURCE_KEYS, GLOBAL_KEYS, source_label
 
 LABELS = {**{k: e.label for k, e in EVALUATORS.items()},             # iim.registry: each named once
@@ -35,12 +34,10 @@ def write_json(path, obj) -> None:
 
 
 def write_csv(path, rows: list[dict], fields: list[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({f: (f"{r[f]:.10g}" if isinstance(r[f], float) else r[f]) for f in fields})
-    write_text(path, buf.getvalue())
+    """``rows`` as CSV: floats in ``%.10g``, text a spreadsheet would run as a formula quoted
+    (:func:`iim.spreadsheet.csv_text`)."""
+    write_text(path, csv_text([fields, *([f"{r[f]:.10g}" if isinstance(r[f], float) else r[f] for f in fields]
+                                         for r in rows)]))
 
 
 def write_npz(path, arrays: dict[str, np.ndarray]) -> None:

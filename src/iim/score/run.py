@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import metrics as M
 from ..atomic import check_writable
+from ..cache import manifest_key
 from ..cache.names import ood_set_name
 from ..errors import IIMError
 from ..models import resolve_device
@@ -22,12 +23,15 @@ from . import plots, report
 from .knn import KNNScorer, memory_bank
 from .pipeline import Job, expected_ood_splits, ood_split_names, stream_split
 from .scores import check_k
+from .seal import seal
 from .sweep import best_settings, sweep_rows
 
 HEADLINE = ("s_mcm", "s_mcm_star")      # the first present is plotted and summarised with MCM
 
 
-def _splits(job: Job, ood):
+def _splits(job: Job, ood, k):
+    """The test split and the OOD split names, after checking them and ``k`` and that the output
+    folder is writable (created only once every check has passed)."""
     test = job.cache.split("test")
     if test.n == 0:
         raise IIMError(f"split 'test' in {job.cache.root} is empty (0 images)")
@@ -38,6 +42,7 @@ def _splits(job: Job, ood):
                        f"0..{n_cls - 1} ({len(bad)} such rows); the cache is damaged (iim cache verify "
                        f"{job.cache.root})")
     names = ood_split_names(job.cache, ood)
+    check_k(k, test.hw, len(job.id_proto))
     check_writable(job.out_dir)
     return test, names
 
@@ -55,9 +60,11 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
     t0 = time.perf_counter()
     recipe = recipe or job.recipe
     dev = resolve_device(device)
-    test, ood_names = _splits(job, ood)
+    test, ood_names = _splits(job, ood, k)
+    # the OOD sets left out, as the cache is now: a split another process begins while this one scores
+    # is not among them (results.json describes the cache it scored)
+    left_out = [ood_set_name(n) for n in expected_ood_splits(job.cache) if n not in ood_names]
     n_classes = len(job.id_proto)
-    check_k(k, test.hw, n_classes)
     scorer, bank_note = _knn_scorer(job, knn)
     stream = dict(k=k, alpha=alpha, T=T, rows=chunk, device=dev, knn=scorer, progress=progress, recipe=recipe)
     id_scores, preds = stream_split(test, job, predict=True, **stream)
@@ -73,6 +80,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "run": None if job.zero_shot else str(job.run_dir),
         "cache": str(job.cache.root),
+        "cache_fingerprint": manifest_key(job.cache.manifest),     # what iim report compares between runs
         "zero_shot": job.zero_shot,
         "epoch": job.checkpoint.get("epoch"), "complete": job.checkpoint.get("complete"),
         "settings": {"k": k, "alpha": alpha, "T": T, "recipe": recipe, "accuracy_k": min(k, test.hw), "device": str(dev),
@@ -86,7 +94,7 @@ def run_score(job: Job, *, k=50, alpha=1.0, T=1.0, ood=(), chunk=None, device="a
                "n_labelled": int(valid.sum())},
         "ood_sets": {ood_set_name(n): int(job.cache.split(n).n) for n in ood_names},
         "average_over": [ood_set_name(n) for n in ood_names],
-        "left_out": [ood_set_name(n) for n in expected_ood_splits(job.cache) if n not in ood_names],
+        "left_out": left_out,
         "metrics": metrics,
         "notes": job.notes + job.warnings + ([bank_note] if bank_note else []),
         "run_config": job.checkpoint.get("config"),
@@ -114,7 +122,7 @@ def _write_results(job: Job, results: dict, id_arrays: dict, ood_scores: dict, o
     """results.json, results.csv, scores_*.npz (the test split's with its index, labels and predictions),
     the negatives' order files and the plots, in the job's folder -> what was written (as patterns)."""
     out = job.out_dir
-    report.write_json(out / "results.json", results)
+    report.write_json(out / "results.json", seal(results))      # "sha256": iim report refuses an edited file
     report.write_csv(out / "results.csv", report.metric_rows(results["metrics"]),
                      ["method", "ood_set", "metric", "value"])
     report.write_npz(out / "scores_test.npz", id_arrays)
@@ -156,8 +164,7 @@ def run_sweep(job: Job, ks, alphas, *, T=1.0, ood=(), chunk=None, device="auto",
         raise IIMError("--negatives scores at one k and alpha (iim score --k K --alpha A), not in a sweep")
     recipe = recipe or job.recipe
     dev = resolve_device(device)
-    test, ood_names = _splits(job, ood)
-    check_k(ks, test.hw, len(job.id_proto))
+    test, ood_names = _splits(job, ood, ks)
     stream = dict(k=ks, alpha=alphas, T=T, rows=chunk, device=dev, progress=progress, recipe=recipe)
     id_scores = stream_split(test, job, **stream)[0]
     ood_scores = {ood_set_name(n): stream_split(job.cache.split(n), job, **stream)[0] for n in ood_names}

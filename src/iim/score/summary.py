@@ -26,6 +26,7 @@ from ..registry import METHODS, ZERO_SHOT, method as method_entry
 from ..train.config import RESULT_KEYS as TRAIN_KEYS
 from .options import RESULT_KEYS as SCORE_KEYS
 from .report import AVERAGE, LABELS, TABLE_METHODS
+from .seal import check_seal
 
 RESULTS = "results.json"
 METHOD_ORDER = tuple(METHODS)
@@ -50,6 +51,7 @@ def load_results(run_dir) -> dict:
     if missing or not results["metrics"]:
         raise IIMError(f"{path} lacks {', '.join(missing) or 'metrics'} (not written by 'iim score', or "
                        f"edited); score the run again: iim score --run {run_dir}")
+    check_seal(results, path)
     return dict(results, folder=str(Path(run_dir)))
 
 
@@ -95,7 +97,7 @@ def summarise(results: list[dict], *, allow_incomplete: bool = False) -> dict:
             "settings": {k: first["settings"].get(k) for k in MUST_MATCH}, "ood_sets": sets,
             "incomplete": [{"run": r.get("folder", r.get("run")), "epoch": r.get("epoch"),
                             "epochs": (r.get("run_config") or {}).get("epochs")} for r in unfinished],
-            "mean": mean, "std": std, "values": values,
+            "mean": mean, "std": std, "values": values, "notes": cache_notes([("these runs", results)]),
             "id_accuracy": {"mean": float(np.mean(acc)) if acc else None, "std": float(np.std(acc)) if acc else None,
                             "values": acc}}
 
@@ -112,6 +114,13 @@ def _check_same_experiment(results: list[dict]) -> None:
             raise IIMError(f"a run is listed twice: {shown}")
     if len({bool(r.get("zero_shot")) for r in results}) > 1:
         raise IIMError("zero-shot results and trained runs cannot be averaged together")
+    fps = [r.get("cache_fingerprint") for r in results]     # the scored cache (results before it: not compared)
+    for r, fp in zip(results[1:], fps[1:]):
+        diff = compare(fp, fps[0], sorted(set(fp or {}) | set(fps[0] or {}))) if fp and fps[0] else []
+        if diff:
+            raise IIMError(f"{r.get('run') or r.get('folder')} was scored on a cache with {diff[0]} (vs "
+                           f"{results[0].get('run') or results[0].get('folder')}); only runs on the same "
+                           f"features are averaged")
 
     def options(r):
         cfg = r.get("run_config") or {}
@@ -128,6 +137,24 @@ def _check_same_experiment(results: list[dict]) -> None:
             d = diff[0]
             raise IIMError(f"{r.get('run')} was trained with {d.key}={d.a!r}, {results[0].get('run')} "
                            f"with {d.key}={d.b!r}; only runs that differ in their seed are averaged")
+
+
+def cache_notes(groups: list[tuple[str, list[dict]]]) -> list[str]:
+    """Differences a table should show: a group whose runs were scored on several cache locations (same
+    model and classes, possibly other images), and groups scored on caches of another model, weights or
+    classes than the first group's (``iim report`` puts them side by side, marked)."""
+    notes = []
+    for label, rs in groups:
+        where = sorted({str(r["cache"]) for r in rs if r.get("cache")})
+        if len(where) > 1:
+            notes.append(f"{label}: its runs were scored on {len(where)} caches ({', '.join(where)}) of the same "
+                         f"model and classes")
+    known = [(label, rs[0]["cache_fingerprint"]) for label, rs in groups if rs and rs[0].get("cache_fingerprint")]
+    for label, fp in known[1:]:
+        diff = compare(fp, known[0][1], sorted(set(fp) | set(known[0][1])))
+        if diff:
+            notes.append(f"{label} was scored on a cache that differs from {known[0][0]}'s in {diff[0]}")
+    return notes
 
 
 def reported(results: list[dict]) -> list:
@@ -167,6 +194,7 @@ def markdown_table(summary: dict, *, methods=TABLE_METHODS, labels=LABELS, repor
         lines.append(f"\nThe reported rows are from {REPORTED_SOURCE}.")
     lines += [f"\nIncludes an unfinished run: {u['run']} (epoch {u['epoch']} of {u['epochs']})."
               for u in summary.get("incomplete", [])]
+    lines += [f"\nNote: {n}." for n in summary.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -213,4 +241,5 @@ def side_by_side(groups, *, every_evaluator: bool = False, allow_incomplete: boo
         raise IIMError(f"the runs were scored on different OOD sets ({sets[0]} vs "
                        f"{next(s for s in sets if s != sets[0])}); rescore them on the same sets")
     return {"groups": summaries, "mean": mean, "std": std, "rows": rows, "labels": labels,
-            "incomplete": [u for g in summaries for u in g["incomplete"]]}
+            "incomplete": [u for g in summaries for u in g["incomplete"]],
+            "notes": cache_notes([(label, rs) for label, _, rs in groups])}

@@ -12,6 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write_text
+from ..cache.location import redact
 from ..dist import torchrun_env
 from . import parallel
 from .collect import collect
@@ -34,7 +35,7 @@ def run_grid(cache, grid: dict, out, *, scoring: Scoring | None = None, device: 
     out.mkdir(parents=True, exist_ok=True)
     lead = env is None or env.rank == 0
     if lead:
-        atomic_write_text(out / "sweep.json", json.dumps(dict(cache=str(cache), grid=grid, scoring=scoring.key(),
+        atomic_write_text(out / "sweep.json", json.dumps(dict(cache=redact(cache), grid=grid, scoring=scoring.key(),
                                                               points=[p.name for p in points]), indent=2) + "\n")
     groups = group_points(points, max_pack=pack)
     if n_workers > 1:

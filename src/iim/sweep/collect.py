@@ -25,6 +25,7 @@ from ..score import report
 from ..registry import TEST_K
 from ..score.plots import panels, save_formats
 from ..score.sweep import ALPHA_METHODS, K_METHODS
+from ..spreadsheet import plain
 from .grid import sweepable
 from .run import Point, Scoring, read_state
 
@@ -59,7 +60,7 @@ def point_rows(p: Point, scoring: Scoring) -> list[dict]:
         with open(p.dir / "sweep.csv") as f:
             for r in csv.DictReader(f):
                 r = dict(test_k=int(r["k"]) if r["k"] else "", alpha=float(r["alpha"]) if r["alpha"] else "",
-                         evaluator=r["method"], ood_set=r["ood_set"], fpr95=float(r["fpr95"]),
+                         evaluator=plain(r["method"]), ood_set=plain(r["ood_set"]), fpr95=float(r["fpr95"]),
                          auroc=float(r["auroc"]))
                 if _key(r) not in seen:
                     rows.append(r)

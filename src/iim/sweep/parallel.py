@@ -133,6 +133,17 @@ def _exit_with_parent(parent: int, every: float = 0.2) -> None:
     threading.Thread(target=watch, daemon=True, name="iim-parent-watch").start()
 
 
+def worker_threads(device: str, threads: int, workers: int) -> int:
+    """The torch thread count of one ``--jobs`` worker: the sweep process's own ``threads`` when the
+    worker computes on the CPU, since CPU kernels split their sums by thread and so round differently
+    at another count (a worker at half the threads differed from one process by up to 1.5e-8 in the
+    contexts); ``threads`` shared out over the ``workers`` when it trains on a GPU, whose results do not
+    depend on the CPU's threads."""
+    if str(device).startswith("cuda"):
+        return max(1, threads // workers)
+    return threads
+
+
 def _worker(index: int, groups: list[list[Point]], scoring: Scoring, device: str, threads: int, results,
             parent: int | None = None) -> None:
     if parent is not None:
@@ -153,10 +164,11 @@ def run_jobs(points: list[Point], groups: list[list[Point]], scoring: Scoring, j
     by_name = {p.name: p for p in points}
     ctx = mp.get_context("spawn")                  # CUDA and threads: a fresh interpreter per worker
     results = ctx.Queue()
-    threads = max(1, torch.get_num_threads() // len(shares))     # the parent's threads, shared out
+    devices = [worker_device(scoring.device, i) for i in range(len(shares))]
+    threads = [worker_threads(d, torch.get_num_threads(), len(shares)) for d in devices]
     procs = [ctx.Process(target=_worker, daemon=True, name=f"iim-sweep-{i}",
-                         args=(i, [groups[g] for g in share], scoring, worker_device(scoring.device, i),
-                               threads, results, os.getpid()))
+                         args=(i, [groups[g] for g in share], scoring, devices[i], threads[i], results,
+                               os.getpid()))
              for i, share in enumerate(shares)]
     for proc in procs:
         proc.start()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import click
 
 from ..errors import IIMError
-from ..options import SEED, AtLeast, Finite, option, result_keys
+from ..options import BATCH, EPOCHS, SEED, AtLeast, Finite, option, result_keys
 from ..text import SDPA_BACKENDS
 from .baselines import METHODS
 from .losses import DENOMINATORS, OOD_PATCHES
@@ -95,8 +95,8 @@ class TrainConfig:
     pos_views: int | None = option(None, "Local-Prompt: positive views per image, one optimiser step each "
                                    "[default: min(8, V // 2) of the V cached views: 8 of 16].", type=POSITIVE_INT)
     epochs: int | None = option(None, "Epochs; the first is the constant-lr warm-up" + _by_method("epochs"),
-                                type=POSITIVE_INT)
-    batch_size: int | None = option(None, "Images per step" + _by_method("batch_size"), type=POSITIVE_INT)
+                                type=EPOCHS)
+    batch_size: int | None = option(None, "Images per step" + _by_method("batch_size"), type=BATCH)
     lr: float | None = option(None, "SGD learning rate after the warm-up (cosine decay)" + _by_method("lr"),
                               type=POSITIVE)
     momentum: float = option(0.9, "SGD momentum.", type=WEIGHT)

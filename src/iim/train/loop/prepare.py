@@ -13,7 +13,7 @@ import torch
 
 from ...atomic import atomic_write_text
 from ...cache import manifest_key
-from ...cache.location import record
+from ...cache.location import record, redact
 from ...data.splits import split_crop_scale
 from ...errors import IIMError
 from ...log import info as log_info
@@ -135,7 +135,7 @@ def prepare(cfg: TrainConfig, shared: Resources, *, resume: bool = False, overwr
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     own = copy.copy(shared.features(cache, split, device, cfg.features_in))   # its own epoch draw, shared tensors
     feats = methods.StepInputs(cfg, own, device, global_protos, progress=shared.progress)
-    log(f"training {cfg.split} of {cfg.cache} ({split.n} images x {split.views} view(s), {len(classnames)} "
+    log(f"training {cfg.split} of {redact(cfg.cache)} ({split.n} images x {split.views} view(s), {len(classnames)} "
         f"classes; features {WHERE[feats.where]}) on {device} -> {path}")
     amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
     n_steps = len(epoch_batches(torch.arange(split.n), cfg.batch_size)) * methods.steps_per_batch(cfg)
