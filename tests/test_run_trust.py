@@ -65,7 +65,7 @@ def test_a_checkpoint_from_another_run_is_refused(world, tmp_path, capsys):
     run = _copy(runs[1], tmp_path / "swapped")
     shutil.copy(runs[2] / "checkpoint.pt", run / "checkpoint.pt")
     code, _, err = run_cli(capsys, "score", "--run", run, *SCORE)
-    one_line(code, err, "disagree in split: 'train_k2_s1' vs 'train_k2_s2'")
+    one_line(code, err, "disagree in split: 'train_shots2_seed1' vs 'train_shots2_seed2'")
     code, _, err = run_cli(capsys, "score", "--run", runs[1], *SCORE)          # the untouched run scores
     assert code == 0, err
 

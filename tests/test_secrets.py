@@ -76,7 +76,7 @@ def test_a_session_on_a_url_with_credentials_writes_and_prints_no_secret(tmp_pat
     out = iim("score", "--run", run, "--k", 3, "--no-plots", "--no-progress", ok=False)
     assert "recorded without its credentials; give its URL again with --cache URL" in out
     iim("score", "--run", run, "--cache", url, "--k", 3, "--no-plots", "--no-progress")
-    iim("sweep", "--cache", url, "--grid", "n_neg=0", "--grid", "epochs=1", "--grid", "k=8", "--grid", "n_ctx=4",
+    iim("grid", "--cache", url, "--grid", "n_neg=0", "--grid", "epochs=1", "--grid", "k=8", "--grid", "n_ctx=4",
         "--grid", "batch_size=8", "--seed", 1, "--k", "3,5", "--no-progress", "--out", tmp_path / "grid")
     image = next(world["test"].rglob("*.png"))
     iim("predict", "--run", run, "--cache", url, "--k", 3, "--no-progress", "--out", tmp_path / "pred", image)

@@ -107,7 +107,7 @@ def test_predictions_csv_quotes_class_and_file_names(tmp_path, capsys, monkeypat
 
 def test_score_and_grid_csvs_quote_ood_set_names_and_read_back_exactly(tmp_path, capsys, one_thread):
     cache = make_random_cache(tmp_path / "cache", ood={"-far": 20, "near": 20})
-    code, _, err = run_cli(capsys, "sweep", "--cache", cache.root, "--grid", "n_neg=0", "--grid", "epochs=1",
+    code, _, err = run_cli(capsys, "grid", "--cache", cache.root, "--grid", "n_neg=0", "--grid", "epochs=1",
                            "--grid", "k=4", "--grid", "batch_size=4", "--seed", "1", "--k", "5,20",
                            "--no-progress", "--out", tmp_path / "grid")
     assert code == 0, err

@@ -159,7 +159,7 @@ def test_jobs_two_at_two_threads_equal_one_process_at_two_threads(tmp_path, caps
         for threads, jobs in ((1, "1"), (2, "1"), (2, "2")):
             torch.set_num_threads(threads)
             out = tmp_path / f"t{threads}-j{jobs}"
-            code, _, err = run_cli(capsys, "sweep", *args, "--jobs", jobs, "--out", out)
+            code, _, err = run_cli(capsys, "grid", *args, "--jobs", jobs, "--out", out)
             assert code == 0, err
             runs[threads, jobs] = _contexts(out)
     finally:
@@ -276,7 +276,7 @@ def test_kill_9_of_one_worker_mid_training_fails_its_points_and_the_rerun_equals
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
                CUDA_VISIBLE_DEVICES="")
-    sweep = subprocess.Popen([sys.executable, "-m", "iim", "sweep", *args, "--jobs", "2", "--out", str(out)],
+    sweep = subprocess.Popen([sys.executable, "-m", "iim", "grid", *args, "--jobs", "2", "--out", str(out)],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, workers = time.time() + 300, []
     while sweep.poll() is None and time.time() < deadline and not list(out.glob("points/*/train.log")):
@@ -291,6 +291,6 @@ def test_kill_9_of_one_worker_mid_training_fails_its_points_and_the_rerun_equals
     assert failed and all("exited with code -9" in s["error"] for s in failed), (stdout, stderr[-2000:])
     assert "2 failed" in stdout or "1 failed" in stdout, stdout
 
-    code, stdout, err = run_cli(capsys, "sweep", *args, "--jobs", "2", "--out", out)
+    code, stdout, err = run_cli(capsys, "grid", *args, "--jobs", "2", "--out", out)
     assert code == 0 and "4/4 points done, 0 failed" in stdout, err
     same_as_one_process(root, out)
