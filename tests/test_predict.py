@@ -117,8 +117,10 @@ def test_zero_shot_equals_iim_score_zero_shot(setup):
     np.testing.assert_allclose(pred.scores, wrote["mcm"], rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(pred.class_index, wrote["pred"])
     assert "scored now" in det.threshold_source
-    with pytest.raises(IIMError, match="needs negative prompts"):
+    with pytest.raises(IIMError, match=r"^--evaluator S-MCM needs negative prompts.*e\.g\. --evaluator S-MCM\*\)$"):
         iim.Detector.from_cache(setup["cache"].root, method="S-MCM")
+    with pytest.raises(IIMError, match="^unknown --evaluator 'KNN'; choose from"):   # the option is --evaluator
+        iim.Detector.from_cache(setup["cache"].root, method="KNN")
 
 
 # ---- the threshold ----------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def method_key(name: str) -> str:
     by_label = {v.lower().replace("-", "_").replace("*", "_star"): k for k, v in LABELS.items()}
     key = by_label.get(key, key)
     if key not in SCORE_KEYS:
-        raise IIMError(f"unknown --method {name!r}; choose from "
+        raise IIMError(f"unknown --evaluator {name!r}; choose from "
                        f"{', '.join(LABELS[k] for k in SCORE_KEYS)} (KNN needs a memory bank: use iim score)")
     return key
 
@@ -113,9 +113,9 @@ class Detector:
         else:
             self.method = method_key(method)
             if self.method not in available:
-                raise IIMError(f"--method {LABELS[self.method]} needs negative prompts, which "
+                raise IIMError(f"--evaluator {LABELS[self.method]} needs negative prompts, which "
                                f"{'zero-shot has' if job.zero_shot else 'this run has'} none of; use "
-                               f"{LABELS[self.method.replace('_star', '')]}* (e.g. --method "
+                               f"{LABELS[self.method.replace('_star', '')]}* (e.g. --evaluator "
                                f"{LABELS['s_mcm_star']})")
         if threshold is not None and tpr is not None:
             raise IIMError("give --threshold or --tpr, not both")
