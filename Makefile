@@ -56,7 +56,7 @@ NEG_GRID ?= 0,100,300,500
 K_GRID   ?= 10,25,50,75
 TEST_K_GRID ?= 1,5,10,20,50,100,200
 VOCAB   ?= wordnet
-GROUPS  ?= 100
+GROUPS  ?=
 endif
 CACHE   := cache/$(DATASET)
 GRID     = $(BIN)/iim grid --cache $(CACHE) --grid shots=$(SHOTS) --seed $(SEEDS) $(FIXED)
@@ -65,10 +65,11 @@ splits: install
 	$(BIN)/iim extract --benchmark $(DATASET) --shots $(SHOTS) --seed $(SEEDS) $(EXTRACT_ARGS) --out $(CACHE)
 
 # Negative labels mined from a vocabulary (SPEC §10) for the cache's classes: VOCAB=wordnet (nltk's data) or
-# a folder of noun.*.txt / adj.*.txt (the demo's: src/iim/demo/vocab). NegLabel's GROUPS: 100 on ImageNet;
-# 1 (ungrouped) on the demo, whose 28 mined negatives cannot make 100 groups.
+# a folder of noun.*.txt / adj.*.txt (the demo's: src/iim/demo/vocab). NegLabel's GROUPS: iim score's
+# --groups default (NegLabel's ImageNet setting) unless given; the demo recipe's 1 (ungrouped) on the demo,
+# whose 28 mined negatives cannot make 100 groups.
 NEGS    := neg/$(DATASET)
-NEG_SCORE := --negatives $(NEGS) --groups $(GROUPS)
+NEG_SCORE = --negatives $(NEGS)$(if $(GROUPS), --groups $(GROUPS))
 negatives: splits
 	$(BIN)/iim negatives --cache $(CACHE) --vocab $(VOCAB) --out $(NEGS) --overwrite
 

@@ -160,6 +160,6 @@ def test_the_makefile_takes_its_defaults_from_the_recipes():
     assert f"--grid batch_size={demo['batch_size']} " in out and f"--groups {demo['neg_groups']} " in out
     out = make_n("reproduce", "ablation")
     assert f"--grid n_neg=0,{paper['n_neg']} --grid k={paper['k']} --k {paper['k']} " in out
-    assert "batch_size" not in out and "--groups 100 " in out
+    assert "batch_size" not in out and "--groups" not in out and "--negatives neg/imagenet --out " in out
     out = make_n("reproduce", "DATASET=demo", "NEG=7", "TRAIN_K=3")          # the command line still wins
     assert "--grid n_neg=0,7 --grid k=3 --k 3 " in out
