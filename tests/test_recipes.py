@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iim.errors import IIMError
-from iim.recipes import NAMES, __main__ as recipes_main, as_text, get, load_recipe
+from iim.recipes import NAMES, SCORED, __main__ as recipes_main, as_text, get, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -65,6 +65,7 @@ def test_the_defaults_are_the_files_and_what_they_were():
         "official": dict(class_specific=True, train_projection=True, denominators="official", div_diagonal=True)}
     assert METHOD_DEFAULTS["iim"] == dict(k=50, n_neg=300, lambda_neg=5.0, lambda_div=0.5, epochs=50,
                                           batch_size=32, lr=2.5e-4, pos_views=NOT_USED)
+    assert tuple(RECIPES) == SCORED == ("paper", "official")      # iim train / iim score --recipe's choices
     assert DemoSettings() == DemoSettings(
         model="iim-demo", pretrained="demo", shots=4, views=4, crop_scale=0.85, k=8, n_neg=20, epochs=50,
         batch_size=8, lr=2.5e-4, alpha=1.0, logit_scale=None, recipes=("paper", "official"),

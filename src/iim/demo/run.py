@@ -28,7 +28,7 @@ from ..train.diagnostics import collapse_warnings, format_diagnostics
 AVERAGE = "average"
 
 
-_DEMO = load_recipe("demo")     # src/iim/demo's recipe: src/iim/recipes/demo.toml, the only copy of its values
+_DEMO = load_recipe("demo")     # the demo recipe, src/iim/recipes/demo.toml: the only copy of these defaults
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..cache.location import as_path
 from ..errors import IIMError
 from ..metrics import RECALL, recall_threshold
+from ..recipes import SCORED as RECIPES
 from ..score.options import ScoreOptions, Scoring
 from ..train.methods import score_k
 from ..score.report import LABELS
@@ -209,7 +210,7 @@ class Detector:
         except (OSError, ValueError):
             return {}
         out = {n: settings[n] for n in ("k", "alpha", "T") if isinstance(settings.get(n), (int, float))}
-        return dict(out, recipe=settings["recipe"]) if settings.get("recipe") in ("paper", "official") else out
+        return dict(out, recipe=settings["recipe"]) if settings.get("recipe") in RECIPES else out
 
     # ---- the threshold ---------------------------------------------------------------------------
     @cached_property

@@ -15,7 +15,8 @@ from pathlib import Path
 from ..errors import IIMError
 
 FOLDER = Path(__file__).parent
-NAMES = ("paper", "official", "demo")
+SCORED = ("paper", "official")   # the recipes of `iim train --recipe` / `iim score --recipe` (SPEC §9)
+NAMES = (*SCORED, "demo")          # demo: `iim demo`'s settings, which train both of them
 
 
 @lru_cache(maxsize=None)

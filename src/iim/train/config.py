@@ -15,7 +15,7 @@ import click
 
 from ..errors import IIMError
 from ..options import SEED, AtLeast, Finite, option, result_keys
-from ..recipes import load_recipe
+from ..recipes import SCORED, load_recipe
 from ..text import SDPA_BACKENDS
 from .baselines import METHODS
 from .losses import DENOMINATORS, OOD_PATCHES
@@ -24,7 +24,7 @@ FEATURES_IN = ("auto", "device", "host", "stream")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")   # torch.compile modes
 # SPEC §9: the switches each recipe sets (src/iim/recipes/*.toml); a switch given explicitly
 # (e.g. --no-class-specific) wins
-RECIPES = {name: load_recipe(name)["switches"] for name in ("paper", "official")}
+RECIPES = {name: load_recipe(name)["switches"] for name in SCORED}
 POSITIVE_INT, COUNT = AtLeast(1), AtLeast(0)
 WEIGHT, POSITIVE = Finite(min=0), Finite(min=0, min_open=True)
 # Each method's own defaults (SPEC §3 for IIM: the paper recipe's [train], src/iim/recipes/paper.toml;
