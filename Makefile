@@ -31,41 +31,45 @@ extract: install
 
 # The paper's tables from one command each (iim grid, README "iim grid"); DATASET=demo runs
 # offline on a CPU. Seeds and shots: SEEDS=1,2,3 SHOTS=4. Per benchmark: the model, the negatives C_n, the
-# train k and its grids (the demo's from iim.demo.run.DemoSettings: 64 patches, 20 classes).
+# train k and its grids. The defaults come from the recipes (src/iim/recipes/*.toml, their only copy):
+# the demo's (64 patches, 20 classes) for DATASET=demo, the paper's otherwise; read when first used
+# (after install) by `python -m iim.recipes get RECIPE KEY`.
+recipe   = $(or $(shell $(BIN)/python -m iim.recipes get $(1) $(2)),$(error recipe $(1) $(2): no value (make install first)))
 SEEDS   ?= 1,2,3
 SHOTS   ?= 4
 ifeq ($(DATASET),demo)
-EXTRACT_ARGS ?= --model iim-demo --pretrained demo --views 4
-NEG     ?= 20
-TRAIN_K ?= 8
-FIXED   ?= --grid batch_size=8
+EXTRACT_ARGS ?= --model $(call recipe,demo,model) --pretrained $(call recipe,demo,pretrained) --views $(call recipe,demo,views)
+NEG     ?= $(call recipe,demo,n_neg)
+TRAIN_K ?= $(call recipe,demo,k)
+FIXED   ?= --grid batch_size=$(call recipe,demo,batch_size)
 NEG_GRID ?= 0,5,10,20,40
 K_GRID   ?= 2,4,8,16
 TEST_K_GRID ?= 1,2,4,8,16,32
 VOCAB   ?= src/iim/demo/vocab
-GROUPS  ?= 1
+GROUPS  ?= $(call recipe,demo,neg_groups)
 else
 EXTRACT_ARGS ?=
-NEG     ?= 300
-TRAIN_K ?= 50
+NEG     ?= $(call recipe,paper,train.n_neg)
+TRAIN_K ?= $(call recipe,paper,train.k)
 FIXED   ?=
 NEG_GRID ?= 0,100,300,500
 K_GRID   ?= 10,25,50,75
 TEST_K_GRID ?= 1,5,10,20,50,100,200
 VOCAB   ?= wordnet
-GROUPS  ?= 100
+GROUPS  ?=
 endif
 CACHE   := cache/$(DATASET)
-GRID    := $(BIN)/iim grid --cache $(CACHE) --grid shots=$(SHOTS) --seed $(SEEDS) $(FIXED)
+GRID     = $(BIN)/iim grid --cache $(CACHE) --grid shots=$(SHOTS) --seed $(SEEDS) $(FIXED)
 
 splits: install
 	$(BIN)/iim extract --benchmark $(DATASET) --shots $(SHOTS) --seed $(SEEDS) $(EXTRACT_ARGS) --out $(CACHE)
 
 # Negative labels mined from a vocabulary (SPEC §10) for the cache's classes: VOCAB=wordnet (nltk's data) or
-# a folder of noun.*.txt / adj.*.txt (the demo's: src/iim/demo/vocab). NegLabel's GROUPS: 100 on ImageNet;
-# 1 (ungrouped) on the demo, whose 28 mined negatives cannot make 100 groups.
+# a folder of noun.*.txt / adj.*.txt (the demo's: src/iim/demo/vocab). NegLabel's GROUPS: iim score's
+# --groups default (NegLabel's ImageNet setting) unless given; the demo recipe's 1 (ungrouped) on the demo,
+# whose 28 mined negatives cannot make 100 groups.
 NEGS    := neg/$(DATASET)
-NEG_SCORE := --negatives $(NEGS) --groups $(GROUPS)
+NEG_SCORE = --negatives $(NEGS)$(if $(GROUPS), --groups $(GROUPS))
 negatives: splits
 	$(BIN)/iim negatives --cache $(CACHE) --vocab $(VOCAB) --out $(NEGS) --overwrite
 

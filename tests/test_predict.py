@@ -88,6 +88,29 @@ def test_predict_on_the_test_images_gives_the_scores_iim_score_wrote(setup):
     np.testing.assert_allclose(other.predict(setup["files"]).scores, wrote["gl_mcm"], rtol=1e-3, atol=1e-4)
 
 
+def test_the_shared_scoring_settings_score_as_the_keywords_do(setup):
+    """``scoring=`` (iim score's / iim grid's Scoring): its test k for the run, as iim grid picks it
+    (the run's training top-k 10 when ks lists it), its alpha, T and recipe."""
+    from iim.score.options import Scoring
+    files = setup["files"][:6]
+    by_keywords = iim.Detector.from_run(setup["run"], device="cpu", method="GL-MCM", k=3, alpha=0.25, T=1.0,
+                                        threshold=0.0)
+    det = iim.Detector.from_run(setup["run"], device="cpu", method="GL-MCM", threshold=0.0,
+                                scoring=Scoring(ks=[3], alphas=[0.25], alpha=0.25))
+    assert (det.k, det.alpha, det.T, det.recipe) == (3, 0.25, 1.0, "paper") == (
+        by_keywords.k, by_keywords.alpha, by_keywords.T, by_keywords.recipe)
+    assert det.settings_source == {"k": "given", "alpha": "given", "T": "given"}
+    np.testing.assert_array_equal(det.predict(files).scores, by_keywords.predict(files).scores)
+    assert isinstance(by_keywords.scoring, Scoring) and by_keywords.scoring.ks == [3]
+    assert iim.Detector.from_run(setup["run"], device="cpu", scoring=Scoring(ks=[3, 10])).k == 10   # train k
+    official = iim.Detector.from_run(setup["run"], device="cpu", threshold=0.0, scoring=Scoring(ks=[K], recipe="official"))
+    paper = iim.Detector.from_run(setup["run"], device="cpu", threshold=0.0, scoring=Scoring(ks=[K]))
+    assert (official.recipe, paper.recipe, official.method) == ("official", "paper", "s_mcm")
+    assert not np.allclose(official.predict(files).scores, paper.predict(files).scores)   # SPEC §9's double exp
+    with pytest.raises(IIMError, match="^give the scoring settings as scoring= or as k / alpha / T, not both$"):
+        iim.Detector.from_run(setup["run"], device="cpu", k=3, scoring=Scoring())
+
+
 def test_pil_images_and_tensors_equal_paths(setup):
     det = iim.Detector.from_run(setup["run"], device="cpu")
     files = setup["files"][:6]
@@ -117,8 +140,10 @@ def test_zero_shot_equals_iim_score_zero_shot(setup):
     np.testing.assert_allclose(pred.scores, wrote["mcm"], rtol=1e-3, atol=1e-4)
     np.testing.assert_array_equal(pred.class_index, wrote["pred"])
     assert "scored now" in det.threshold_source
-    with pytest.raises(IIMError, match="needs negative prompts"):
+    with pytest.raises(IIMError, match=r"^--evaluator S-MCM needs negative prompts.*e\.g\. --evaluator S-MCM\*\)$"):
         iim.Detector.from_cache(setup["cache"].root, method="S-MCM")
+    with pytest.raises(IIMError, match="^unknown --evaluator 'KNN'; choose from"):   # the option is --evaluator
+        iim.Detector.from_cache(setup["cache"].root, method="KNN")
 
 
 # ---- the threshold ----------------------------------------------------------------------------

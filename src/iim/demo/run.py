@@ -20,6 +20,7 @@ import numpy as np
 
 from ..cache.names import run_name
 from ..errors import IIMError
+from ..recipes import load_recipe
 from ..registry import METHODS, ZERO_SHOT, label as evaluator_label
 from ..score.summary import summarise as summarise_runs
 from ..train.diagnostics import collapse_warnings, format_diagnostics
@@ -27,31 +28,31 @@ from ..train.diagnostics import collapse_warnings, format_diagnostics
 AVERAGE = "average"
 
 
+_DEMO = load_recipe("demo")     # the demo recipe, src/iim/recipes/demo.toml: the only copy of these defaults
+
+
 @dataclass(frozen=True)
 class DemoSettings:
-    """IIM settings for the 64-patch demo model (chosen from training loss and ID accuracy only)."""
-    model: str = "iim-demo"
-    pretrained: str = "demo"
-    shots: int = 4
-    views: int = 4           # augmented views per support image (SPEC §1), drawn one per epoch
-    crop_scale: float = 0.85  # their RandomResizedCrop s_min: the authors' value (SPEC §1, §9)
-    k: int = 8               # top-k patches: 2k = 16 of the 64 patches (the paper: 50 of 196)
-    n_neg: int = 20          # negative prompts (the paper: 300 for 1000 classes)
-    epochs: int = 50
-    batch_size: int = 8      # 80 support images -> 10 steps per epoch
-    lr: float = 2.5e-4       # the paper's
-    alpha: float = 1.0
+    """IIM settings for the 64-patch demo model; the defaults are the demo recipe's
+    (``src/iim/recipes/demo.toml``, where each is explained)."""
+    model: str = _DEMO["model"]
+    pretrained: str = _DEMO["pretrained"]
+    shots: int = _DEMO["shots"]
+    views: int = _DEMO["views"]
+    crop_scale: float = _DEMO["crop_scale"]
+    k: int = _DEMO["k"]
+    n_neg: int = _DEMO["n_neg"]
+    epochs: int = _DEMO["epochs"]
+    batch_size: int = _DEMO["batch_size"]
+    lr: float = _DEMO["lr"]
+    alpha: float = _DEMO["alpha"]
     logit_scale: float | None = None   # None: the model's own logit_scale.exp() (SPEC §3)
-    recipes: tuple = ("paper", "official")   # SPEC §9; each is trained and scored for every seed
-    # the comparison methods: their papers' lr, epochs, lambdas (iim train --method defaults), with the demo's
-    # batch (80 support images), k and negatives as IIM's; LoCoOp's top-K 200 of 1000 classes -> 4 of 20
-    baselines: tuple = ("coop", "locoop", "localprompt")
-    locoop_top_k: int = 4
+    recipes: tuple = tuple(_DEMO["recipes"])
+    baselines: tuple = tuple(_DEMO["baselines"])
+    locoop_top_k: int = _DEMO["locoop_top_k"]
     baseline_epochs: int | None = None     # None: each paper's (CoOp, LoCoOp 50; Local-Prompt 30)
-    # negative labels (SPEC §10) mined from the demo's vocabulary (VOCAB); its 28 mined negatives are
-    # scored ungrouped (NegLabel's 100 groups need 100 negatives at least)
-    negatives: bool = True
-    neg_groups: int = 1
+    negatives: bool = _DEMO["negatives"]
+    neg_groups: int = _DEMO["neg_groups"]
 
 
 VOCAB = Path(__file__).parent / "vocab"      # the demo world's words plus unrelated ones (vocab/README.md)

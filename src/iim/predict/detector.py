@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from ..cache.location import as_path
 from ..errors import IIMError
 from ..metrics import RECALL, recall_threshold
-from ..score.options import ScoreOptions
+from ..recipes import SCORED as RECIPES
+from ..score.options import ScoreOptions, Scoring
 from ..train.methods import score_k
 from ..score.report import LABELS
 from ..score.scores import SCORE_KEYS, check_k, evaluate, id_class_probabilities, similarities
@@ -45,7 +46,7 @@ def method_key(name: str) -> str:
     by_label = {v.lower().replace("-", "_").replace("*", "_star"): k for k, v in LABELS.items()}
     key = by_label.get(key, key)
     if key not in SCORE_KEYS:
-        raise IIMError(f"unknown --method {name!r}; choose from "
+        raise IIMError(f"unknown --evaluator {name!r}; choose from "
                        f"{', '.join(LABELS[k] for k in SCORE_KEYS)} (KNN needs a memory bank: use iim score)")
     return key
 
@@ -80,10 +81,13 @@ class Detector:
     Build with :meth:`from_run` or :meth:`from_cache`. ``method`` (a key of
     :data:`iim.score.SCORE_KEYS` or its label, e.g. ``"S-MCM"``), ``k``, ``alpha``, ``T`` default to
     the run's scoring settings (``results.json`` of ``iim score``), else :class:`ScoreOptions`' defaults.
+    ``scoring``: instead of ``k`` / ``alpha`` / ``T``, the settings ``iim score`` / ``iim grid`` score
+    with (:class:`iim.score.options.Scoring`: its test k for this run, its alpha, T and recipe). The
+    settings used are :attr:`scoring` (one k, one alpha).
     """
 
-    def __init__(self, job, *, method=None, k=None, alpha=None, T=None, threshold=None, tpr=None,
-                 device="auto", pretrained=None):
+    def __init__(self, job, *, method=None, k=None, alpha=None, T=None, scoring: Scoring | None = None,
+                 threshold=None, tpr=None, device="auto", pretrained=None):
         from ..models import resolve_device
 
         self.job, self.cache = job, job.cache
@@ -93,15 +97,7 @@ class Detector:
         test = self.cache.split("test")
         self._test_n, self._hw = test.n, test.hw
         self._amp = test.attrs.get("amp", "fp16")
-        scored = self._scored_settings()
-        defaults = ScoreOptions()
-        self.k = int(k if k is not None else scored.get("k", score_k(job.checkpoint.get("config"), defaults.k)))
-        self.alpha = float(alpha if alpha is not None else scored.get("alpha", defaults.alpha))
-        self.T = float(T if T is not None else scored.get("T", defaults.T))
-        self.recipe = scored.get("recipe") or job.recipe     # as iim score scored it (SPEC §9)
-        given = {"k": k, "alpha": alpha, "T": T}
-        self.settings_source = {n: ("given" if v is not None else "results.json" if n in scored else "default")
-                                for n, v in given.items()}
+        self.scoring, self.settings_source = self._settings(scoring, k, alpha, T)
         check_k(self.k, self._hw, len(self.classes))
         if self.T <= 0:
             raise IIMError(f"--T must be positive, got {self.T}")
@@ -113,9 +109,9 @@ class Detector:
         else:
             self.method = method_key(method)
             if self.method not in available:
-                raise IIMError(f"--method {LABELS[self.method]} needs negative prompts, which "
+                raise IIMError(f"--evaluator {LABELS[self.method]} needs negative prompts, which "
                                f"{'zero-shot has' if job.zero_shot else 'this run has'} none of; use "
-                               f"{LABELS[self.method.replace('_star', '')]}* (e.g. --method "
+                               f"{LABELS[self.method.replace('_star', '')]}* (e.g. --evaluator "
                                f"{LABELS['s_mcm_star']})")
         if threshold is not None and tpr is not None:
             raise IIMError("give --threshold or --tpr, not both")
@@ -124,10 +120,45 @@ class Detector:
         self._given_threshold = None if threshold is None else float(threshold)
         self.tpr = None if threshold is not None else (RECALL if tpr is None else float(tpr))
 
+    def _settings(self, scoring: Scoring | None, k, alpha, T) -> tuple[Scoring, dict]:
+        """The scoring settings, each given (``k`` / ``alpha`` / ``T``, or all of ``scoring``), else the
+        run's ``results.json``'s, else the defaults; and where each came from."""
+        config = self.job.checkpoint.get("config")
+        if scoring is not None:
+            if (k, alpha, T) != (None, None, None):
+                raise IIMError("give the scoring settings as scoring= or as k / alpha / T, not both")
+            k, alpha, T = scoring.k_for((config or {}).get("k")), scoring.alpha, scoring.T
+        scored, defaults = self._scored_settings(), ScoreOptions()
+        given = {"k": k, "alpha": alpha, "T": T}
+        k = int(k if k is not None else scored.get("k", score_k(config, defaults.k)))
+        alpha = float(alpha if alpha is not None else scored.get("alpha", defaults.alpha))
+        T = float(T if T is not None else scored.get("T", defaults.T))
+        # the recipe: the one asked for, else as iim score scored the run, else the run's own (SPEC §9)
+        recipe = (scoring and scoring.recipe) or scored.get("recipe") or self.job.recipe
+        source = {n: ("given" if v is not None else "results.json" if n in scored else "default")
+                  for n, v in given.items()}
+        return Scoring(ks=[k], alphas=[alpha], k=k, alpha=alpha, T=T, recipe=recipe, device=str(self.device)), source
+
+    @property
+    def k(self) -> int:
+        return self.scoring.k
+
+    @property
+    def alpha(self) -> float:
+        return self.scoring.alpha
+
+    @property
+    def T(self) -> float:
+        return self.scoring.T
+
+    @property
+    def recipe(self) -> str:
+        return self.scoring.recipe
+
     # ---- construction ----------------------------------------------------------------------------
     @classmethod
     def from_run(cls, run, *, cache=None, device="auto", method=None, k=None, alpha=None, T=None,
-                 threshold=None, tpr=None, pretrained=None) -> "Detector":
+                 scoring: Scoring | None = None, threshold=None, tpr=None, pretrained=None) -> "Detector":
         """The detector of a trained run folder (``runs/NAME``). ``cache``: where the run's cache is now,
         if it moved. ``threshold``: a fixed score threshold; else ``tpr`` (default 0.95) of the cache's
         ID test images are kept. ``pretrained``: the cache's weights as a local file, when its tag cannot
@@ -142,18 +173,18 @@ class Detector:
                 raise IIMError(f"run {run_dir} was trained on cache {recorded}, which is not there any more "
                                f"(moved or deleted?); pass its new location with --cache DIR")
         job = prepare_run(run_dir, cache_path=cache)
-        return cls(job, method=method, k=k, alpha=alpha, T=T, threshold=threshold, tpr=tpr, device=device,
-                   pretrained=pretrained)
+        return cls(job, method=method, k=k, alpha=alpha, T=T, scoring=scoring, threshold=threshold, tpr=tpr,
+                   device=device, pretrained=pretrained)
 
     @classmethod
-    def from_cache(cls, cache, *, device="auto", method=None, k=None, alpha=None, T=None, threshold=None,
-                   tpr=None, pretrained=None) -> "Detector":
+    def from_cache(cls, cache, *, device="auto", method=None, k=None, alpha=None, T=None,
+                   scoring: Scoring | None = None, threshold=None, tpr=None, pretrained=None) -> "Detector":
         """Zero-shot: the cache's frozen "a photo of a {c}." prototypes, no training (default MCM)."""
         from ..score.pipeline import prepare_zero_shot
 
         job = prepare_zero_shot(cache, Path(cache))   # out: unused here (nothing is written)
-        return cls(job, method=method, k=k, alpha=alpha, T=T, threshold=threshold, tpr=tpr, device=device,
-                   pretrained=pretrained)
+        return cls(job, method=method, k=k, alpha=alpha, T=T, scoring=scoring, threshold=threshold, tpr=tpr,
+                   device=device, pretrained=pretrained)
 
     # ---- what it is ------------------------------------------------------------------------------
     @property
@@ -179,7 +210,7 @@ class Detector:
         except (OSError, ValueError):
             return {}
         out = {n: settings[n] for n in ("k", "alpha", "T") if isinstance(settings.get(n), (int, float))}
-        return dict(out, recipe=settings["recipe"]) if settings.get("recipe") in ("paper", "official") else out
+        return dict(out, recipe=settings["recipe"]) if settings.get("recipe") in RECIPES else out
 
     # ---- the threshold ---------------------------------------------------------------------------
     @cached_property

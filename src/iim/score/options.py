@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import click
 
 from ..options import BATCH, AtLeast, Finite, Grid, option, result_keys
+from ..recipes import SCORED as RECIPES
 from ..registry import METHODS, TEST_K
 
 K_GRID = "1,5,10,20,50,100,200"       # iim sweep's defaults
@@ -29,7 +30,7 @@ class ScoreOptions:
                                "8 GiB on GPU.", type=BATCH, result=False)
     recipe: str | None = option(None, "paper (SPEC §4) or official (the authors' double exponential in "
                                 "R-MCM/S-MCM with negatives, SPEC §9). Default: the run's recipe (zero-shot: "
-                                "paper).", type=click.Choice(("paper", "official")))
+                                "paper).", type=click.Choice(RECIPES))
     knn_k: int = option(1, "KNN baseline: distance to the k-th nearest support feature.",
                         type=AtLeast(1))
     knn_all_views: bool = option(False, "Put every augmented view into the KNN bank (default: view 0).")

@@ -15,28 +15,27 @@ import click
 
 from ..errors import IIMError
 from ..options import BATCH, EPOCHS, SEED, AtLeast, Finite, option, result_keys
+from ..recipes import SCORED, load_recipe
 from ..text import SDPA_BACKENDS
 from .baselines import METHODS
 from .losses import DENOMINATORS, OOD_PATCHES
 
 FEATURES_IN = ("auto", "device", "host", "stream")
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")   # torch.compile modes
-# SPEC §9: the switches each recipe sets; a switch given explicitly (e.g. --no-class-specific) wins
-RECIPES = {
-    "paper": dict(class_specific=False, train_projection=False, denominators="paper", div_diagonal=False),
-    "official": dict(class_specific=True, train_projection=True, denominators="official", div_diagonal=True),
-}
+# SPEC §9: the switches each recipe sets (src/iim/recipes/*.toml); a switch given explicitly
+# (e.g. --no-class-specific) wins
+RECIPES = {name: load_recipe(name)["switches"] for name in SCORED}
 POSITIVE_INT, COUNT = AtLeast(1), AtLeast(0)
 WEIGHT, POSITIVE = Finite(min=0), Finite(min=0, min_open=True)
-# Each method's own defaults (SPEC §3 for IIM, §8 and the peers' configs for the others); an option left
+# Each method's own defaults (SPEC §3 for IIM: the paper recipe's [train], src/iim/recipes/paper.toml;
+# SPEC §8 and the peers' configs for the others); an option left
 # at None takes its method's value, and the run records the value used. NOT_USED: the method has no such
 # term (giving it is refused). IIM's class_specific comes from its recipe.
 NOT_USED = "-"
 _IIM_ONLY = dict(train_projection=NOT_USED, denominators=NOT_USED, div_diagonal=NOT_USED)
 _NO_VIEWS = dict(pos_views=NOT_USED)          # Local-Prompt's only
 METHOD_DEFAULTS = {
-    "iim": dict(k=50, n_neg=300, lambda_neg=5.0, lambda_div=0.5, epochs=50, batch_size=32, lr=2.5e-4,
-                **_NO_VIEWS),
+    "iim": dict(**load_recipe("paper")["train"], **_NO_VIEWS),
     "coop": dict(k=NOT_USED, n_neg=0, class_specific=False, lambda_neg=NOT_USED, lambda_div=NOT_USED,
                  epochs=50, batch_size=32, lr=0.002, **_IIM_ONLY, **_NO_VIEWS),
     "locoop": dict(k=NOT_USED, n_neg=0, class_specific=False, lambda_neg=NOT_USED, lambda_div=NOT_USED,
