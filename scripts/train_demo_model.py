@@ -388,11 +388,16 @@ def targets_met(acc: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 
-def build_model(seed: int, device):
+def build_model(seed: int, device, vision_layers: int | None = None):
+    """The iim-demo CLIP at random init (seed ``seed``); ``vision_layers`` replaces its config's image-tower
+    depth (None: the config's), everything else as in ``src/iim/model_configs/iim-demo.json``."""
     import open_clip
     register_model_configs()
     torch.manual_seed(seed)
-    model = open_clip.create_model(MODEL, pretrained=None)
+    kw = {}
+    if vision_layers is not None:
+        kw["vision_cfg"] = dict(open_clip.get_model_config(MODEL)["vision_cfg"], layers=vision_layers)
+    model = open_clip.create_model(MODEL, pretrained=None, **kw)
     return model.to(device)
 
 
@@ -407,7 +412,7 @@ def save(model, path: str, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "shape_weight",
+RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "shape_weight", "vision_layers",
                "attribute_prompts", "context_prompts", "token_keep")
 
 
@@ -430,6 +435,9 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--warmup", type=float, default=0.05, help="fraction of steps")
+    ap.add_argument("--vision-layers", type=int, default=None,
+                    help="image-tower depth (default: the iim-demo config's 6); a shallower tower keeps the "
+                         "patch tokens more local (README, issue #23 probes)")
     ap.add_argument("--token-keep", type=float, default=1.0,
                     help="fraction of patch tokens each training image keeps (FLIP-style token dropping; 1: none)")
     ap.add_argument("--no-context-prompts", dest="context_prompts", action="store_false",
@@ -472,7 +480,7 @@ def main(argv=None):
     print(f"pool: {pool_n} images in {t_pool:.1f}s ({pool_n / t_pool:.0f} img/s, {args.workers} workers)", flush=True)
 
     import open_clip
-    model = build_model(args.seed, device)
+    model = build_model(args.seed, device, args.vision_layers)
     tokens = Tokens(open_clip.get_tokenizer(MODEL))
     with torch.no_grad():   # the fast text path must equal open_clip's encode_text
         t = tokens(captions[:8]).to(device)

@@ -127,3 +127,14 @@ def test_token_dropping_keeps_the_cls_token_and_a_fraction_of_the_patches(tdm):
         kept = [tuple(r) for r in y[b, 1:].tolist()]
         assert len(set(kept)) == 16 and set(kept) <= rows          # distinct patch tokens of that image
     assert torch.equal(drop.eval()(x), x)                          # no dropping outside training
+
+
+def test_vision_layers_sets_only_the_image_tower_depth(tdm):
+    default, shallow = tdm.build_model(0, "cpu"), tdm.build_model(0, "cpu", 4)
+    assert len(default.visual.transformer.resblocks) == 6 and len(shallow.visual.transformer.resblocks) == 4
+    assert default.visual.transformer.width == shallow.visual.transformer.width
+    a, b = default.state_dict(), shallow.state_dict()
+    text = [k for k in a if not k.startswith("visual.")]
+    assert text and all(k in b and a[k].shape == b[k].shape for k in text)   # the same text tower
+    assert {k for k in a if k.startswith("visual.transformer.resblocks.4")} and \
+        not {k for k in b if k.startswith("visual.transformer.resblocks.4")}
