@@ -103,6 +103,13 @@ def same_as_one_process(root, out):
     assert (out / "report.md").is_file() and (out / "sweep.json").read_text() == (one / "sweep.json").read_text()
 
 
+def child_env() -> dict:
+    """The environment of an iim child process: this checkout's code, one thread, offline, CPU only."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
+                CUDA_VISIBLE_DEVICES="")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,9 +119,7 @@ def free_port() -> int:
 def test_torchrun_two_cpu_ranks_give_the_one_process_folders(world):
     root, args = world
     out = root / "torchrun"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
-               CUDA_VISIBLE_DEVICES="")
+    env = child_env()
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -235,21 +240,30 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _start_grid(args, out, stdout):
+    """``iim grid ARGS --jobs 2 --out OUT`` as a child process."""
+    return subprocess.Popen([sys.executable, "-m", "iim", "grid", *args, "--jobs", "2", "--out", str(out)],
+                            env=child_env(), stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+
+def _watch_workers(proc, until) -> list:
+    """Poll ``proc``'s worker processes until ``until()`` holds, it ends, or 300 s pass -> the last seen."""
+    import time
+    deadline, workers = time.time() + 300, []
+    while proc.poll() is None and time.time() < deadline and not until():
+        workers = _spawned_children(proc.pid) or workers
+        time.sleep(0.01)
+    return workers
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads the process table from /proc")
 def test_kill_9_of_a_jobs_sweep_stops_its_workers_and_the_rerun_equals_one_process(world, capsys):
     import signal
     import time
     root, args = world
     out = root / "killed-jobs"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
-               CUDA_VISIBLE_DEVICES="")
-    victim = subprocess.Popen([sys.executable, "-m", "iim", "grid", *args, "--jobs", "2", "--out", str(out)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, workers = time.time() + 300, []
-    while victim.poll() is None and time.time() < deadline and len(list(out.glob("points/*/train.log"))) < 4:
-        workers = _spawned_children(victim.pid) or workers
-        time.sleep(0.01)
+    victim = _start_grid(args, out, subprocess.DEVNULL)
+    workers = _watch_workers(victim, lambda: len(list(out.glob("points/*/train.log"))) >= 4)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, victim.stderr.read()
@@ -270,18 +284,10 @@ def test_kill_9_of_one_worker_mid_training_fails_its_points_and_the_rerun_equals
     worker's points, records the killed worker's as failed, and a rerun retries them from their checkpoints
     to the folders of an uninterrupted run."""
     import signal
-    import time
     root, args = world
     out = root / "killed-worker"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TQDM_DISABLE="1", HF_HUB_OFFLINE="1",
-               CUDA_VISIBLE_DEVICES="")
-    sweep = subprocess.Popen([sys.executable, "-m", "iim", "grid", *args, "--jobs", "2", "--out", str(out)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline, workers = time.time() + 300, []
-    while sweep.poll() is None and time.time() < deadline and not list(out.glob("points/*/train.log")):
-        workers = _spawned_children(sweep.pid) or workers
-        time.sleep(0.01)
+    sweep = _start_grid(args, out, subprocess.PIPE)
+    workers = _watch_workers(sweep, lambda: bool(list(out.glob("points/*/train.log"))))
     workers = _spawned_children(sweep.pid) or workers
     assert len(workers) == 2 and sweep.poll() is None, "the sweep ended before a worker could be killed"
     os.kill(workers[0], signal.SIGKILL)
