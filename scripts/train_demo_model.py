@@ -413,6 +413,7 @@ def save(model, path: str, meta: dict) -> None:
 
 
 RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "shape_weight", "vision_layers",
+               "late_class_token",
                "attribute_prompts", "context_prompts", "token_keep")
 
 
@@ -438,6 +439,9 @@ def main(argv=None):
     ap.add_argument("--vision-layers", type=int, default=None,
                     help="image-tower depth (default: the iim-demo config's 6); a shallower tower keeps the "
                          "patch tokens more local (README, issue #23 probes)")
+    ap.add_argument("--no-late-class-token", dest="late_class_token", action="store_false",
+                    help="let the class token take part in every image block, as in open_clip's ViT (for comparison "
+                         "only: iim runs iim-demo with the late class token, README 'The demo CLIP')")
     ap.add_argument("--token-keep", type=float, default=1.0,
                     help="fraction of patch tokens each training image keeps (FLIP-style token dropping; 1: none)")
     ap.add_argument("--no-context-prompts", dest="context_prompts", action="store_false",
@@ -481,6 +485,7 @@ def main(argv=None):
 
     import open_clip
     model = build_model(args.seed, device, args.vision_layers)
+    model.visual.iim_late_class_token = args.late_class_token
     tokens = Tokens(open_clip.get_tokenizer(MODEL))
     with torch.no_grad():   # the fast text path must equal open_clip's encode_text
         t = tokens(captions[:8]).to(device)

@@ -40,9 +40,19 @@ def check_supported(model) -> None:
 
 def _run_to_last_block(visual, images):
     x = visual._embeds(images)
+    if late_class_token(visual):          # the class token joins at the last block (class attention)
+        cls, x = x[:, :1], x[:, 1:]
+        for blk in visual.transformer.resblocks[:-1]:
+            cls, x = blk(cls), blk(x)     # patches attend to patches only; the class token to itself only
+        return torch.cat([cls, x], dim=1)
     for blk in visual.transformer.resblocks[:-1]:
         x = blk(x)
     return x
+
+
+def late_class_token(visual) -> bool:
+    """Whether the tower's class token takes part in its last block only (``iim.models.LATE_CLASS_TOKEN``)."""
+    return bool(getattr(visual, "iim_late_class_token", False))
 
 
 def _project(visual, x):
