@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 from iim.demo import world as W
 from iim.features import encode_image
-from iim.models import register_model_configs
+from iim.models import register_model_configs, use_late_class_token
 from iim.text import CTX_INIT_STD, encode_prompts_reference, id_prompt
 
 MODEL = "iim-demo"
@@ -388,9 +388,10 @@ def targets_met(acc: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 
-def build_model(seed: int, device, vision_layers: int | None = None):
+def build_model(seed: int, device, vision_layers: int | None = None, *, late_class_token: bool = True):
     """The iim-demo CLIP at random init (seed ``seed``); ``vision_layers`` replaces its config's image-tower
-    depth (None: the config's), everything else as in ``src/iim/model_configs/iim-demo.json``."""
+    depth (None: the config's), everything else as in ``src/iim/model_configs/iim-demo.json``, with the late
+    class token of :class:`iim.models.LateClassTokenViT` unless ``late_class_token`` is False."""
     import open_clip
     register_model_configs()
     torch.manual_seed(seed)
@@ -398,6 +399,8 @@ def build_model(seed: int, device, vision_layers: int | None = None):
     if vision_layers is not None:
         kw["vision_cfg"] = dict(open_clip.get_model_config(MODEL)["vision_cfg"], layers=vision_layers)
     model = open_clip.create_model(MODEL, pretrained=None, **kw)
+    if late_class_token:
+        use_late_class_token(model)
     return model.to(device)
 
 
@@ -484,8 +487,7 @@ def main(argv=None):
     print(f"pool: {pool_n} images in {t_pool:.1f}s ({pool_n / t_pool:.0f} img/s, {args.workers} workers)", flush=True)
 
     import open_clip
-    model = build_model(args.seed, device, args.vision_layers)
-    model.visual.iim_late_class_token = args.late_class_token
+    model = build_model(args.seed, device, args.vision_layers, late_class_token=args.late_class_token)
     tokens = Tokens(open_clip.get_tokenizer(MODEL))
     with torch.no_grad():   # the fast text path must equal open_clip's encode_text
         t = tokens(captions[:8]).to(device)

@@ -51,3 +51,55 @@ def test_random_weights_are_deterministic():
     b, _ = create_model("iim-test-tiny", "none")
     for (na, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), na
+
+
+# ---- the late class token (the demo CLIP's tower, iim.models.LateClassTokenViT) ---------------------
+def late_class_token_reference(model, images):
+    """The same tower written the straightforward way: open_clip's own blocks over all 1 + HW tokens with an
+    attention mask that keeps the class token and the patch tokens apart in every block but the last."""
+    visual = model.visual
+    x = visual._embeds(images)                # open_clip's (the subclass does not override it)
+    n = x.shape[1]
+    mask = torch.zeros(n, n)
+    mask[0, 1:] = float("-inf")          # the class token sees only itself ...
+    mask[1:, 0] = float("-inf")          # ... and no patch sees it
+    for blk in visual.transformer.resblocks[:-1]:
+        x = blk(x, attn_mask=mask)
+    return x
+
+
+def test_late_class_token_matches_a_masked_reference():
+    from iim.models import LateClassTokenViT, use_late_class_token
+    model, _ = create_model("iim-test-tiny", "none")
+    torch.manual_seed(0)
+    images = torch.randn(3, 3, 32, 32)
+    g_std, l_std = encode_image(model, images)
+    use_late_class_token(model)
+    assert isinstance(model.visual, LateClassTokenViT)
+    g, l = encode_image(model, images)
+    x = late_class_token_reference(model, images)
+    last = model.visual.transformer.resblocks[-1]
+    g_ref = model.visual.ln_post(last(x)[:, 0]) @ model.visual.proj        # CLIP's pooling after the last block
+    torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.encode_image(images), g_ref, atol=1e-5, rtol=1e-5)   # open_clip's entry point too
+    # the SPEC §1 value path read on the masked reference's last-block input
+    width = x.shape[-1]
+    v = last.attn.out_proj(F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:]))
+    v = x + last.ls_1(v)
+    v = v + last.ls_2(last.mlp(last.ln_2(v)))
+    torch.testing.assert_close(l, (model.visual.ln_post(v) @ model.visual.proj)[:, 1:], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(g, g_std, atol=1e-3) and not torch.allclose(l, l_std, atol=1e-3)   # it is another tower
+    # the class token enters the last block as one vector, whatever the image
+    assert torch.allclose(x[0, 0], x[1, 0], atol=1e-6)
+
+
+def test_late_class_token_is_the_demo_clip_s_only():
+    from iim.errors import IIMError
+    from iim.models import LateClassTokenViT, use_late_class_token
+    demo, _ = create_model("iim-demo", "none")
+    tiny, _ = create_model("iim-test-tiny", "none")
+    assert isinstance(demo.visual, LateClassTokenViT) and not isinstance(tiny.visual, LateClassTokenViT)
+    with pytest.raises(NotImplementedError, match="encode_image"):
+        demo.visual.forward_intermediates(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(IIMError, match="VisionTransformer"):
+        use_late_class_token(demo)           # twice: refused, it is no plain open_clip ViT any more

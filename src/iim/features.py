@@ -8,7 +8,9 @@ With ``x`` the input of the last vision block, the local (patch) features are
     v   = v + ls_2(mlp(ln_2(v)))
     v_l = proj(ln_post(v))[patch tokens]
 
-The global feature is the ordinary CLIP embedding (CLS token after the last block, ln_post, proj).
+The global feature is the ordinary CLIP embedding (CLS token after the last block, ln_post, proj). For a
+tower whose class token joins at the last block only (``iim.models.LateClassTokenViT``, the demo CLIP), ``x``
+is that tower's input of the last block; the formulas are the same.
 :func:`encode_image` computes both with ONE pass through the last block: the attention output is only
 needed for the CLS query (global), the value path for the patch tokens (local), and both share ln_1,
 the value projection and one MLP call.
@@ -39,20 +41,12 @@ def check_supported(model) -> None:
 
 
 def _run_to_last_block(visual, images):
+    if getattr(visual, "late_class_token", False):   # iim.models.LateClassTokenViT (the demo CLIP)
+        return visual.run_to_last_block(images)
     x = visual._embeds(images)
-    if late_class_token(visual):          # the class token joins at the last block (class attention)
-        cls, x = x[:, :1], x[:, 1:]
-        for blk in visual.transformer.resblocks[:-1]:
-            cls, x = blk(cls), blk(x)     # patches attend to patches only; the class token to itself only
-        return torch.cat([cls, x], dim=1)
     for blk in visual.transformer.resblocks[:-1]:
         x = blk(x)
     return x
-
-
-def late_class_token(visual) -> bool:
-    """Whether the tower's class token takes part in its last block only (``iim.models.LATE_CLASS_TOKEN``)."""
-    return bool(getattr(visual, "iim_late_class_token", False))
 
 
 def _project(visual, x):

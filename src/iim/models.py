@@ -25,6 +25,9 @@ RANDOM_WEIGHTS = "none"   # --pretrained none: random weights from a fixed seed
 RANDOM_SEED = 0
 # Weights shipped inside the package, by pretrained tag: tag -> (model name, file). Offline, always there.
 PACKAGED_WEIGHTS = {"demo": ("iim-demo", Path(__file__).parent / "weights" / "iim-demo.safetensors")}
+# The project's architectures whose image tower differs from open_clip's ViT in one place: the class token
+# joins at the last block only (LateClassTokenViT; issue #23, README "The demo CLIP"). By model name.
+LATE_CLASS_TOKEN = ("iim-demo",)
 _registered = False
 
 
@@ -37,6 +40,41 @@ def register_model_configs() -> None:
 
 
 register_model_configs()    # on first import: extraction reads a config (image size) before any model is built
+
+
+class LateClassTokenViT(open_clip.transformer.VisionTransformer):
+    """open_clip's ViT, except that the class token joins at the LAST block only, as CaiT's class attention
+    (Touvron et al., 2021): before it, patch tokens attend to patch tokens only and the class token to itself
+    only (so it enters the last block as the same learned vector for every image). Same parameters, same
+    state dict; only the forward differs. The class token can then gather the image's evidence only from the
+    last block's values, as MaskCLIP's patch features read them: without it, a small CLIP trained from
+    scratch carries the label's evidence in the residual stream of background tokens (issue #23)."""
+
+    late_class_token = True      # what iim.features looks for (it does not import this module)
+
+    def run_to_last_block(self, images: torch.Tensor) -> torch.Tensor:
+        """The tokens [B, 1 + HW, W] that enter the last block."""
+        x = self._embeds(images)
+        cls, x = x[:, :1], x[:, 1:]
+        for blk in self.transformer.resblocks[:-1]:
+            cls, x = blk(cls), blk(x)
+        return torch.cat([cls, x], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.transformer.resblocks[-1](self.run_to_last_block(images))
+        pooled = self.ln_post(x[:, 0])
+        return pooled @ self.proj if self.proj is not None else pooled
+
+    def forward_intermediates(self, *args, **kwargs):
+        raise NotImplementedError("LateClassTokenViT: open_clip's forward_intermediates does not know the late "
+                                  "class token; use iim.features.encode_image")
+
+
+def use_late_class_token(model) -> None:
+    """Turn ``model``'s open_clip ViT into a :class:`LateClassTokenViT` in place (same weights)."""
+    if type(model.visual) is not open_clip.transformer.VisionTransformer:
+        raise IIMError(f"the late class token needs open_clip's VisionTransformer, not {type(model.visual).__name__}")
+    model.visual.__class__ = LateClassTokenViT
 
 
 def model_config(name: str) -> dict | None:
@@ -115,6 +153,8 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
                 f"network, pass a local checkpoint with --pretrained /path/to/weights "
                 f"(set HF_HUB_OFFLINE=1 to fail fast instead of retrying)"
             ) from None
+    if name in LATE_CLASS_TOKEN:
+        use_late_class_token(model)
     model = model.to(device).eval().requires_grad_(False)
     model.iim_model_name = name          # lets the text side pick the model's own tokenizer
     return model, preprocess
