@@ -138,3 +138,19 @@ def test_vision_layers_sets_only_the_image_tower_depth(tdm):
     assert text and all(k in b and a[k].shape == b[k].shape for k in text)   # the same text tower
     assert {k for k in a if k.startswith("visual.transformer.resblocks.4")} and \
         not {k for k in b if k.startswith("visual.transformer.resblocks.4")}
+
+
+def test_the_script_trains_the_tower_iim_runs(tdm, tmp_path):
+    """The script trains iim-demo with the late class token, as iim.models builds it; the recipe records it."""
+    from iim.models import LateClassTokenViT, create_model
+    assert isinstance(tdm.build_model(0, "cpu").visual, LateClassTokenViT)
+    assert not isinstance(tdm.build_model(0, "cpu", late_class_token=False).visual, LateClassTokenViT)
+    assert isinstance(create_model("iim-demo", "none")[0].visual, LateClassTokenViT)
+    out = tmp_path / "m.safetensors"
+    tdm.main(["--steps", "1", "--batch", "4", "--pool", "8", "--workers", "1", "--threads", "1",
+              "--eval-per-class", "1", "--no-late-class-token", "--out", str(out)])
+    from safetensors import safe_open
+    import json
+    with safe_open(str(out), "pt") as f:
+        meta = json.loads(f.metadata()["iim_demo"])
+    assert meta["late_class_token"] is False and "--no-late-class-token" in meta["command"]
