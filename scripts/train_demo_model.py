@@ -6,10 +6,14 @@ The weights shipped today still come from this script at commit 0bfc824 (with it
     python scripts/train_demo_model.py --seed 0 --threads 1 --out src/iim/weights/iim-demo.safetensors    # CPU
     python scripts/train_demo_model.py --device cuda --seed 0 --out src/iim/weights/iim-demo.safetensors  # GPU
 
-The model is a standard open_clip CLIP (config ``src/iim/model_configs/iim-demo.json``: 64 px images,
-patch 8 -> 64 patch tokens, a 6-layer ViT of width 128, the standard 77-token CLIP text tower of width 96)
-trained from scratch on captioned images of the demo world (:func:`iim.demo.world.web_sample`: any of
-the 80 shape x colour concepts, cluttered scenes and textures -- never a benchmark image).
+The model is an open_clip CLIP (config ``src/iim/model_configs/iim-demo.json``: 64 px images, patch 8 ->
+64 patch tokens, a 6-layer ViT of width 128, the standard 77-token CLIP text tower of width 96) whose image
+tower differs in one place: its class token joins at the last block only (:class:`iim.models.LateClassTokenViT`,
+CaiT's class attention; ``--no-late-class-token`` trains open_clip's ViT for comparison). Without it the
+label's evidence ends up in the residual stream of the background tokens, not in the object's patch
+features (README, issue #23). It is trained from scratch on captioned images of the demo world
+(:func:`iim.demo.world.web_sample`: any of the 80 shape x colour concepts, cluttered scenes and textures --
+never a benchmark image).
 
 Objective: image-level only, as CLIP's -- no loss ever reads a patch token (issue #23).
 
