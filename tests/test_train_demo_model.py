@@ -140,7 +140,7 @@ def test_vision_layers_sets_only_the_image_tower_depth(tdm):
         not {k for k in b if k.startswith("visual.transformer.resblocks.4")}
 
 
-def test_the_script_trains_the_tower_iim_runs(tdm, tmp_path):
+def test_the_script_trains_the_tower_iim_runs(tdm, tmp_path, capsys):
     """The script trains iim-demo with the late class token, as iim.models builds it; the recipe records it."""
     from iim.models import LateClassTokenViT, create_model
     assert isinstance(tdm.build_model(0, "cpu").visual, LateClassTokenViT)
@@ -154,3 +154,12 @@ def test_the_script_trains_the_tower_iim_runs(tdm, tmp_path):
     with safe_open(str(out), "pt") as f:
         meta = json.loads(f.metadata()["iim_demo"])
     assert meta["late_class_token"] is False and "--no-late-class-token" in meta["command"]
+    # scripts/demo_clip_evidence.py reads the tower from the metadata and splits the evidence per patch kind
+    spec = importlib.util.spec_from_file_location("demo_clip_evidence", SCRIPT.parent / "demo_clip_evidence.py")
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    model, meta = ev.load(str(out))
+    assert not isinstance(model.visual, LateClassTokenViT) and meta["steps"] == 1
+    ev.evidence(model, per_class=1)
+    lines = capsys.readouterr().out.splitlines()[-4:]
+    assert [line.split()[0] for line in lines] == ["residual", "value", "local", "class"], lines
