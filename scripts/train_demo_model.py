@@ -1,9 +1,9 @@
 """Train the demo CLIP ``iim-demo`` on the demo world from whole images and captions only (issue #23).
 
-The weights shipped today still come from this script at commit 0bfc824 (with its patch loss; README,
-"The demo CLIP"); the seed and the recipe below reproduce a run bit for bit at the same thread count.
+The shipped weights come from the first command below (README, "The demo CLIP"; 34 min at one thread);
+the seed and the recipe reproduce a run bit for bit at the same thread count.
 
-    python scripts/train_demo_model.py --seed 0 --threads 1 --out src/iim/weights/iim-demo.safetensors    # CPU
+    python scripts/train_demo_model.py --seed 0 --threads 1 --workers 2 --checkpoint-every 500 --eval-every 1500  # CPU
     python scripts/train_demo_model.py --device cuda --seed 0 --out src/iim/weights/iim-demo.safetensors  # GPU
 
 The model is an open_clip CLIP (config ``src/iim/model_configs/iim-demo.json``: 64 px images, patch 8 ->
