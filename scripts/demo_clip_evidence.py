@@ -43,7 +43,7 @@ def load(path: str):
     model = open_clip.create_model("iim-demo", pretrained=None, vision_cfg=vision)
     model.load_state_dict({k: v.float() for k, v in load_file(path).items()})
     if meta.get("late_class_token", False):
-        use_late_class_token(model)
+        use_late_class_token(model, meta.get("class_blocks", 1))
     model.iim_model_name = "iim-demo"
     return model.eval(), meta
 
@@ -85,7 +85,7 @@ def evidence(model, per_class: int = 20) -> None:
 def main(paths):
     for p in paths:
         model, meta = load(p)
-        print(f"{p} (late class token: {meta.get('late_class_token', False)}, steps {meta.get('steps')}, "
+        print(f"{p} (late class token: {meta.get('late_class_token', False)}, class blocks {meta.get('class_blocks', 1)}, steps {meta.get('steps')}, "
               f"seed {meta.get('seed')})")
         evidence(model)
 

@@ -8,10 +8,12 @@ the seed and the recipe reproduce a run bit for bit at the same thread count.
 
 The model is an open_clip CLIP (config ``src/iim/model_configs/iim-demo.json``: 64 px images, patch 8 ->
 64 patch tokens, a 6-layer ViT of width 128, the standard 77-token CLIP text tower of width 96) whose image
-tower differs in one place: its class token joins at the last block only (:class:`iim.models.LateClassTokenViT`,
-CaiT's class attention; ``--no-late-class-token`` trains open_clip's ViT for comparison). Without it the
-label's evidence ends up in the residual stream of the background tokens, not in the object's patch
-features (README, issue #23). It is trained from scratch on captioned images of the demo world
+tower differs in one place: its class token joins late (:class:`iim.models.LateClassTokenViT`, CaiT's class
+attention): no patch token ever attends to it, and it reads the patches in the last ``--class-blocks`` blocks
+only (default 2, as iim builds iim-demo; ``--no-late-class-token`` trains open_clip's ViT for comparison).
+With open_clip's ViT the label's evidence ends up in the residual stream of the background tokens, not in
+the object's patch features; with the last block alone reading the patches, the hand-written prompts read
+the object's patches almost as well as visual prototypes do (README, issue #23). It is trained from scratch on captioned images of the demo world
 (:func:`iim.demo.world.web_sample`: any of the 80 shape x colour concepts, cluttered scenes and textures --
 never a benchmark image).
 
@@ -64,7 +66,7 @@ import torch.nn.functional as F
 
 from iim.demo import world as W
 from iim.features import encode_image
-from iim.models import register_model_configs, use_late_class_token
+from iim.models import LATE_CLASS_TOKEN, register_model_configs, use_late_class_token
 from iim.text import CTX_INIT_STD, encode_prompts_reference, id_prompt
 
 MODEL = "iim-demo"
@@ -392,7 +394,8 @@ def targets_met(acc: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 
-def build_model(seed: int, device, vision_layers: int | None = None, *, late_class_token: bool = True):
+def build_model(seed: int, device, vision_layers: int | None = None, *, late_class_token: bool = True,
+                class_blocks: int = LATE_CLASS_TOKEN[MODEL]):
     """The iim-demo CLIP at random init (seed ``seed``); ``vision_layers`` replaces its config's image-tower
     depth (None: the config's), everything else as in ``src/iim/model_configs/iim-demo.json``, with the late
     class token of :class:`iim.models.LateClassTokenViT` unless ``late_class_token`` is False."""
@@ -404,7 +407,7 @@ def build_model(seed: int, device, vision_layers: int | None = None, *, late_cla
         kw["vision_cfg"] = dict(open_clip.get_model_config(MODEL)["vision_cfg"], layers=vision_layers)
     model = open_clip.create_model(MODEL, pretrained=None, **kw)
     if late_class_token:
-        use_late_class_token(model)
+        use_late_class_token(model, class_blocks)
     return model.to(device)
 
 
@@ -420,7 +423,7 @@ def save(model, path: str, meta: dict) -> None:
 
 
 RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "shape_weight", "vision_layers",
-               "late_class_token",
+               "late_class_token", "class_blocks",
                "attribute_prompts", "context_prompts", "token_keep")
 
 
@@ -449,6 +452,9 @@ def main(argv=None):
     ap.add_argument("--no-late-class-token", dest="late_class_token", action="store_false",
                     help="let the class token take part in every image block, as in open_clip's ViT (for comparison "
                          "only: iim runs iim-demo with the late class token, README 'The demo CLIP')")
+    ap.add_argument("--class-blocks", type=int, default=LATE_CLASS_TOKEN[MODEL],
+                    help="with the late class token: in how many of the last blocks it reads the patches "
+                         "(default: iim's iim-demo, %(default)s; 1: the last block only)")
     ap.add_argument("--token-keep", type=float, default=1.0,
                     help="fraction of patch tokens each training image keeps (FLIP-style token dropping; 1: none)")
     ap.add_argument("--no-context-prompts", dest="context_prompts", action="store_false",
@@ -491,7 +497,8 @@ def main(argv=None):
     print(f"pool: {pool_n} images in {t_pool:.1f}s ({pool_n / t_pool:.0f} img/s, {args.workers} workers)", flush=True)
 
     import open_clip
-    model = build_model(args.seed, device, args.vision_layers, late_class_token=args.late_class_token)
+    model = build_model(args.seed, device, args.vision_layers, late_class_token=args.late_class_token,
+                        class_blocks=args.class_blocks)
     tokens = Tokens(open_clip.get_tokenizer(MODEL))
     with torch.no_grad():   # the fast text path must equal open_clip's encode_text
         t = tokens(captions[:8]).to(device)

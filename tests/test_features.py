@@ -54,30 +54,34 @@ def test_random_weights_are_deterministic():
 
 
 # ---- the late class token (the demo CLIP's tower, iim.models.LateClassTokenViT) ---------------------
-def late_class_token_reference(model, images):
+def late_class_token_reference(model, images, class_blocks=1):
     """The same tower written the straightforward way: open_clip's own blocks over all 1 + HW tokens with an
-    attention mask that keeps the class token and the patch tokens apart in every block but the last."""
+    attention mask that keeps the patch tokens from the class token in every block, and the class token
+    from the patches in every block but the last ``class_blocks``."""
     visual = model.visual
     x = visual._embeds(images)                # open_clip's (the subclass does not override it)
     n = x.shape[1]
-    mask = torch.zeros(n, n)
-    mask[0, 1:] = float("-inf")          # the class token sees only itself ...
-    mask[1:, 0] = float("-inf")          # ... and no patch sees it
-    for blk in visual.transformer.resblocks[:-1]:
+    blocks = visual.transformer.resblocks
+    for i, blk in enumerate(blocks[:-1]):
+        mask = torch.zeros(n, n)
+        if i < len(blocks) - class_blocks:
+            mask[0, 1:] = float("-inf")  # the class token sees only itself ...
+        mask[1:, 0] = float("-inf")      # ... and no patch ever sees it
         x = blk(x, attn_mask=mask)
     return x
 
 
-def test_late_class_token_matches_a_masked_reference():
+@pytest.mark.parametrize("class_blocks", [1, 2])
+def test_late_class_token_matches_a_masked_reference(class_blocks):
     from iim.models import LateClassTokenViT, use_late_class_token
     model, _ = create_model("iim-test-tiny", "none")
     torch.manual_seed(0)
     images = torch.randn(3, 3, 32, 32)
     g_std, l_std = encode_image(model, images)
-    use_late_class_token(model)
+    use_late_class_token(model, class_blocks)
     assert isinstance(model.visual, LateClassTokenViT)
     g, l = encode_image(model, images)
-    x = late_class_token_reference(model, images)
+    x = late_class_token_reference(model, images, class_blocks)
     last = model.visual.transformer.resblocks[-1]
     g_ref = model.visual.ln_post(last(x)[:, 0]) @ model.visual.proj        # CLIP's pooling after the last block
     torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
@@ -89,8 +93,8 @@ def test_late_class_token_matches_a_masked_reference():
     v = v + last.ls_2(last.mlp(last.ln_2(v)))
     torch.testing.assert_close(l, (model.visual.ln_post(v) @ model.visual.proj)[:, 1:], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(g, g_std, atol=1e-3) and not torch.allclose(l, l_std, atol=1e-3)   # it is another tower
-    # the class token enters the last block as one vector, whatever the image
-    assert torch.allclose(x[0, 0], x[1, 0], atol=1e-6)
+    # with the last block only, the class token enters it as one vector, whatever the image
+    assert torch.allclose(x[0, 0], x[1, 0], atol=1e-6) == (class_blocks == 1)
 
 
 def test_late_class_token_is_the_demo_clip_s_only():
@@ -103,3 +107,5 @@ def test_late_class_token_is_the_demo_clip_s_only():
         demo.visual.forward_intermediates(torch.zeros(1, 3, 64, 64))
     with pytest.raises(IIMError, match="VisionTransformer"):
         use_late_class_token(demo)           # twice: refused, it is no plain open_clip ViT any more
+    with pytest.raises(IIMError, match="class_blocks"):
+        use_late_class_token(tiny, class_blocks=len(tiny.visual.transformer.resblocks) + 1)

@@ -25,3 +25,25 @@ def test_unknown_model_and_missing_or_wrong_checkpoint(tmp_path):
     torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(IIMError, match="cannot load checkpoint .* into iim-test-tiny"):
         create_model("iim-test-tiny", str(bad))
+
+
+def test_a_demo_checkpoint_brings_its_own_class_token_tower(tmp_path):
+    """create_model builds the image tower an iim-demo checkpoint records it was trained with (its
+    train_demo_model metadata), else the configured one (LATE_CLASS_TOKEN)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from iim.models import LATE_CLASS_TOKEN, LateClassTokenViT
+    state = {k: v.contiguous() for k, v in create_model("iim-demo", "none")[0].state_dict().items()}
+    built = {}
+    for name, meta in {"one": {"late_class_token": True, "class_blocks": 1},
+                       "old": {"late_class_token": True},              # written before class_blocks existed
+                       "plain": {"late_class_token": False, "class_blocks": 3},
+                       "bare": None}.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(state, str(path), metadata=None if meta is None else {"iim_demo": json.dumps(meta)})
+        visual = create_model("iim-demo", str(path))[0].visual
+        built[name] = visual.class_blocks if isinstance(visual, LateClassTokenViT) else None
+    assert built == {"one": 1, "old": 1, "plain": None, "bare": LATE_CLASS_TOKEN["iim-demo"]}
+    assert create_model("iim-demo", "none")[0].visual.class_blocks == LATE_CLASS_TOKEN["iim-demo"]

@@ -146,6 +146,8 @@ def test_the_script_trains_the_tower_iim_runs(tdm, tmp_path, capsys):
     assert isinstance(tdm.build_model(0, "cpu").visual, LateClassTokenViT)
     assert not isinstance(tdm.build_model(0, "cpu", late_class_token=False).visual, LateClassTokenViT)
     assert isinstance(create_model("iim-demo", "none")[0].visual, LateClassTokenViT)
+    assert tdm.build_model(0, "cpu").visual.class_blocks == create_model("iim-demo", "none")[0].visual.class_blocks
+    assert tdm.build_model(0, "cpu", class_blocks=1).visual.class_blocks == 1
     out = tmp_path / "m.safetensors"
     tdm.main(["--steps", "1", "--batch", "4", "--pool", "8", "--workers", "1", "--threads", "1",
               "--eval-per-class", "1", "--no-late-class-token", "--out", str(out)])

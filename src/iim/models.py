@@ -12,6 +12,7 @@ a model or reads a model config goes through it; ``import iim`` alone stays ligh
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -26,8 +27,10 @@ RANDOM_SEED = 0
 # Weights shipped inside the package, by pretrained tag: tag -> (model name, file). Offline, always there.
 PACKAGED_WEIGHTS = {"demo": ("iim-demo", Path(__file__).parent / "weights" / "iim-demo.safetensors")}
 # The project's architectures whose image tower differs from open_clip's ViT in one place: the class token
-# joins at the last block only (LateClassTokenViT; issue #23, README "The demo CLIP"). By model name.
-LATE_CLASS_TOKEN = ("iim-demo",)
+# joins late (LateClassTokenViT; issue #23, README "The demo CLIP"). By model name: in how many of the last
+# blocks the class token reads the patches. A checkpoint of scripts/train_demo_model.py records the tower
+# it was trained with in its metadata, and that record wins (late_class_blocks).
+LATE_CLASS_TOKEN = {"iim-demo": 2}
 _registered = False
 
 
@@ -43,21 +46,28 @@ register_model_configs()    # on first import: extraction reads a config (image 
 
 
 class LateClassTokenViT(open_clip.transformer.VisionTransformer):
-    """open_clip's ViT, except that the class token joins at the LAST block only, as CaiT's class attention
-    (Touvron et al., 2021): before it, patch tokens attend to patch tokens only and the class token to itself
-    only (so it enters the last block as the same learned vector for every image). Same parameters, same
-    state dict; only the forward differs. The class token can then gather the image's evidence only from the
-    last block's values, as MaskCLIP's patch features read them: without it, a small CLIP trained from
-    scratch carries the label's evidence in the residual stream of background tokens (issue #23)."""
+    """open_clip's ViT, except that the class token joins late, as in CaiT's class attention (Touvron et al.,
+    2021): patch tokens never attend to the class token, and the class token reads the patches only in the
+    last ``class_blocks`` blocks (before them it attends to itself only, so it is the same learned vector for
+    every image until then). Same parameters, same state dict; only the forward differs. The image's evidence
+    can then reach the class token only through those blocks' values, the last of which MaskCLIP's patch
+    features read: with open_clip's ViT, a small CLIP trained from scratch carries the label's evidence in the
+    residual stream of background tokens instead (issue #23, README "The demo CLIP")."""
 
     late_class_token = True      # what iim.features looks for (it does not import this module)
+    class_blocks = 1             # how many of the last blocks let the class token read the patches
 
     def run_to_last_block(self, images: torch.Tensor) -> torch.Tensor:
         """The tokens [B, 1 + HW, W] that enter the last block."""
         x = self._embeds(images)
         cls, x = x[:, :1], x[:, 1:]
-        for blk in self.transformer.resblocks[:-1]:
-            cls, x = blk(cls), blk(x)
+        blocks = self.transformer.resblocks
+        for i, blk in enumerate(blocks[:-1]):
+            if i < len(blocks) - self.class_blocks:
+                cls, x = blk(cls), blk(x)
+            else:        # class attention: the class token reads the patches, the patches still never read it
+                y = blk(torch.cat([cls, x], dim=1), attn_mask=_patches_ignore_class_token(x.shape[1] + 1, x))
+                cls, x = y[:, :1], y[:, 1:]
         return torch.cat([cls, x], dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -70,11 +80,38 @@ class LateClassTokenViT(open_clip.transformer.VisionTransformer):
                                   "class token; use iim.features.encode_image")
 
 
-def use_late_class_token(model) -> None:
-    """Turn ``model``'s open_clip ViT into a :class:`LateClassTokenViT` in place (same weights)."""
+def _patches_ignore_class_token(n: int, like: torch.Tensor) -> torch.Tensor:
+    """Additive attention mask [n, n] over (class token, patches): the patch rows may not attend the class token."""
+    mask = torch.zeros(n, n, dtype=like.dtype, device=like.device)
+    mask[1:, 0] = float("-inf")
+    return mask
+
+
+def use_late_class_token(model, class_blocks: int = 1) -> None:
+    """Turn ``model``'s open_clip ViT into a :class:`LateClassTokenViT` in place (same weights); the class
+    token reads the patches in the last ``class_blocks`` blocks (1: the last block only)."""
     if type(model.visual) is not open_clip.transformer.VisionTransformer:
         raise IIMError(f"the late class token needs open_clip's VisionTransformer, not {type(model.visual).__name__}")
+    depth = len(model.visual.transformer.resblocks)
+    if not 1 <= class_blocks <= depth:
+        raise IIMError(f"class_blocks must be between 1 and the tower's {depth} blocks, not {class_blocks}")
     model.visual.__class__ = LateClassTokenViT
+    model.visual.class_blocks = class_blocks
+
+
+def late_class_blocks(name: str, checkpoint: Path | None = None) -> int | None:
+    """In how many of the last blocks the class token of model ``name`` reads the patches (None: open_clip's
+    ViT, the class token in every block): what ``checkpoint`` (a safetensors file written by
+    ``scripts/train_demo_model.py``) records, else :data:`LATE_CLASS_TOKEN`."""
+    default = LATE_CLASS_TOKEN.get(name)
+    if default is None or checkpoint is None or checkpoint.suffix != ".safetensors":
+        return default
+    from safetensors import safe_open
+    with safe_open(str(checkpoint), "pt") as f:
+        meta = json.loads((f.metadata() or {}).get("iim_demo") or "{}")
+    if "late_class_token" not in meta:
+        return default
+    return int(meta.get("class_blocks", 1)) if meta["late_class_token"] else None
 
 
 def model_config(name: str) -> dict | None:
@@ -122,6 +159,7 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
     register_model_configs()
     if name not in open_clip.list_models():
         raise IIMError(f"unknown model {name!r}; open_clip knows e.g. ViT-B-16, ViT-L-14, iim-test-tiny")
+    checkpoint = None
     if pretrained in (None, "", RANDOM_WEIGHTS):
         root, level = logging.getLogger(), logging.getLogger().level
         root.setLevel(logging.ERROR)  # silence open_clip's "initialized randomly" warning: it is asked for
@@ -140,6 +178,7 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
         path = Path(pretrained).expanduser()
         if names_a_file(pretrained) and not path.is_file():
             raise IIMError(f"checkpoint file not found: {pretrained}")
+        checkpoint = path if path.is_file() else None
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=str(path) if path.is_file() else pretrained)
@@ -153,8 +192,9 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
                 f"network, pass a local checkpoint with --pretrained /path/to/weights "
                 f"(set HF_HUB_OFFLINE=1 to fail fast instead of retrying)"
             ) from None
-    if name in LATE_CLASS_TOKEN:
-        use_late_class_token(model)
+    class_blocks = late_class_blocks(name, checkpoint)
+    if class_blocks is not None:
+        use_late_class_token(model, class_blocks)
     model = model.to(device).eval().requires_grad_(False)
     model.iim_model_name = name          # lets the text side pick the model's own tokenizer
     return model, preprocess
