@@ -8,7 +8,9 @@ two parts, the residual stream ``x`` that enters the last block and the last blo
 ``out_proj(value(ln_1(x)))``, each read through ``ln_post`` and ``proj`` like the local feature itself. Per
 patch kind (dominant object / distractor / background texture) it prints their mean cosine with the label's
 hand-written prompt, the share of the label's top-8 patches that lie on the object when ranked by each
-part, and the class token's attention in the last block (1 = uniform over the 64 patches).
+part, the class token's attention in the last block (1 = uniform over the 64 patches), where the local
+feature's top-8 patches lie (object, its border, a distractor, background), and how often the hand-written
+prompts give the object's patches the right colour and the right shape.
 """
 from __future__ import annotations
 
@@ -80,6 +82,19 @@ def evidence(model, per_class: int = 20) -> None:
     a = att[:, 0, 1:] * kind.shape[1]
     print("  class token's last-block attention (x uniform): "
           + "  ".join(f"{k} {a[kind == i].mean():.2f}" for i, k in enumerate(KINDS)))
+    # where the local feature's top-8 patches lie: on the object, on its border, on a distractor, on background
+    cover = [s.patch_coverage() for s in samples]                       # [n_objects, HW], dominant last
+    where = torch.tensor(np.stack([np.select([c[-1] >= 0.4, c[-1] >= 0.1, c[:-1].max(0, initial=0) >= 0.1], [0, 1, 2], 3)
+                                   for c in cover]))
+    top = where.gather(1, parts["local feature"].topk(8, dim=1).indices)
+    print("  local feature's top-8: " + "  ".join(f"{k} {(top == i).float().mean():.1%}" for i, k in
+                                                  enumerate(("object", "its border (10-40% cover)", "distractor", "background"))))
+    # what the hand-written prompts read on the object's patches: its colour, its shape (ID_CLASSES is colour-major)
+    local = F.normalize(v.ln_post(y) @ v.proj, dim=-1)[:, 1:]
+    pred, dom, n_shapes = (local @ protos.T).argmax(-1), kind == 0, len(W.ID_SHAPES)
+    right = lambda same: (same & dom).sum().item() / dom.sum().item()
+    print(f"  dominant patches, hand-written prompts: right colour {right(pred // n_shapes == labels[:, None] // n_shapes):.1%}"
+          f" (chance 25%), right shape {right(pred % n_shapes == labels[:, None] % n_shapes):.1%} (chance 20%)")
 
 
 def main(paths):

@@ -9,8 +9,8 @@ With ``x`` the input of the last vision block, the local (patch) features are
     v_l = proj(ln_post(v))[patch tokens]
 
 The global feature is the ordinary CLIP embedding (CLS token after the last block, ln_post, proj). For a
-tower whose class token joins at the last block only (``iim.models.LateClassTokenViT``, the demo CLIP), ``x``
-is that tower's input of the last block; the formulas are the same.
+tower whose class token joins late (``iim.models.LateClassTokenViT``, the demo CLIP), ``x`` is that tower's
+input of the last block; the formulas are the same.
 :func:`encode_image` computes both with ONE pass through the last block: the attention output is only
 needed for the CLS query (global), the value path for the patch tokens (local), and both share ln_1,
 the value projection and one MLP call.
