@@ -268,7 +268,7 @@ def test_kill_9_of_a_jobs_sweep_stops_its_workers_and_the_rerun_equals_one_proce
     victim.wait()
     assert victim.returncode == -signal.SIGKILL, victim.stderr.read()
     assert len(workers) == 2
-    deadline = time.time() + 1.5           # each worker notices its parent is gone (checked every 0.2 s)
+    deadline = time.time() + 5.0           # each worker notices its parent is gone (checked every 0.2 s; slack for a loaded CI)
     while any(map(_running, workers)) and time.time() < deadline:
         time.sleep(0.02)
     assert not any(map(_running, workers)), "a worker outlived the killed sweep"
