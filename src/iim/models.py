@@ -62,11 +62,12 @@ class LateClassTokenViT(open_clip.transformer.VisionTransformer):
         x = self._embeds(images)
         cls, x = x[:, :1], x[:, 1:]
         blocks = self.transformer.resblocks
+        mask = _patches_ignore_class_token(x.shape[1] + 1, x) if self.class_blocks > 1 else None
         for i, blk in enumerate(blocks[:-1]):
             if i < len(blocks) - self.class_blocks:
                 cls, x = blk(cls), blk(x)
             else:        # class attention: the class token reads the patches, the patches still never read it
-                y = blk(torch.cat([cls, x], dim=1), attn_mask=_patches_ignore_class_token(x.shape[1] + 1, x))
+                y = blk(torch.cat([cls, x], dim=1), attn_mask=mask)
                 cls, x = y[:, :1], y[:, 1:]
         return torch.cat([cls, x], dim=1)
 
