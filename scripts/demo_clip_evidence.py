@@ -43,9 +43,9 @@ def load(path: str):
     vision = dict(cfg["vision_cfg"], layers=meta.get("vision_layers") or cfg["vision_cfg"]["layers"])
     logging.getLogger().setLevel(logging.ERROR)       # open_clip's "initialized randomly": the weights follow
     model = open_clip.create_model("iim-demo", pretrained=None, vision_cfg=vision)
+    if meta.get("late_class_token", False):   # before loading: registers are a parameter of the late tower
+        use_late_class_token(model, meta.get("class_blocks", 1), meta.get("registers", 0))
     model.load_state_dict({k: v.float() for k, v in load_file(path).items()})
-    if meta.get("late_class_token", False):
-        use_late_class_token(model, meta.get("class_blocks", 1))
     model.iim_model_name = "iim-demo"
     return model.eval(), meta
 
@@ -100,7 +100,7 @@ def evidence(model, per_class: int = 20) -> None:
 def main(paths):
     for p in paths:
         model, meta = load(p)
-        print(f"{p} (late class token: {meta.get('late_class_token', False)}, class blocks {meta.get('class_blocks', 1)}, steps {meta.get('steps')}, "
+        print(f"{p} (late class token: {meta.get('late_class_token', False)}, class blocks {meta.get('class_blocks', 1)}, registers {meta.get('registers', 0)}, steps {meta.get('steps')}, "
               f"seed {meta.get('seed')})")
         evidence(model)
 

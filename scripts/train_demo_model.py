@@ -396,7 +396,7 @@ def targets_met(acc: dict) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 def build_model(seed: int, device, vision_layers: int | None = None, *, late_class_token: bool = True,
-                class_blocks: int = LATE_CLASS_TOKEN[MODEL]):
+                class_blocks: int = LATE_CLASS_TOKEN[MODEL][0], registers: int = LATE_CLASS_TOKEN[MODEL][1]):
     """The iim-demo CLIP at random init (seed ``seed``); ``vision_layers`` replaces its config's image-tower
     depth (None: the config's), everything else as in ``src/iim/model_configs/iim-demo.json``, with the late
     class token of :class:`iim.models.LateClassTokenViT` unless ``late_class_token`` is False."""
@@ -408,7 +408,7 @@ def build_model(seed: int, device, vision_layers: int | None = None, *, late_cla
         kw["vision_cfg"] = dict(open_clip.get_model_config(MODEL)["vision_cfg"], layers=vision_layers)
     model = open_clip.create_model(MODEL, pretrained=None, **kw)
     if late_class_token:
-        use_late_class_token(model, class_blocks)
+        use_late_class_token(model, class_blocks, registers)
     return model.to(device)
 
 
@@ -424,7 +424,7 @@ def save(model, path: str, meta: dict) -> None:
 
 
 RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "shape_weight", "vision_layers",
-               "late_class_token", "class_blocks",
+               "late_class_token", "class_blocks", "registers",
                "attribute_prompts", "context_prompts", "token_keep")
 
 
@@ -453,9 +453,13 @@ def main(argv=None):
     ap.add_argument("--no-late-class-token", dest="late_class_token", action="store_false",
                     help="let the class token take part in every image block, as in open_clip's ViT (for comparison "
                          "only: iim runs iim-demo with the late class token, README 'The demo CLIP')")
-    ap.add_argument("--class-blocks", type=int, default=LATE_CLASS_TOKEN[MODEL],
+    ap.add_argument("--class-blocks", type=int, default=LATE_CLASS_TOKEN[MODEL][0],
                     help="with the late class token: in how many of the last blocks it reads the patches "
                          "(default: iim's iim-demo, %(default)s; 1: the last block only)")
+    ap.add_argument("--registers", type=int, default=LATE_CLASS_TOKEN[MODEL][1],
+                    help="with the late class token: register tokens, scratch space the patches share (Darcet et "
+                         "al., 2024), so that background patches need not hold the image's global evidence (default: iim's "
+                         "iim-demo, %(default)s)")
     ap.add_argument("--token-keep", type=float, default=1.0,
                     help="fraction of patch tokens each training image keeps (FLIP-style token dropping; 1: none)")
     ap.add_argument("--no-context-prompts", dest="context_prompts", action="store_false",
@@ -498,8 +502,10 @@ def main(argv=None):
     print(f"pool: {pool_n} images in {t_pool:.1f}s ({pool_n / t_pool:.0f} img/s, {args.workers} workers)", flush=True)
 
     import open_clip
+    if args.registers and not args.late_class_token:
+        sys.exit("Error: --registers needs the late class token")
     model = build_model(args.seed, device, args.vision_layers, late_class_token=args.late_class_token,
-                        class_blocks=args.class_blocks)
+                        class_blocks=args.class_blocks, registers=args.registers)
     tokens = Tokens(open_clip.get_tokenizer(MODEL))
     with torch.no_grad():   # the fast text path must equal open_clip's encode_text
         t = tokens(captions[:8]).to(device)

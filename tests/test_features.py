@@ -54,34 +54,37 @@ def test_random_weights_are_deterministic():
 
 
 # ---- the late class token (the demo CLIP's tower, iim.models.LateClassTokenViT) ---------------------
-def late_class_token_reference(model, images, class_blocks=1):
-    """The same tower written the straightforward way: open_clip's own blocks over all 1 + HW tokens with an
-    attention mask that keeps the patch tokens from the class token in every block, and the class token
-    from the patches in every block but the last ``class_blocks``."""
+def late_class_token_reference(model, images, class_blocks=1, registers=0):
+    """The same tower written the straightforward way: open_clip's own blocks over all 1 + R + HW tokens
+    (class token, registers, patches) with an attention mask that keeps the patches and registers from the
+    class token in every block, and the class token from them in every block but the last ``class_blocks``;
+    the last block's input without the registers."""
     visual = model.visual
     x = visual._embeds(images)                # open_clip's (the subclass does not override it)
+    if registers:
+        x = torch.cat([x[:, :1], visual.register_embedding.expand(len(x), -1, -1), x[:, 1:]], dim=1)
     n = x.shape[1]
     blocks = visual.transformer.resblocks
     for i, blk in enumerate(blocks[:-1]):
         mask = torch.zeros(n, n)
         if i < len(blocks) - class_blocks:
             mask[0, 1:] = float("-inf")  # the class token sees only itself ...
-        mask[1:, 0] = float("-inf")      # ... and no patch ever sees it
+        mask[1:, 0] = float("-inf")      # ... and no patch or register ever sees it
         x = blk(x, attn_mask=mask)
-    return x
+    return torch.cat([x[:, :1], x[:, 1 + registers:]], dim=1)
 
 
-@pytest.mark.parametrize("class_blocks", [1, 2])
-def test_late_class_token_matches_a_masked_reference(class_blocks):
+@pytest.mark.parametrize("class_blocks, registers", [(1, 0), (2, 0), (1, 2), (2, 4)])
+def test_late_class_token_matches_a_masked_reference(class_blocks, registers):
     from iim.models import LateClassTokenViT, use_late_class_token
     model, _ = create_model("iim-test-tiny", "none")
     torch.manual_seed(0)
     images = torch.randn(3, 3, 32, 32)
     g_std, l_std = encode_image(model, images)
-    use_late_class_token(model, class_blocks)
+    use_late_class_token(model, class_blocks, registers)
     assert isinstance(model.visual, LateClassTokenViT)
     g, l = encode_image(model, images)
-    x = late_class_token_reference(model, images, class_blocks)
+    x = late_class_token_reference(model, images, class_blocks, registers)
     last = model.visual.transformer.resblocks[-1]
     g_ref = model.visual.ln_post(last(x)[:, 0]) @ model.visual.proj        # CLIP's pooling after the last block
     torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
@@ -109,3 +112,5 @@ def test_late_class_token_is_the_demo_clip_s_only():
         use_late_class_token(demo)           # twice: refused, it is no plain open_clip ViT any more
     with pytest.raises(IIMError, match="class_blocks"):
         use_late_class_token(tiny, class_blocks=len(tiny.visual.transformer.resblocks) + 1)
+    with pytest.raises(IIMError, match="registers"):
+        use_late_class_token(tiny, registers=-1)

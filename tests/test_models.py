@@ -29,13 +29,15 @@ def test_unknown_model_and_missing_or_wrong_checkpoint(tmp_path):
 
 def test_a_demo_checkpoint_brings_its_own_class_token_tower(tmp_path):
     """create_model builds the image tower an iim-demo checkpoint records it was trained with (its
-    train_demo_model metadata), else the configured one (LATE_CLASS_TOKEN)."""
+    train_demo_model metadata), else the configured one (LATE_CLASS_TOKEN); register tokens, a parameter
+    open_clip's ViT lacks, load with the rest of the weights."""
     import json
 
     from safetensors.torch import save_file
 
-    from iim.models import LATE_CLASS_TOKEN, LateClassTokenViT
-    state = {k: v.contiguous() for k, v in create_model("iim-demo", "none")[0].state_dict().items()}
+    from iim.models import LATE_CLASS_TOKEN, LateClassTokenViT, use_late_class_token
+    base = create_model("iim-demo", "none")[0]
+    state = {k: v.contiguous() for k, v in base.state_dict().items()}
     built = {}
     for name, meta in {"one": {"late_class_token": True, "class_blocks": 1},
                        "old": {"late_class_token": True},              # written before class_blocks existed
@@ -44,6 +46,23 @@ def test_a_demo_checkpoint_brings_its_own_class_token_tower(tmp_path):
         path = tmp_path / f"{name}.safetensors"
         save_file(state, str(path), metadata=None if meta is None else {"iim_demo": json.dumps(meta)})
         visual = create_model("iim-demo", str(path))[0].visual
-        built[name] = visual.class_blocks if isinstance(visual, LateClassTokenViT) else None
-    assert built == {"one": 1, "old": 1, "plain": None, "bare": LATE_CLASS_TOKEN["iim-demo"]}
-    assert create_model("iim-demo", "none")[0].visual.class_blocks == LATE_CLASS_TOKEN["iim-demo"]
+        built[name] = (visual.class_blocks, visual.registers) if isinstance(visual, LateClassTokenViT) else None
+    assert built == {"one": (1, 0), "old": (1, 0), "plain": None, "bare": LATE_CLASS_TOKEN["iim-demo"]}
+    visual = create_model("iim-demo", "none")[0].visual
+    assert (visual.class_blocks, visual.registers) == LATE_CLASS_TOKEN["iim-demo"]
+    # a tower with registers: its trained register tokens come back, and so do its features
+    import open_clip
+    with_reg = open_clip.create_model("iim-demo", pretrained=None)
+    use_late_class_token(with_reg, 3, 2)
+    torch.nn.init.normal_(with_reg.visual.register_embedding)
+    path = tmp_path / "registers.safetensors"
+    save_file({k: v.contiguous() for k, v in with_reg.state_dict().items()}, str(path),
+              metadata={"iim_demo": json.dumps({"late_class_token": True, "class_blocks": 3, "registers": 2})})
+    loaded = create_model("iim-demo", str(path))[0]
+    assert (loaded.visual.class_blocks, loaded.visual.registers) == (3, 2)
+    assert torch.equal(loaded.visual.register_embedding, with_reg.visual.register_embedding)
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(loaded.encode_image(images), with_reg.eval().encode_image(images))
+    with pytest.raises(IIMError, match="cannot load checkpoint"):        # registers recorded, none stored
+        save_file(state, str(path), metadata={"iim_demo": json.dumps({"late_class_token": True, "registers": 2})})
+        create_model("iim-demo", str(path))

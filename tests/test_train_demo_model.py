@@ -167,3 +167,13 @@ def test_the_script_trains_the_tower_iim_runs(tdm, tmp_path, capsys):
     assert [line.split()[0] for line in lines] == ["residual", "value", "local", "class", "local", "dominant"], lines
     shares = [float(w.rstrip("%")) for w in lines[4].split() if w.endswith("%") and w[0].isdigit()]
     assert len(shares) == 4 and abs(sum(shares) - 100) < 0.5, lines[4]      # object + border + distractor + background
+    # a tower with register tokens: recorded, and rebuilt the same by the evidence script and by create_model
+    out = tmp_path / "r.safetensors"
+    tdm.main(["--steps", "1", "--batch", "4", "--pool", "8", "--workers", "1", "--threads", "1",
+              "--eval-per-class", "1", "--class-blocks", "3", "--registers", "2", "--out", str(out)])
+    model, meta = ev.load(str(out))
+    assert (meta["class_blocks"], meta["registers"]) == (3, 2)
+    assert (model.visual.class_blocks, model.visual.registers) == (3, 2)
+    again = create_model("iim-demo", str(out))[0]
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(again.encode_image(images), model.encode_image(images))

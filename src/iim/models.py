@@ -27,10 +27,10 @@ RANDOM_SEED = 0
 # Weights shipped inside the package, by pretrained tag: tag -> (model name, file). Offline, always there.
 PACKAGED_WEIGHTS = {"demo": ("iim-demo", Path(__file__).parent / "weights" / "iim-demo.safetensors")}
 # The project's architectures whose image tower differs from open_clip's ViT in one place: the class token
-# joins late (LateClassTokenViT; issue #23, README "The demo CLIP"). By model name: in how many of the last
-# blocks the class token reads the patches. A checkpoint of scripts/train_demo_model.py records the tower
-# it was trained with in its metadata, and that record wins (late_class_blocks).
-LATE_CLASS_TOKEN = {"iim-demo": 2}
+# joins late (LateClassTokenViT; issue #23, README "The demo CLIP"). By model name: (in how many of the last
+# blocks the class token reads the patches, register tokens). A checkpoint of scripts/train_demo_model.py
+# records the tower it was trained with in its metadata, and that record wins (late_class_tower).
+LATE_CLASS_TOKEN = {"iim-demo": (2, 0)}
 _registered = False
 
 
@@ -52,15 +52,26 @@ class LateClassTokenViT(open_clip.transformer.VisionTransformer):
     every image until then). Same parameters, same state dict; only the forward differs. The image's evidence
     can then reach the class token only through those blocks' values, the last of which MaskCLIP's patch
     features read: with open_clip's ViT, a small CLIP trained from scratch carries the label's evidence in the
-    residual stream of background tokens instead (issue #23, README "The demo CLIP")."""
+    residual stream of background tokens instead (issue #23, README "The demo CLIP").
+
+    With ``registers`` > 0 the tower also has that many register tokens (Darcet et al., 2024, "Vision
+    Transformers Need Registers"): learned vectors (``register_embedding``, no position) that join the patch
+    tokens after ``ln_pre`` as scratch space for global computation, which the low-information background
+    patches otherwise take over. Patches and registers read each other; the class token reads them in its
+    class-attention blocks; the registers never read the class token, and they retire before the last block,
+    so the last block -- the one MaskCLIP's patch features read -- sees the class token and the patches only."""
 
     late_class_token = True      # what iim.features looks for (it does not import this module)
     class_blocks = 1             # how many of the last blocks let the class token read the patches
+    registers = 0                # register tokens (0: none)
 
     def run_to_last_block(self, images: torch.Tensor) -> torch.Tensor:
         """The tokens [B, 1 + HW, W] that enter the last block."""
         x = self._embeds(images)
         cls, x = x[:, :1], x[:, 1:]
+        r = self.registers
+        if r:            # registers first, then the patches; they take part like patches until the last block
+            x = torch.cat([self.register_embedding.to(x.dtype).expand(len(x), -1, -1), x], dim=1)
         blocks = self.transformer.resblocks
         mask = _patches_ignore_class_token(x.shape[1] + 1, x) if self.class_blocks > 1 else None
         for i, blk in enumerate(blocks[:-1]):
@@ -69,7 +80,7 @@ class LateClassTokenViT(open_clip.transformer.VisionTransformer):
             else:        # class attention: the class token reads the patches, the patches still never read it
                 y = blk(torch.cat([cls, x], dim=1), attn_mask=mask)
                 cls, x = y[:, :1], y[:, 1:]
-        return torch.cat([cls, x], dim=1)
+        return torch.cat([cls, x[:, r:]], dim=1)      # the registers retire before the last block
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.transformer.resblocks[-1](self.run_to_last_block(images))
@@ -88,22 +99,32 @@ def _patches_ignore_class_token(n: int, like: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def use_late_class_token(model, class_blocks: int = 1) -> None:
+def use_late_class_token(model, class_blocks: int = 1, registers: int = 0) -> None:
     """Turn ``model``'s open_clip ViT into a :class:`LateClassTokenViT` in place (same weights); the class
-    token reads the patches in the last ``class_blocks`` blocks (1: the last block only)."""
+    token reads the patches in the last ``class_blocks`` blocks (1: the last block only). ``registers`` > 0
+    adds that many register tokens, a new parameter ``visual.register_embedding`` drawn like open_clip draws
+    the class embedding (a checkpoint's state dict then fills it)."""
     if type(model.visual) is not open_clip.transformer.VisionTransformer:
         raise IIMError(f"the late class token needs open_clip's VisionTransformer, not {type(model.visual).__name__}")
     depth = len(model.visual.transformer.resblocks)
     if not 1 <= class_blocks <= depth:
         raise IIMError(f"class_blocks must be between 1 and the tower's {depth} blocks, not {class_blocks}")
+    if registers < 0:
+        raise IIMError(f"registers must be >= 0, not {registers}")
     model.visual.__class__ = LateClassTokenViT
     model.visual.class_blocks = class_blocks
+    model.visual.registers = registers
+    if registers:
+        cls = model.visual.class_embedding
+        model.visual.register_embedding = torch.nn.Parameter(
+            cls.shape[0] ** -0.5 * torch.randn(registers, cls.shape[0], dtype=cls.dtype, device=cls.device))
 
 
-def late_class_blocks(name: str, checkpoint: Path | None = None) -> int | None:
-    """In how many of the last blocks the class token of model ``name`` reads the patches (None: open_clip's
-    ViT, the class token in every block): what ``checkpoint`` (a safetensors file written by
-    ``scripts/train_demo_model.py``) records, else :data:`LATE_CLASS_TOKEN`."""
+def late_class_tower(name: str, checkpoint: Path | None = None) -> tuple[int, int] | None:
+    """The late-class-token tower of model ``name`` as ``(class_blocks, registers)`` (None: open_clip's ViT,
+    the class token in every block): what ``checkpoint`` (a safetensors file written by
+    ``scripts/train_demo_model.py``) records, else :data:`LATE_CLASS_TOKEN`. Metadata written before a key
+    existed means its old value: ``class_blocks`` 1, no registers."""
     default = LATE_CLASS_TOKEN.get(name)
     if default is None or checkpoint is None or checkpoint.suffix != ".safetensors":
         return default
@@ -112,7 +133,7 @@ def late_class_blocks(name: str, checkpoint: Path | None = None) -> int | None:
         meta = json.loads((f.metadata() or {}).get("iim_demo") or "{}")
     if "late_class_token" not in meta:
         return default
-    return int(meta.get("class_blocks", 1)) if meta["late_class_token"] else None
+    return (int(meta.get("class_blocks", 1)), int(meta.get("registers", 0))) if meta["late_class_token"] else None
 
 
 def model_config(name: str) -> dict | None:
@@ -151,6 +172,22 @@ def weights_id(pretrained: str) -> str:
     return pretrained
 
 
+def _random_model(name: str, tower: tuple[int, int] | None):
+    """open_clip's model ``name`` at random weights from :data:`RANDOM_SEED` (the late-class-token tower
+    ``tower`` included, registers drawn from the same seed) and its evaluation preprocess."""
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)  # silence open_clip's "initialized randomly" warning: it is asked for
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+            if tower is not None:
+                use_late_class_token(model, *tower)
+    finally:
+        root.setLevel(level)
+    return model, preprocess
+
+
 def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="cpu"):
     """Build a frozen open_clip model in eval mode and its evaluation preprocess.
 
@@ -160,16 +197,8 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
     register_model_configs()
     if name not in open_clip.list_models():
         raise IIMError(f"unknown model {name!r}; open_clip knows e.g. ViT-B-16, ViT-L-14, iim-test-tiny")
-    checkpoint = None
     if pretrained in (None, "", RANDOM_WEIGHTS):
-        root, level = logging.getLogger(), logging.getLogger().level
-        root.setLevel(logging.ERROR)  # silence open_clip's "initialized randomly" warning: it is asked for
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(RANDOM_SEED)
-                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
-        finally:
-            root.setLevel(level)
+        model, preprocess = _random_model(name, late_class_tower(name))
     else:
         packaged = packaged_weights(name, pretrained)
         if packaged is not None:
@@ -179,10 +208,19 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
         path = Path(pretrained).expanduser()
         if names_a_file(pretrained) and not path.is_file():
             raise IIMError(f"checkpoint file not found: {pretrained}")
-        checkpoint = path if path.is_file() else None
+        tower = late_class_tower(name, path if path.is_file() else None)
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=str(path) if path.is_file() else pretrained)
+            if tower is not None and tower[1] and path.is_file():
+                # register tokens are a parameter open_clip's own ViT lacks: build the tower, then load
+                model, preprocess = _random_model(name, tower)
+                open_clip.load_checkpoint(model, str(path))
+            else:
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=str(path) if path.is_file() else pretrained)
+                if tower is not None:
+                    use_late_class_token(model, *tower)
+        except IIMError:
+            raise
         except Exception as e:  # open_clip raises RuntimeError / OSError / HF errors when offline
             if path.is_file():
                 first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
@@ -193,9 +231,6 @@ def create_model(name: str = "ViT-B-16", pretrained: str = "openai", *, device="
                 f"network, pass a local checkpoint with --pretrained /path/to/weights "
                 f"(set HF_HUB_OFFLINE=1 to fail fast instead of retrying)"
             ) from None
-    class_blocks = late_class_blocks(name, checkpoint)
-    if class_blocks is not None:
-        use_late_class_token(model, class_blocks)
     model = model.to(device).eval().requires_grad_(False)
     model.iim_model_name = name          # lets the text side pick the model's own tokenizer
     return model, preprocess
