@@ -424,7 +424,7 @@ def save(model, path: str, meta: dict) -> None:
 
 
 RECIPE_KEYS = ("seed", "device", "steps", "batch", "pool", "lr", "wd", "warmup", "shape_weight", "vision_layers",
-               "late_class_token", "class_blocks", "registers",
+               "late_class_token", "class_blocks", "registers", "init_logit_scale",
                "attribute_prompts", "context_prompts", "token_keep")
 
 
@@ -460,6 +460,9 @@ def main(argv=None):
                     help="with the late class token: register tokens, scratch space the patches share (Darcet et "
                          "al., 2024), so that background patches need not hold the image's global evidence (default: iim's "
                          "iim-demo, %(default)s)")
+    ap.add_argument("--init-logit-scale", type=float, default=None,
+                    help="starting value of the learned logit scale (default: open_clip's 1 / 0.07; it stays "
+                         "clamped at 100, where OpenAI's CLIP ends its training)")
     ap.add_argument("--token-keep", type=float, default=1.0,
                     help="fraction of patch tokens each training image keeps (FLIP-style token dropping; 1: none)")
     ap.add_argument("--no-context-prompts", dest="context_prompts", action="store_false",
@@ -506,6 +509,11 @@ def main(argv=None):
         sys.exit("Error: --registers needs the late class token")
     model = build_model(args.seed, device, args.vision_layers, late_class_token=args.late_class_token,
                         class_blocks=args.class_blocks, registers=args.registers)
+    if args.init_logit_scale is not None:
+        if not 0 < args.init_logit_scale <= 100:
+            sys.exit(f"Error: --init-logit-scale must be in (0, 100], not {args.init_logit_scale}")
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(args.init_logit_scale))
     tokens = Tokens(open_clip.get_tokenizer(MODEL))
     with torch.no_grad():   # the fast text path must equal open_clip's encode_text
         t = tokens(captions[:8]).to(device)

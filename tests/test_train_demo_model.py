@@ -170,10 +170,15 @@ def test_the_script_trains_the_tower_iim_runs(tdm, tmp_path, capsys):
     # a tower with register tokens: recorded, and rebuilt the same by the evidence script and by create_model
     out = tmp_path / "r.safetensors"
     tdm.main(["--steps", "1", "--batch", "4", "--pool", "8", "--workers", "1", "--threads", "1",
-              "--eval-per-class", "1", "--class-blocks", "3", "--registers", "2", "--out", str(out)])
+              "--eval-per-class", "1", "--class-blocks", "3", "--registers", "2", "--init-logit-scale", "100",
+              "--out", str(out)])
     model, meta = ev.load(str(out))
-    assert (meta["class_blocks"], meta["registers"]) == (3, 2)
+    assert (meta["class_blocks"], meta["registers"], meta["init_logit_scale"]) == (3, 2, 100)
+    assert 90 < model.logit_scale.exp().item() < 100.5        # one step from its start, clamped at 100 (stored fp16)
     assert (model.visual.class_blocks, model.visual.registers) == (3, 2)
     again = create_model("iim-demo", str(out))[0]
     images = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(again.encode_image(images), model.encode_image(images))
+    with pytest.raises(SystemExit, match="init-logit-scale"):
+        tdm.main(["--steps", "1", "--batch", "4", "--pool", "8", "--workers", "1", "--init-logit-scale", "0",
+                  "--out", str(tmp_path / "bad.safetensors")])
