@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from iim.demo import world as W
 from iim.models import register_model_configs, use_late_class_token
 from iim.text import global_prototypes
-from iim.features import _run_to_last_block
+from iim.features import _run_to_last_block, encode_image
 
 KINDS = ("dominant", "distractor", "background")
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
@@ -95,6 +95,17 @@ def evidence(model, per_class: int = 20) -> None:
     right = lambda same: (same & dom).sum().item() / dom.sum().item()
     print(f"  dominant patches, hand-written prompts: right colour {right(pred // n_shapes == labels[:, None] // n_shapes):.1%}"
           f" (chance 25%), right shape {right(pred % n_shapes == labels[:, None] % n_shapes):.1%} (chance 20%)")
+    # the same for visual prototypes: class means of the dominant patches of the next images of the stream
+    fit = [W.id_sample(0, "probe", i, c) for c in range(n) for i in range(per_class, 2 * per_class)]
+    _, lf = encode_image(model, (torch.from_numpy(np.stack([s.image for s in fit])).permute(0, 3, 1, 2).float() / 255
+                                 - MEAN) / STD)
+    domf = torch.tensor(np.stack([[lab == s.dominant.concept for lab in s.patch_labels()] for s in fit])).float()
+    lf = F.normalize(lf, dim=-1) * domf[..., None]
+    visual = F.normalize(lf.sum(1).view(n, per_class, -1).sum(1), dim=-1)
+    vpred = (local @ visual.T).argmax(-1)
+    print(f"  dominant patches, visual prototypes:  right colour {right(vpred // n_shapes == labels[:, None] // n_shapes):.1%}"
+          f", right shape {right(vpred % n_shapes == labels[:, None] % n_shapes):.1%}, both {right(vpred == labels[:, None]):.1%}"
+          f" (hand-written both {right(pred == labels[:, None]):.1%})")
 
 
 def main(paths):

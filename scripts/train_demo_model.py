@@ -14,7 +14,9 @@ attention): no patch token ever attends to it, and it reads the patches in the l
 only (default 2, as iim builds iim-demo; ``--no-late-class-token`` trains open_clip's ViT for comparison).
 With open_clip's ViT the label's evidence ends up in the residual stream of the background tokens, not in
 the object's patch features; with the last block alone reading the patches, the hand-written prompts read
-the object's patches almost as well as visual prototypes do (README, issue #23). It is trained from scratch on captioned images of the demo world
+the object's patches almost as well as visual prototypes do (README, issue #23). ``--registers N`` adds N
+register tokens (Darcet et al., 2024), scratch space the patches share, so that background patches need not
+hold the image's global evidence. It is trained from scratch on captioned images of the demo world
 (:func:`iim.demo.world.web_sample`: any of the 80 shape x colour concepts, cluttered scenes and textures --
 never a benchmark image).
 
@@ -34,7 +36,8 @@ Objective: image-level only, as CLIP's -- no loss ever reads a patch token (issu
 * **Shape loss** (weight ``--shape-weight``): each object image against the 10 concept captions of its
   own colour only (its hard negatives), so colour cannot help: a pure shape signal for both towers
   (with and without the random context).
-* Optional FLIP-style token dropping (``--token-keep``), training only.
+* Optional FLIP-style token dropping (``--token-keep``), training only. The logit scale is learned from
+  open_clip's 1 / 0.07 (``--init-logit-scale`` another start), clamped at 100.
 
 Training images are generated once into an in-memory pool (``--pool``, multiprocessing ``--workers``)
 and sampled with horizontal flips. Each distinct text of a step is encoded once, short and long ones

@@ -163,8 +163,9 @@ def test_the_script_trains_the_tower_iim_runs(tdm, tmp_path, capsys):
     model, meta = ev.load(str(out))
     assert not isinstance(model.visual, LateClassTokenViT) and meta["steps"] == 1
     ev.evidence(model, per_class=1)
-    lines = capsys.readouterr().out.splitlines()[-6:]
-    assert [line.split()[0] for line in lines] == ["residual", "value", "local", "class", "local", "dominant"], lines
+    lines = capsys.readouterr().out.splitlines()[-7:]
+    assert [line.split()[0] for line in lines] == ["residual", "value", "local", "class", "local", "dominant",
+                                                   "dominant"], lines
     shares = [float(w.rstrip("%")) for w in lines[4].split() if w.endswith("%") and w[0].isdigit()]
     assert len(shares) == 4 and abs(sum(shares) - 100) < 0.5, lines[4]      # object + border + distractor + background
     # a tower with register tokens: recorded, and rebuilt the same by the evidence script and by create_model
