@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import numpy as np
@@ -109,7 +110,12 @@ def evidence(model, per_class: int = 20) -> None:
 
 
 def main(paths):
+    if any(p in ("-h", "--help") for p in paths):
+        print(__doc__)
+        return
     for p in paths:
+        if not os.path.isfile(p):
+            sys.exit(f"demo_clip_evidence: no weights file {p}")
         model, meta = load(p)
         print(f"{p} (late class token: {meta.get('late_class_token', False)}, class blocks {meta.get('class_blocks', 1)}, registers {meta.get('registers', 0)}, steps {meta.get('steps')}, "
               f"seed {meta.get('seed')})")
